@@ -1,0 +1,69 @@
+"""Protocol constants and limits, mirroring the Parameters tables of ``protocol/``.
+
+Every limit a peer enforces on input is a named constant here, with the same name, value and
+unit as in the spec. ``tests/conformance/test_spec_params.py`` parses the spec tables and checks
+that they agree with this module, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = [
+    "CONTENT_HASH_BYTES",
+    "FRAME_HEADER_BYTES",
+    "HANDSHAKE_NONCE_BYTES",
+    "MAX_ARRAY_LEN",
+    "MAX_BIN_LEN",
+    "MAX_CLOCK_SKEW_MS",
+    "MAX_FRAME_BYTES",
+    "MAX_MAP_LEN",
+    "MAX_MSGPACK_DEPTH",
+    "MAX_SIGNED_BYTES",
+    "MAX_STR_LEN",
+    "MAX_TENSOR_BYTES",
+    "MAX_TENSOR_CHUNKS",
+    "MAX_TENSOR_DIMS",
+    "PROTOCOL_VERSION",
+    "PUBLIC_KEY_BYTES",
+    "SIGNATURE_BYTES",
+    "SUPPORTED_VERSIONS",
+    "TENSOR_CHUNK_BYTES",
+]
+
+# --- 01-framing.md ---------------------------------------------------------------------------
+#: Size of the big-endian length prefix in front of every frame.
+FRAME_HEADER_BYTES: Final = 4
+#: Largest frame body. One tensor chunk (1 MiB raw, at most a little more once zstd-framed)
+#: plus its envelope fits; so a control frame waits behind at most ~2 MiB of bulk data.
+MAX_FRAME_BYTES: Final = 2 * 1024 * 1024 + 64 * 1024
+#: Largest signed section (the msgpack envelope). Control messages are small; the largest
+#: legitimate one is a tensor header listing 1024 chunk hashes (about 36 KiB).
+MAX_SIGNED_BYTES: Final = 64 * 1024
+
+# --- 02-encoding.md --------------------------------------------------------------------------
+MAX_MSGPACK_DEPTH: Final = 8
+MAX_STR_LEN: Final = 4096
+MAX_BIN_LEN: Final = 48 * 1024
+MAX_ARRAY_LEN: Final = 4096
+MAX_MAP_LEN: Final = 64
+
+# --- 04-identity-and-signing.md --------------------------------------------------------------
+PUBLIC_KEY_BYTES: Final = 32
+SIGNATURE_BYTES: Final = 64
+#: A frame whose timestamp is further than this from the receiver's wall clock is rejected.
+MAX_CLOCK_SKEW_MS: Final = 5 * 60 * 1000
+
+# --- 05-tensor-frames.md ---------------------------------------------------------------------
+#: Uncompressed bytes per chunk (the last chunk may be shorter).
+TENSOR_CHUNK_BYTES: Final = 1024 * 1024
+#: Largest tensor one stream may carry (1 GiB); bigger checkpoints are several tensors.
+MAX_TENSOR_BYTES: Final = 1024 * 1024 * 1024
+MAX_TENSOR_CHUNKS: Final = MAX_TENSOR_BYTES // TENSOR_CHUNK_BYTES
+MAX_TENSOR_DIMS: Final = 8
+CONTENT_HASH_BYTES: Final = 32
+
+# --- 06-handshake.md -------------------------------------------------------------------------
+PROTOCOL_VERSION: Final = 1
+SUPPORTED_VERSIONS: Final = (1,)
+HANDSHAKE_NONCE_BYTES: Final = 32
