@@ -13,6 +13,7 @@ __all__ = [
     "CONTENT_HASH_BYTES",
     "FRAME_HEADER_BYTES",
     "HANDSHAKE_NONCE_BYTES",
+    "HANDSHAKE_TIMEOUT_S",
     "MAX_ARRAY_LEN",
     "MAX_BIN_LEN",
     "MAX_CLOCK_SKEW_MS",
@@ -67,3 +68,5 @@ CONTENT_HASH_BYTES: Final = 32
 PROTOCOL_VERSION: Final = 1
 SUPPORTED_VERSIONS: Final = (1,)
 HANDSHAKE_NONCE_BYTES: Final = 32
+#: Time allowed for the whole handshake, from connection open to DONE.
+HANDSHAKE_TIMEOUT_S: Final = 10.0

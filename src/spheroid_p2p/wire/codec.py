@@ -21,8 +21,6 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
-import blake3
-
 from spheroid_p2p.errors import ErrorCode, RemoteProtocolError
 from spheroid_p2p.params import (
     MAX_SIGNED_BYTES,
@@ -36,7 +34,7 @@ from spheroid_p2p.wire.compression import decode_payload
 from spheroid_p2p.wire.framing import Buffer, frame_header
 from spheroid_p2p.wire.messages import Message, TensorChunk, TensorHeader, message_from_body
 from spheroid_p2p.wire.signing import DOMAIN_ENVELOPE, KeyPair, PeerId, verify
-from spheroid_p2p.wire.tensors import check_header
+from spheroid_p2p.wire.tensors import check_header, chunk_digest
 
 __all__ = ["Envelope", "decode_frame", "encode_frame", "encode_signed", "frame_body_parts"]
 
@@ -174,7 +172,7 @@ def _verify_content(message: Message) -> Message:
     if not isinstance(message, TensorChunk):
         return message
     raw = decode_payload(message.payload, message.codec, message.raw_len, message.elem_size)
-    if blake3.blake3(raw).digest() != message.chunk_hash:
+    if chunk_digest(raw) != message.chunk_hash:
         raise RemoteProtocolError(
             f"chunk {message.index} of stream {message.stream_id} does not match its hash",
             ErrorCode.HASH_MISMATCH,

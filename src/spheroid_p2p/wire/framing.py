@@ -46,7 +46,7 @@ def frame_header(body_len: int, max_frame_bytes: int = MAX_FRAME_BYTES) -> bytes
 
 
 def join_frame(parts: Sequence[Buffer]) -> bytes:
-    """Concatenate the buffers of one encoded frame (for tests and vectors; sockets take the list)."""
+    """Concatenate the buffers of one encoded frame (tests, vectors; sockets take the list)."""
     return b"".join(parts)
 
 

@@ -28,9 +28,9 @@ from spheroid_p2p.errors import ErrorCode, LocalProtocolError, RemoteProtocolErr
 from spheroid_p2p.params import PUBLIC_KEY_BYTES, SIGNATURE_BYTES
 
 __all__ = [
+    "DOMAINS",
     "DOMAIN_ENVELOPE",
     "DOMAIN_RECORD",
-    "DOMAINS",
     "KeyPair",
     "PeerId",
     "signing_input",

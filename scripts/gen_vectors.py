@@ -1,0 +1,506 @@
+"""Generate the conformance vectors in ``protocol/vectors/`` from fixed keys.
+
+Usage::
+
+    python scripts/gen_vectors.py            # (re)write protocol/vectors/*.json
+    python scripts/gen_vectors.py --check    # exit 1 if the committed files differ
+
+Everything is deterministic: keys come from fixed 32-byte seeds, Ed25519 signatures are
+deterministic (RFC 8032), and zstd payloads are built by hand from raw and RLE blocks
+(RFC 8878 §3.1.1.2), so the bytes do not depend on the zstd library's version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import struct
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import blake3
+import msgpack
+
+from spheroid_p2p.errors import ErrorCode
+from spheroid_p2p.params import (
+    FRAME_HEADER_BYTES,
+    MAX_FRAME_BYTES,
+    MAX_MSGPACK_DEPTH,
+    MAX_STR_LEN,
+    TENSOR_CHUNK_BYTES,
+)
+from spheroid_p2p.wire import msgpack_profile
+from spheroid_p2p.wire.codec import encode_frame, frame_body_parts
+from spheroid_p2p.wire.dtypes import Codec, dtype_by_name
+from spheroid_p2p.wire.framing import join_frame
+from spheroid_p2p.wire.messages import (
+    Close,
+    Hello,
+    HelloAck,
+    Message,
+    Ping,
+    Pong,
+    TensorChunk,
+)
+from spheroid_p2p.wire.signing import DOMAIN_ENVELOPE, DOMAIN_RECORD, KeyPair, signing_input
+from spheroid_p2p.wire.tensors import RawTensor, tensor_chunks, tensor_header
+
+SPEC_REVISION = "r1"
+OUT_DIR = Path(__file__).resolve().parent.parent / "protocol" / "vectors"
+
+SEED_A = bytes(range(32))
+SEED_B = bytes(range(32, 64))
+KEY_A = KeyPair.from_seed(SEED_A)
+KEY_B = KeyPair.from_seed(SEED_B)
+SEQ = 1_700_000_000_000_000
+TS = 1_700_000_000_000
+NONCE_A = bytes([0xA5]) * 32
+NONCE_B = bytes([0x5A]) * 32
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def render(value: Any) -> Any:
+    """JSON form of a msgpack value: bytes become {"$bin": hex}."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"$bin": bytes(value).hex()}
+    if isinstance(value, list | tuple):
+        return [render(v) for v in value]
+    if isinstance(value, dict):
+        return {k: render(v) for k, v in value.items()}
+    return value
+
+
+def frame_body(parts: list[Any]) -> bytes:
+    """Strip the 4-byte length from an encoded frame."""
+    return join_frame(parts)[FRAME_HEADER_BYTES:]
+
+
+def signed_map(
+    message: Message | None = None,
+    *,
+    key: KeyPair = KEY_A,
+    body: dict[str, Any] | None = None,
+    type_code: int | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "v": 1,
+        "t": type_code if type_code is not None else int(message.TYPE) if message else 0,
+        "pk": key.public_key,
+        "seq": SEQ,
+        "ts": TS,
+        "body": body if body is not None else message.to_body() if message else {},
+    }
+    fields.update(overrides)
+    return fields
+
+
+def raw_body(
+    signed: bytes, *, key: KeyPair = KEY_A, domain: bytes = DOMAIN_ENVELOPE, payload: bytes = b""
+) -> bytes:
+    """A frame body around arbitrary ``signed`` bytes, signed by ``key`` under ``domain``."""
+    signature = key.sign(domain, signed)
+    return frame_body(frame_body_parts(signed, signature, payload))
+
+
+def packed_unchecked(value: Any) -> bytes:
+    """msgpack without the profile checks, to build deliberately invalid inputs."""
+    return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def zstd_frame(raw: bytes, *, declared: int | None = None, with_size: bool = True) -> bytes:
+    """A valid zstd frame of ``raw`` from raw blocks, or one RLE block if ``raw`` is one byte
+    repeated. ``declared`` overrides the frame content size (to build lying frames)."""
+    size = len(raw) if declared is None else declared
+    if with_size:
+        header = bytes([0b1110_0000]) + struct.pack("<Q", size)  # FCS 8 bytes, single segment
+    else:
+        header = bytes([0b0000_0000, 0x58])  # no FCS, window log 21 (2 MiB)
+    step = 128 * 1024  # Block_Maximum_Size
+    pieces = [raw[i : i + step] for i in range(0, len(raw), step)] or [b""]
+    blocks = b""
+    for i, piece in enumerate(pieces):
+        last = 1 if i == len(pieces) - 1 else 0
+        if len(piece) > 1 and piece == piece[:1] * len(piece):  # RLE block: one byte, repeated
+            blocks += struct.pack("<I", last | (1 << 1) | (len(piece) << 3))[:3] + piece[:1]
+        else:  # raw block
+            blocks += struct.pack("<I", last | (0 << 1) | (len(piece) << 3))[:3] + piece
+    return b"\x28\xb5\x2f\xfd" + header + blocks
+
+
+def vec_ok(vid: str, description: str, frame: bytes, fields: Any, **extra: Any) -> dict[str, Any]:
+    out = {"id": vid, "description": description, "bytes": frame.hex(), "fields": fields}
+    out.update(extra)
+    return out
+
+
+def vec_err(vid: str, description: str, data: bytes, code: ErrorCode) -> dict[str, Any]:
+    return {"id": vid, "description": description, "bytes": data.hex(), "error": code.name}
+
+
+def envelope_fields(message: Message, key: KeyPair = KEY_A, **extra: Any) -> dict[str, Any]:
+    out = {
+        "v": 1,
+        "type": message.TYPE.name,
+        "pk": key.public_key.hex(),
+        "peer_id": key.peer_id.to_text(),
+        "seq": SEQ,
+        "ts": TS,
+        "body": render(message.to_body()),
+    }
+    out.update(extra)
+    return out
+
+
+def encode(message: Message, key: KeyPair = KEY_A) -> bytes:
+    return frame_body(encode_frame(key, message, seq=SEQ, timestamp_ms=TS))
+
+
+# -- areas ------------------------------------------------------------------------------------
+HELLO = Hello(
+    versions=(1,),
+    capabilities=("gossip/1", "transfer/1"),
+    nonce=NONCE_A,
+    agent="spheroid_p2p/0.1.0",
+    listen_addrs=("127.0.0.1:7000",),
+)
+
+
+def signing_vectors() -> list[dict[str, Any]]:
+    out = []
+    for name, seed in (("a", SEED_A), ("b", SEED_B)):
+        key = KeyPair.from_seed(seed)
+        out.append(
+            {
+                "id": f"identity-{name}",
+                "description": "Ed25519 seed -> public key -> peer id (SHA-256) and its text form",
+                "seed": seed.hex(),
+                "public_key": key.public_key.hex(),
+                "peer_id": key.peer_id.digest.hex(),
+                "peer_id_text": key.peer_id.to_text(),
+            }
+        )
+    data = b"hello spheroid"
+    for domain in (DOMAIN_ENVELOPE, DOMAIN_RECORD):
+        out.append(
+            {
+                "id": f"signing-input-{domain.decode().rsplit('/', 1)[-1]}",
+                "description": "signing_input(domain, data) and key A's signature over it",
+                "domain": domain.decode(),
+                "data": data.hex(),
+                "signing_input": signing_input(domain, data).hex(),
+                "signature": KEY_A.sign(domain, data).hex(),
+                "public_key": KEY_A.public_key.hex(),
+            }
+        )
+    return out
+
+
+def framing_vectors() -> list[dict[str, Any]]:
+    ping = join_frame(encode_frame(KEY_A, Ping(nonce=7), seq=SEQ, timestamp_ms=TS))
+    pong = join_frame(encode_frame(KEY_B, Pong(nonce=7), seq=SEQ + 1, timestamp_ms=TS))
+
+    def bodies(*frames: bytes) -> list[str]:
+        return [f[FRAME_HEADER_BYTES:].hex() for f in frames]
+
+    too_large = struct.pack(">I", MAX_FRAME_BYTES + 1) + b"\x93"
+    return [
+        {"id": "stream-one-frame", "description": "one Ping frame", "stream": ping.hex(),
+         "frames": bodies(ping)},
+        {"id": "stream-two-frames", "description": "two frames back to back",
+         "stream": (ping + pong).hex(), "frames": bodies(ping, pong)},
+        {"id": "stream-empty", "description": "no bytes at all: a clean close", "stream": "",
+         "frames": []},
+        {"id": "stream-zero-length", "description": "a frame of length 0",
+         "stream": "00000000", "error": ErrorCode.MALFORMED_FRAME.name},
+        {"id": "stream-oversized-length",
+         "description": "length MAX_FRAME_BYTES + 1 is refused before any body byte is read",
+         "stream": too_large.hex(), "error": ErrorCode.FRAME_TOO_LARGE.name},
+        {"id": "stream-huge-length", "description": "length 0xffffffff",
+         "stream": "ffffffff", "error": ErrorCode.FRAME_TOO_LARGE.name},
+        {"id": "stream-truncated-header", "description": "EOF after 2 bytes of a length",
+         "stream": "0000", "error": ErrorCode.FRAME_TRUNCATED.name},
+        {"id": "stream-truncated-body", "description": "EOF before the body is complete",
+         "stream": ping[:-5].hex(), "error": ErrorCode.FRAME_TRUNCATED.name},
+        {"id": "stream-frame-then-truncated",
+         "description": "a whole frame, then EOF inside the next; the first frame is delivered",
+         "stream": (ping + pong[:9]).hex(), "frames": bodies(ping),
+         "error": ErrorCode.FRAME_TRUNCATED.name},
+    ]
+
+
+def message_vectors() -> list[dict[str, Any]]:
+    ack = HelloAck(version=1, capabilities=("gossip/1",), nonce=NONCE_B,
+                   recipient=KEY_B.peer_id.digest)
+    close = Close(code=int(ErrorCode.UNSUPPORTED_VERSION), reason="peer speaks [2], we speak [1]")
+    valid: list[tuple[str, str, Message]] = [
+        ("hello", "Hello with every field", HELLO),
+        ("hello-minimal", "Hello with only the required fields",
+         Hello(versions=(1, 2), capabilities=(), nonce=NONCE_B)),
+        ("hello-ack", "HelloAck echoing B's nonce to B", ack),
+        ("close", "Close carrying UNSUPPORTED_VERSION", close),
+        ("ping", "Ping", Ping(nonce=2**64 - 1)),
+        ("pong", "Pong", Pong(nonce=0)),
+    ]
+    out = []
+    for vid, desc, msg in valid:
+        signed = msgpack_profile.pack(signed_map(msg))
+        out.append(vec_ok(vid, desc, encode(msg), envelope_fields(msg),
+                          signed=signed.hex(),
+                          signing_input=signing_input(DOMAIN_ENVELOPE, signed).hex()))
+    hello_signed = msgpack_profile.pack(signed_map(HELLO))
+    good = raw_body(hello_signed)
+    # An unknown extra key in the body is ignored (forward compatibility).
+    extra = dict(HELLO.to_body(), future_field=[1, 2, 3])
+    out.append(vec_ok("hello-unknown-field", "unknown body keys are ignored",
+                      raw_body(msgpack_profile.pack(signed_map(HELLO, body=extra))),
+                      envelope_fields(HELLO, body=render(extra))))
+    # Non-minimal widths are valid: bin 32 headers around every section.
+    wide = (b"\x93" + b"\xc6" + struct.pack(">I", len(hello_signed)) + hello_signed
+            + b"\xc6" + struct.pack(">I", 64) + KEY_A.sign(DOMAIN_ENVELOPE, hello_signed)
+            + b"\xc6" + struct.pack(">I", 0))
+    out.append(vec_ok("hello-bin32-sections", "sections framed as bin 32 (non-minimal widths)",
+                      wide, envelope_fields(HELLO)))
+
+    def err(vid: str, desc: str, data: bytes, code: ErrorCode) -> None:
+        out.append(vec_err(vid, desc, data, code))
+
+    sig = KEY_A.sign(DOMAIN_ENVELOPE, hello_signed)
+    err("body-not-array", "frame body starts with a map, not fixarray(3)",
+        b"\x80", ErrorCode.MALFORMED_FRAME)
+    err("body-array-of-two", "fixarray(2)", b"\x92" + good[1:], ErrorCode.MALFORMED_FRAME)
+    err("body-trailing-bytes", "a byte after the third element", good + b"\x00",
+        ErrorCode.MALFORMED_FRAME)
+    err("body-section-not-bin", "signed section encoded as str",
+        b"\x93\xa1x" + good[1:], ErrorCode.MALFORMED_FRAME)
+    err("body-section-overruns", "signed section declares more bytes than the body has",
+        b"\x93\xc5\xff\xff" + hello_signed[:10], ErrorCode.MALFORMED_FRAME)
+    err("body-short-signature", "a 63-byte signature",
+        frame_body(frame_body_parts(hello_signed, sig[:63], b"")), ErrorCode.MALFORMED_FRAME)
+    err("body-payload-on-hello", "a Hello with a non-empty payload",
+        raw_body(hello_signed, payload=b"\x01\x02"), ErrorCode.MALFORMED_FRAME)
+    err("signed-not-msgpack", "signed section is not valid msgpack (0xc1 is never used)",
+        raw_body(b"\xc1"), ErrorCode.MALFORMED_MESSAGE)
+    err("signed-not-map", "signed section is an array",
+        raw_body(msgpack_profile.pack([1, 2])), ErrorCode.MALFORMED_MESSAGE)
+    err("signed-trailing-bytes", "signed section has bytes after the map",
+        raw_body(hello_signed + b"\xc0"), ErrorCode.MALFORMED_MESSAGE)
+    no_seq = signed_map(HELLO)
+    del no_seq["seq"]
+    err("envelope-missing-seq", "envelope without seq",
+        raw_body(msgpack_profile.pack(no_seq)), ErrorCode.MALFORMED_MESSAGE)
+    err("envelope-negative-seq", "seq = -1",
+        raw_body(msgpack_profile.pack(signed_map(HELLO, seq=-1))), ErrorCode.MALFORMED_MESSAGE)
+    err("envelope-short-key", "a 31-byte public key",
+        raw_body(msgpack_profile.pack(signed_map(HELLO, pk=KEY_A.public_key[:31]))),
+        ErrorCode.MALFORMED_MESSAGE)
+    err("envelope-ext-type", "an ext value (msgpack timestamp) in the body",
+        raw_body(packed_unchecked(signed_map(HELLO, body={"x": msgpack.ExtType(1, b"ab")}))),
+        ErrorCode.MALFORMED_MESSAGE)
+    err("envelope-nan", "a NaN float in the body",
+        raw_body(packed_unchecked(
+            signed_map(HELLO, body=dict(HELLO.to_body(), load=float("nan"))))),
+        ErrorCode.MALFORMED_MESSAGE)
+    err("envelope-int-key", "a map with an integer key",
+        raw_body(packed_unchecked(signed_map(HELLO, body={1: 2}))), ErrorCode.MALFORMED_MESSAGE)
+    deep: Any = 0
+    for _ in range(MAX_MSGPACK_DEPTH + 2):
+        deep = [deep]
+    err("envelope-too-deep", f"nesting deeper than MAX_MSGPACK_DEPTH={MAX_MSGPACK_DEPTH}",
+        raw_body(packed_unchecked(signed_map(HELLO, body={"d": deep}))),
+        ErrorCode.MALFORMED_MESSAGE)
+    err("envelope-long-string", f"a string longer than MAX_STR_LEN={MAX_STR_LEN}",
+        raw_body(packed_unchecked(signed_map(HELLO, body=dict(HELLO.to_body(),
+                                                             agent="x" * (MAX_STR_LEN + 1))))),
+        ErrorCode.MALFORMED_MESSAGE)
+    err("envelope-version-2", "envelope version 2 (not spoken)",
+        raw_body(msgpack_profile.pack(signed_map(HELLO, v=2))), ErrorCode.UNSUPPORTED_VERSION)
+    flipped = bytearray(good)
+    flipped[-3] ^= 0x01  # inside the signature
+    err("bad-signature", "one bit of the signature flipped", bytes(flipped),
+        ErrorCode.BAD_SIGNATURE)
+    err("wrong-domain", "signed under spheroid/v1/record instead of spheroid/v1/envelope",
+        raw_body(hello_signed, domain=DOMAIN_RECORD), ErrorCode.BAD_SIGNATURE)
+    err("wrong-key", "pk is key A, signature by key B", raw_body(hello_signed, key=KEY_B),
+        ErrorCode.BAD_SIGNATURE)
+    err("unknown-type", "message type 0x7f", raw_body(msgpack_profile.pack(
+        signed_map(type_code=0x7F, body={}))), ErrorCode.UNKNOWN_MESSAGE_TYPE)
+    body = HELLO.to_body()
+    del body["nonce"]
+    err("hello-missing-nonce", "Hello without its nonce",
+        raw_body(msgpack_profile.pack(signed_map(HELLO, body=body))), ErrorCode.MALFORMED_MESSAGE)
+    err("hello-short-nonce", "Hello with a 31-byte nonce",
+        raw_body(msgpack_profile.pack(signed_map(HELLO, body=dict(HELLO.to_body(),
+                                                                 nonce=NONCE_A[:31])))),
+        ErrorCode.MALFORMED_MESSAGE)
+    err("hello-versions-not-list", "Hello whose vs is an integer",
+        raw_body(msgpack_profile.pack(signed_map(HELLO, body=dict(HELLO.to_body(), vs=1)))),
+        ErrorCode.MALFORMED_MESSAGE)
+    err("ping-string-nonce", "Ping whose n is a string",
+        raw_body(msgpack_profile.pack(signed_map(Ping(nonce=1), body={"n": "1"}))),
+        ErrorCode.MALFORMED_MESSAGE)
+    return out
+
+
+def tensor_vectors() -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    f32 = dtype_by_name("float32")
+    values = struct.pack("<6f", 0.0, 1.0, -2.5, 3.25, 1e-3, -0.0)
+    small = RawTensor(f32, (2, 3), values)
+    header = tensor_header(9, "block0.attn.w", small)
+    out.append(vec_ok("header-float32-2x3", "header of a 2x3 float32 tensor", encode(header),
+                      envelope_fields(header)))
+    (chunk,) = tensor_chunks(header, small)
+    out.append(vec_ok("chunk-raw", "its one chunk, codec none", encode(chunk),
+                      envelope_fields(chunk), data=values.hex(), payload=values.hex()))
+
+    def chunk_with(payload: bytes, *, codec: int, raw: bytes, es: int = 1,
+                   declared_hash: bytes | None = None, raw_len: int | None = None) -> bytes:
+        body = {"id": 9, "i": 0, "n": len(raw) if raw_len is None else raw_len,
+                "h": declared_hash or blake3.blake3(raw).digest(), "c": codec}
+        if codec == Codec.SHUFFLE_ZSTD:
+            body["es"] = es
+        signed = msgpack_profile.pack(signed_map(type_code=0x21, body=body))
+        return raw_body(signed, payload=payload)
+
+    zeros = bytes(4096)
+    zfr = zstd_frame(zeros)
+    out.append(vec_ok("chunk-zstd-rle", "4096 zero bytes as one zstd RLE block",
+                      chunk_with(zfr, codec=Codec.ZSTD, raw=zeros), None, data=zeros.hex()))
+    ramp = bytes(range(256)) * 2
+    out.append(vec_ok("chunk-zstd-raw-block", "512 bytes as a zstd raw block",
+                      chunk_with(zstd_frame(ramp), codec=Codec.ZSTD, raw=ramp), None,
+                      data=ramp.hex()))
+    shuffled_src = struct.pack("<4f", 1.0, 2.0, 3.0, 4.0)
+    shuffled = b"".join(shuffled_src[k::4] for k in range(4))
+    out.append(vec_ok("chunk-shuffle-zstd", "4 float32 values, byte-shuffled (es=4) then zstd",
+                      chunk_with(zstd_frame(shuffled), codec=Codec.SHUFFLE_ZSTD, es=4,
+                                 raw=shuffled_src), None, data=shuffled_src.hex()))
+    empty = tensor_header(1, "empty", RawTensor(f32, (0, 4), b""))
+    out.append(vec_ok("header-empty-tensor", "a zero-size tensor has no chunks", encode(empty),
+                      envelope_fields(empty)))
+
+    def err(vid: str, desc: str, data: bytes, code: ErrorCode) -> None:
+        out.append(vec_err(vid, desc, data, code))
+
+    def header_with(**changes: Any) -> bytes:
+        body = dict(header.to_body(), **changes)
+        return raw_body(msgpack_profile.pack(signed_map(type_code=0x20, body=body)))
+
+    err("header-unknown-dtype", "dtype code 99", header_with(dt=99), ErrorCode.UNKNOWN_DTYPE)
+    err("header-shape-mismatch", "shape [2,3] with two chunk hashes",
+        header_with(hs=header.chunk_hashes * 2), ErrorCode.TENSOR_SHAPE_MISMATCH)
+    huge_shape = [2**20, 2**10, 2]  # 8 GiB of float32
+    err("header-too-large", "a tensor above MAX_TENSOR_BYTES",
+        header_with(shape=huge_shape), ErrorCode.TENSOR_LIMIT)
+    err("header-content-hash", "content hash does not match the chunk hashes",
+        header_with(h=bytes(32)), ErrorCode.HASH_MISMATCH)
+    err("header-shape-not-list", "shape is a string",
+        header_with(shape="2x3"), ErrorCode.MALFORMED_MESSAGE)
+    err("header-too-many-dims", "9 dimensions", header_with(shape=[1] * 9),
+        ErrorCode.MALFORMED_MESSAGE)
+    err("chunk-unknown-codec", "codec id 7", chunk_with(values, codec=7, raw=values),
+        ErrorCode.UNKNOWN_CODEC)
+    err("chunk-raw-length-mismatch", "codec none, payload shorter than n",
+        chunk_with(values[:-4], codec=Codec.NONE, raw=values), ErrorCode.TENSOR_SHAPE_MISMATCH)
+    err("chunk-hash-mismatch", "payload does not hash to h",
+        chunk_with(values, codec=Codec.NONE, raw=values, declared_hash=bytes(32)),
+        ErrorCode.HASH_MISMATCH)
+    err("chunk-zstd-declares-more", "zstd frame declares 8192 bytes, the chunk 4096 (a bomb)",
+        chunk_with(zstd_frame(bytes(8192)), codec=Codec.ZSTD, raw=zeros),
+        ErrorCode.DECOMPRESSION_FAILED)
+    err("chunk-zstd-huge-declared", "zstd frame declares 2^40 bytes",
+        chunk_with(zstd_frame(zeros, declared=2**40), codec=Codec.ZSTD, raw=zeros),
+        ErrorCode.DECOMPRESSION_FAILED)
+    err("chunk-zstd-lies", "zstd frame declares 4096 bytes but holds 8192",
+        chunk_with(zstd_frame(bytes(8192), declared=4096), codec=Codec.ZSTD, raw=zeros),
+        ErrorCode.DECOMPRESSION_FAILED)
+    err("chunk-zstd-no-size", "zstd frame without a content size",
+        chunk_with(zstd_frame(zeros, with_size=False), codec=Codec.ZSTD, raw=zeros),
+        ErrorCode.DECOMPRESSION_FAILED)
+    err("chunk-zstd-trailing", "bytes after the zstd frame",
+        chunk_with(zfr + b"\x00\x00", codec=Codec.ZSTD, raw=zeros),
+        ErrorCode.DECOMPRESSION_FAILED)
+    err("chunk-zstd-garbage", "payload is not a zstd frame",
+        chunk_with(b"not zstd at all", codec=Codec.ZSTD, raw=zeros),
+        ErrorCode.DECOMPRESSION_FAILED)
+    err("chunk-too-long", f"n above TENSOR_CHUNK_BYTES={TENSOR_CHUNK_BYTES}",
+        chunk_with(values, codec=Codec.NONE, raw=values, raw_len=TENSOR_CHUNK_BYTES + 1),
+        ErrorCode.MALFORMED_MESSAGE)
+    err("chunk-shuffle-bad-multiple", "n = 6 is not a multiple of es = 4",
+        chunk_with(zstd_frame(values[:6]), codec=Codec.SHUFFLE_ZSTD, es=4, raw=values[:6]),
+        ErrorCode.TENSOR_SHAPE_MISMATCH)
+    return out
+
+
+def stream_vectors() -> list[dict[str, Any]]:
+    """Header + chunks on one connection -> a tensor, or the assembler's error (05 §5.4 step 3)."""
+    u8 = dtype_by_name("uint8")
+    raw = bytes([7]) * TENSOR_CHUNK_BYTES + bytes(range(100))
+    tensor = RawTensor(u8, (len(raw),), raw)
+    header = tensor_header(3, "two-chunks", tensor)
+    first, second = tensor_chunks(header, tensor)
+    # Chunk 0 as zstd RLE blocks keeps the vector small (1 MiB of one byte).
+    first = TensorChunk(stream_id=3, index=0, raw_len=first.raw_len, chunk_hash=first.chunk_hash,
+                        codec=Codec.ZSTD, payload=zstd_frame(raw[:TENSOR_CHUNK_BYTES]))
+    frames = [encode(header), encode(first), encode(second)]
+    other = RawTensor(u8, (len(raw),), bytes(len(raw)))
+    foreign = list(tensor_chunks(tensor_header(3, "two-chunks", other), other))[1]
+    return [
+        {"id": "stream-two-chunks", "description": "1 MiB + 100 bytes in two chunks, in order",
+         "frames": [f.hex() for f in frames], "content_hash": header.content_hash.hex(),
+         "data_blake3": blake3.blake3(raw).hexdigest()},
+        {"id": "stream-reversed", "description": "the same chunks in reverse order",
+         "frames": [frames[0].hex(), frames[2].hex(), frames[1].hex()],
+         "content_hash": header.content_hash.hex(),
+         "data_blake3": blake3.blake3(raw).hexdigest()},
+        {"id": "stream-foreign-chunk",
+         "description": "a valid chunk whose hash is not the header's entry for its index",
+         "frames": [frames[0].hex(), frames[1].hex(), encode(foreign).hex()],
+         "error": ErrorCode.HASH_MISMATCH.name},
+    ]
+
+
+AREAS: dict[str, Callable[[], list[dict[str, Any]]]] = {
+    "signing": signing_vectors,
+    "framing": framing_vectors,
+    "messages": message_vectors,
+    "tensor_frames": tensor_vectors,
+    "tensor_streams": stream_vectors,
+}
+
+
+def render_area(area: str) -> str:
+    doc = {"area": area, "spec_revision": SPEC_REVISION, "vectors": AREAS[area]()}
+    return json.dumps(doc, indent=1, sort_keys=False) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if committed files differ")
+    parser.add_argument("--out", type=Path, default=OUT_DIR)
+    args = parser.parse_args(argv)
+    stale = []
+    total = 0
+    for area in AREAS:
+        text = render_area(area)
+        total += len(json.loads(text)["vectors"])
+        path = args.out / f"{area}.json"
+        if args.check:
+            if not path.exists() or path.read_text() != text:
+                stale.append(path.name)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+    if stale:
+        print(f"vectors out of date: {', '.join(stale)}; run scripts/gen_vectors.py",
+              file=sys.stderr)
+        return 1
+    print(f"{'checked' if args.check else 'wrote'} {total} vectors in {len(AREAS)} files")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
