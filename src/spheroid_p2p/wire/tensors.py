@@ -31,9 +31,9 @@ from spheroid_p2p.wire.messages import TensorChunk, TensorHeader, tensor_layout
 
 __all__ = [
     "RawTensor",
-    "chunk_digest",
     "TensorAssembler",
     "check_header",
+    "chunk_digest",
     "content_hash",
     "tensor_chunks",
     "tensor_header",
