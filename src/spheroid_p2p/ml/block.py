@@ -1,0 +1,179 @@
+"""The BlockTrain block denoiser (design note §7) and the frozen target codebook.
+
+Each block is self-contained: its own byte embedding, positions, noise-level embedder, a few
+Transformer layers with AdaLN-Zero, EDM preconditioning and a byte head. Nothing is shared
+between blocks except the codebook, which every peer rebuilds from a seed (§7.2), so a worker
+that trains one block never needs another block's parameters.
+
+Sequence layouts (§7.3, §12):
+
+* **S** (single stream): row i = E(x_i) + pos(i) + W_in(c_in * z_i), where z_i is the noisy
+  code of the next byte y_i = x_{i+1}; plain causal mask. Serves span 1.
+* **P** (clean ; noisy): rows [E(x_c) + pos(c)] for the clean bytes, then one row per noisy
+  slot, W_in(c_in * z) + pos(target position) + a "noisy" type vector. Clean rows are causal
+  over clean rows; a noisy slot sees the clean prefix before its span and every slot of its
+  own span. Only noisy rows are modulated by sigma, so clean rows form a plain causal LM.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spheroid_p2p.ml.config import ModelConfig
+from spheroid_p2p.ml.layers import Layer, NoiseEmbedder, ada_layer_norm
+from spheroid_p2p.ml.noise import edm_scalings
+
+__all__ = ["BlockDenoiser", "BlockOutput", "SpanPlan", "make_codebook"]
+
+
+def make_codebook(cfg: ModelConfig) -> torch.Tensor:
+    """The frozen target codebook C: (vocab, d_z) Gaussian rows from a fixed seed, unit norm."""
+    gen = torch.Generator().manual_seed(cfg.codebook_seed)
+    codes = torch.randn(cfg.vocab, cfg.d_z, generator=gen)
+    return F.normalize(codes, dim=-1)
+
+
+@dataclass(frozen=True)
+class SpanPlan:
+    """Where each noisy slot sits in layout P: its target position, how many clean bytes it
+    sees, and its span id (slots of one span see each other)."""
+
+    target_pos: tuple[int, ...]
+    visible: tuple[int, ...]
+    span_id: tuple[int, ...]
+
+    @staticmethod
+    def training(context: int, span: int, phase: int) -> SpanPlan:
+        """All T next-byte targets of a window, cut into spans of ``span`` with a phase.
+
+        Slot i denoises y_i = x_{i+1}. With phase f in [0, span), span ids are (i + f) // span;
+        a span starting at slot s sees clean bytes x_0..x_s (its prefix).
+        """
+        ids = [(i + phase) // span for i in range(context)]
+        starts = {}
+        for i, sid in enumerate(ids):
+            starts.setdefault(sid, i)
+        return SpanPlan(
+            target_pos=tuple(i + 1 for i in range(context)),
+            visible=tuple(starts[sid] + 1 for sid in ids),
+            span_id=tuple(ids),
+        )
+
+    @staticmethod
+    def generation(prefix_len: int, span: int) -> SpanPlan:
+        """``span`` slots for the bytes right after a clean prefix of ``prefix_len`` bytes."""
+        return SpanPlan(
+            target_pos=tuple(prefix_len + k for k in range(span)),
+            visible=(prefix_len,) * span,
+            span_id=(0,) * span,
+        )
+
+
+@lru_cache(maxsize=64)
+def _p_mask(n_clean: int, plan: SpanPlan) -> torch.Tensor:
+    """(S, S) boolean mask for layout P; True = may attend."""
+    n_noisy = len(plan.target_pos)
+    size = n_clean + n_noisy
+    mask = torch.zeros(size, size, dtype=torch.bool)
+    mask[:n_clean, :n_clean] = torch.ones(n_clean, n_clean, dtype=torch.bool).tril()
+    visible = torch.tensor(plan.visible)
+    cols = torch.arange(n_clean)
+    mask[n_clean:, :n_clean] = cols[None, :] < visible[:, None]
+    ids = torch.tensor(plan.span_id)
+    mask[n_clean:, n_clean:] = ids[:, None] == ids[None, :]
+    return mask
+
+
+@dataclass
+class BlockOutput:
+    logits: torch.Tensor  # (B, N, vocab)
+    denoised: torch.Tensor  # (B, N, d_z): D = c_skip * z + c_out * F
+
+
+class BlockDenoiser(nn.Module):
+    """One block: an EDM-preconditioned denoiser of next-byte codes for its noise interval."""
+
+    def __init__(self, cfg: ModelConfig, index: int) -> None:
+        super().__init__()
+        if not 0 <= index < cfg.n_blocks:
+            raise ValueError(f"block index {index} outside 0..{cfg.n_blocks - 1}")
+        self.cfg = cfg
+        self.index = index
+        d = cfg.d_model
+        self.embed = nn.Embedding(cfg.vocab, d)
+        self.pos = nn.Embedding(cfg.context + 1, d)
+        self.noisy_type = nn.Parameter(torch.zeros(d))
+        self.w_in = nn.Linear(cfg.d_z, d)
+        self.noise_embed = NoiseEmbedder(cfg.d_cond)
+        self.layers = nn.ModuleList(
+            Layer(d, cfg.n_heads, cfg.mlp_ratio, cfg.d_cond, cfg.dropout)
+            for _ in range(cfg.layers_per_block)
+        )
+        self.ada_f = nn.Linear(cfg.d_cond, 2 * d)
+        self.w_out = nn.Linear(d, cfg.d_z)
+        self.ada_head = nn.Linear(cfg.d_cond, 2 * cfg.d_z)
+        self.head = nn.Linear(cfg.d_z, cfg.vocab)
+        self.register_buffer("codebook", make_codebook(cfg), persistent=False)
+        self._init_weights(cfg.init_seed * 1009 + index)
+
+    def _init_weights(self, seed: int) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                module.weight.data = torch.randn(module.weight.shape, generator=gen) * 0.02
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                module.weight.data = torch.randn(module.weight.shape, generator=gen) * 0.02
+        for layer in self.layers:
+            assert layer.ada is not None
+            nn.init.zeros_(layer.ada.weight)
+            nn.init.zeros_(layer.ada.bias)
+        for zero in (self.ada_f, self.ada_head, self.head):
+            nn.init.zeros_(zero.weight)
+            nn.init.zeros_(zero.bias)
+
+    # -- forward ----------------------------------------------------------------------------
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, Tc) clean bytes, long
+        z: torch.Tensor,  # (B, N, d_z) noisy codes
+        sigma: torch.Tensor,  # (B,)
+        plan: SpanPlan | None = None,  # layout P only
+    ) -> BlockOutput:
+        cfg = self.cfg
+        c_skip, c_out, c_in, c_noise = (s[:, None, None] for s in edm_scalings(sigma, cfg.sigma_data))
+        cond = self.noise_embed(c_noise[:, 0, 0])  # (B, C)
+        z_in = self.w_in(c_in * z)  # (B, N, D)
+        if cfg.layout == "S":
+            T = x.shape[1]
+            positions = torch.arange(T, device=x.device)
+            h = self.embed(x) + self.pos(positions)[None] + z_in  # (B, T, D)
+            row_mask, attn_mask, n_clean = None, None, 0
+        else:
+            if plan is None:
+                raise ValueError("layout P needs a SpanPlan")
+            n_clean = x.shape[1]
+            clean = self.embed(x) + self.pos(torch.arange(n_clean, device=x.device))[None]
+            target_pos = torch.tensor(plan.target_pos, device=x.device)
+            noisy = z_in + self.pos(target_pos)[None] + self.noisy_type  # (B, N, D)
+            h = torch.cat([clean, noisy], dim=1)  # (B, Tc + N, D)
+            attn_mask = _p_mask(n_clean, plan).to(x.device)
+            row_mask = torch.arange(h.shape[1], device=x.device) >= n_clean  # (Tc + N,)
+        for layer in self.layers:
+            h = layer(h, cond, row_mask, attn_mask)
+        h = h[:, n_clean:]  # (B, N, D): the noisy rows
+        shift, scale = self.ada_f(cond)[:, None].chunk(2, dim=-1)  # (B, 1, D)
+        f = self.w_out(ada_layer_norm(h, shift, scale))  # (B, N, d_z)
+        denoised = c_skip * z + c_out * f  # (B, N, d_z)
+        hshift, hscale = self.ada_head(cond)[:, None].chunk(2, dim=-1)
+        logits = self.head(ada_layer_norm(denoised, hshift, hscale))  # (B, N, vocab)
+        return BlockOutput(logits=logits, denoised=denoised)
+
+    def expected_code(self, logits: torch.Tensor) -> torch.Tensor:
+        """D_hat = softmax(logits) @ C: the denoised estimate the sampler moves toward."""
+        return torch.softmax(logits.float(), dim=-1) @ self.codebook  # (B, N, d_z)

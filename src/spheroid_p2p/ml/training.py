@@ -1,0 +1,202 @@
+"""Training: one block with its own optimizer (design note §8, §9), and the baselines.
+
+:class:`BlockTrainer` is what a worker runs: it holds exactly one :class:`BlockDenoiser` and
+its AdamW state, and no other block's parameters. :func:`train_blocktrain` is the
+single-process reference run (a random block each step, §9). :class:`ARTrainer` trains
+baselines (A) and (C); :class:`EndToEndTrainer` trains reference (B) through the unrolled
+sampler.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from spheroid_p2p.ml.baselines import ARTransformer
+from spheroid_p2p.ml.block import BlockDenoiser, SpanPlan
+from spheroid_p2p.ml.config import ModelConfig, TrainConfig
+from spheroid_p2p.ml.data import ByteCorpus
+from spheroid_p2p.ml.noise import NoisePartition, loss_weight
+from spheroid_p2p.ml.sampler import block_points, euler_step, initial_noise
+
+__all__ = ["ARTrainer", "BlockTrainer", "EndToEndTrainer", "StepLog", "train_blocktrain"]
+
+
+def _adamw(params: list[torch.nn.Parameter], tcfg: TrainConfig) -> torch.optim.AdamW:
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": tcfg.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=tcfg.lr, betas=tcfg.betas,
+    )
+
+
+@dataclass
+class StepLog:
+    """What one optimizer step reports."""
+
+    step: int
+    loss: float  # unweighted next-byte CE of the step's batch, nats/byte
+    lr: float
+    seconds: float
+
+
+class BlockTrainer:
+    """Trains one block on the block-local denoising objective (§8) with its own AdamW."""
+
+    def __init__(self, cfg: ModelConfig, tcfg: TrainConfig, block_index: int, seed: int,
+                 block: BlockDenoiser | None = None) -> None:
+        self.cfg = cfg
+        self.tcfg = tcfg
+        self.block_index = block_index
+        self.block = block if block is not None else BlockDenoiser(cfg, block_index)
+        self.partition = NoisePartition(cfg)
+        self.optimizer = _adamw(list(self.block.parameters()), tcfg)
+        self.step_count = 0
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def loss(self, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weighted loss, unweighted CE) of one (B, T+1) batch of windows."""
+        cfg = self.cfg
+        x, y = window[:, :-1], window[:, 1:]  # (B, T) each
+        B = x.shape[0]
+        sigma = self.partition.sample(self.block_index, B, self.generator)  # (B,)
+        eps = torch.randn(*y.shape, cfg.d_z, generator=self.generator)  # (B, T, d_z)
+        z = self.block.codebook[y] + sigma[:, None, None] * eps  # (B, T, d_z)
+        plan = None
+        if cfg.layout == "P":
+            phase = int(torch.randint(0, cfg.span, (1,), generator=self.generator))
+            plan = SpanPlan.training(x.shape[1], cfg.span, phase)
+        logits = self.block(x, z, sigma, plan).logits  # (B, T, vocab)
+        ce = F.cross_entropy(logits.reshape(-1, cfg.vocab), y.reshape(-1), reduction="none")
+        ce_seq = ce.view(B, -1).mean(dim=1)  # (B,)
+        weight = loss_weight(sigma, cfg.sigma_data) if cfg.loss_weighting else torch.ones_like(sigma)
+        return (weight * ce_seq).mean(), ce_seq.mean()
+
+    def step(self, window: torch.Tensor) -> StepLog:
+        """One optimizer step on a (B, T+1) batch."""
+        start = time.perf_counter()
+        self.block.train()
+        lr = self.tcfg.lr_at(self.step_count)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        weighted, ce = self.loss(window)
+        self.optimizer.zero_grad(set_to_none=True)
+        weighted.backward()
+        torch.nn.utils.clip_grad_norm_(self.block.parameters(), self.tcfg.grad_clip)
+        self.optimizer.step()
+        self.step_count += 1
+        return StepLog(self.step_count, float(ce.detach()), lr, time.perf_counter() - start)
+
+
+class ARTrainer:
+    """Trains an autoregressive baseline on next-byte CE."""
+
+    def __init__(self, cfg: ModelConfig, tcfg: TrainConfig, n_layers: int, seed: int) -> None:
+        self.cfg = cfg
+        self.tcfg = tcfg
+        self.model = ARTransformer(cfg, n_layers, seed=seed)
+        self.optimizer = _adamw(list(self.model.parameters()), tcfg)
+        self.step_count = 0
+
+    def step(self, window: torch.Tensor) -> StepLog:
+        start = time.perf_counter()
+        self.model.train()
+        lr = self.tcfg.lr_at(self.step_count)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        x, y = window[:, :-1], window[:, 1:]
+        logits = self.model(x)  # (B, T, vocab)
+        loss = F.cross_entropy(logits.reshape(-1, self.cfg.vocab), y.reshape(-1))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tcfg.grad_clip)
+        self.optimizer.step()
+        self.step_count += 1
+        return StepLog(self.step_count, float(loss.detach()), lr, time.perf_counter() - start)
+
+
+class EndToEndTrainer:
+    """Reference (B): the same blocks trained jointly through the unrolled Euler sampler.
+
+    Each step starts from fresh noise, runs the whole one-traversal sampler with gradients,
+    and backpropagates the final logits' CE through every block (one optimizer over all).
+    """
+
+    def __init__(self, cfg: ModelConfig, tcfg: TrainConfig, seed: int) -> None:
+        self.cfg = cfg
+        self.tcfg = tcfg
+        self.blocks = torch.nn.ModuleList(BlockDenoiser(cfg, b) for b in range(cfg.n_blocks))
+        self.optimizer = _adamw(list(self.blocks.parameters()), tcfg)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.points = block_points(NoisePartition(cfg))
+        self.step_count = 0
+
+    def step(self, window: torch.Tensor) -> StepLog:
+        start = time.perf_counter()
+        self.blocks.train()
+        lr = self.tcfg.lr_at(self.step_count)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        cfg = self.cfg
+        x, y = window[:, :-1], window[:, 1:]
+        plan = SpanPlan.training(x.shape[1], cfg.span, 0) if cfg.layout == "P" else None
+        z = initial_noise((*y.shape, cfg.d_z), self.points[0][0][0], self.generator)
+        logits = torch.empty(0)
+        for b, (points, nxt) in enumerate(self.points):
+            block = self.blocks[b]
+            assert isinstance(block, BlockDenoiser)
+            for j, s in enumerate(points):
+                sig = torch.full((x.shape[0],), s)
+                logits = block(x, z, sig, plan).logits
+                target = points[j + 1] if j + 1 < len(points) else nxt
+                if target is not None:
+                    z = euler_step(z, torch.softmax(logits, -1) @ block.codebook, s, target)
+        loss = F.cross_entropy(logits.reshape(-1, cfg.vocab), y.reshape(-1))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.blocks.parameters(), self.tcfg.grad_clip)
+        self.optimizer.step()
+        self.step_count += 1
+        return StepLog(self.step_count, float(loss.detach()), lr, time.perf_counter() - start)
+
+
+@dataclass
+class RunLog:
+    """Training curve: (elapsed seconds, total steps, loss) points and per-block step counts."""
+
+    points: list[tuple[float, int, float]] = field(default_factory=list)
+    block_steps: list[int] = field(default_factory=list)
+
+
+def train_blocktrain(
+    cfg: ModelConfig,
+    tcfg: TrainConfig,
+    corpus: ByteCorpus,
+    total_block_steps: int,
+    seed: int = 0,
+    on_step: Callable[[int, StepLog], None] | None = None,
+) -> tuple[list[BlockTrainer], RunLog]:
+    """The single-process reference run (§9): each step trains one block chosen at random.
+
+    Every block has its own trainer (its own AdamW and noise stream); data comes from one
+    shared generator so the run is reproducible from ``seed``.
+    """
+    trainers = [BlockTrainer(cfg, tcfg, b, seed=seed * 7919 + b) for b in range(cfg.n_blocks)]
+    pick = torch.Generator().manual_seed(seed)
+    data_gen = torch.Generator().manual_seed(seed + 1)
+    log = RunLog(block_steps=[0] * cfg.n_blocks)
+    start = time.perf_counter()
+    for i in range(total_block_steps):
+        b = int(torch.randint(0, cfg.n_blocks, (1,), generator=pick))
+        entry = trainers[b].step(corpus.batch(tcfg.batch_size, cfg.context, data_gen))
+        log.block_steps[b] += 1
+        log.points.append((time.perf_counter() - start, i + 1, entry.loss))
+        if on_step is not None:
+            on_step(b, entry)
+    return trainers, log
