@@ -39,8 +39,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -122,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
             "decode_all_s": dec_all,
         }
     ping = Ping(nonce=1)
-    small_enc_s, _ = _median_s(lambda: [encode_frame(key, ping, seq=1, timestamp_ms=0)
-                                        for _ in range(1000)], 3)
+    small_enc_s, _ = _median_s(
+        lambda: [encode_frame(key, ping, seq=1, timestamp_ms=0) for _ in range(1000)], 3
+    )
     small_body = b"".join(encode_frame(key, ping, seq=1, timestamp_ms=0))[4:]
     small_dec_s, _ = _median_s(lambda: [decode_frame(small_body) for _ in range(1000)], 3)
     report = {

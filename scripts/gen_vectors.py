@@ -207,38 +207,76 @@ def framing_vectors() -> list[dict[str, Any]]:
 
     too_large = struct.pack(">I", MAX_FRAME_BYTES + 1) + b"\x93"
     return [
-        {"id": "stream-one-frame", "description": "one Ping frame", "stream": ping.hex(),
-         "frames": bodies(ping)},
-        {"id": "stream-two-frames", "description": "two frames back to back",
-         "stream": (ping + pong).hex(), "frames": bodies(ping, pong)},
-        {"id": "stream-empty", "description": "no bytes at all: a clean close", "stream": "",
-         "frames": []},
-        {"id": "stream-zero-length", "description": "a frame of length 0",
-         "stream": "00000000", "error": ErrorCode.MALFORMED_FRAME.name},
-        {"id": "stream-oversized-length",
-         "description": "length MAX_FRAME_BYTES + 1 is refused before any body byte is read",
-         "stream": too_large.hex(), "error": ErrorCode.FRAME_TOO_LARGE.name},
-        {"id": "stream-huge-length", "description": "length 0xffffffff",
-         "stream": "ffffffff", "error": ErrorCode.FRAME_TOO_LARGE.name},
-        {"id": "stream-truncated-header", "description": "EOF after 2 bytes of a length",
-         "stream": "0000", "error": ErrorCode.FRAME_TRUNCATED.name},
-        {"id": "stream-truncated-body", "description": "EOF before the body is complete",
-         "stream": ping[:-5].hex(), "error": ErrorCode.FRAME_TRUNCATED.name},
-        {"id": "stream-frame-then-truncated",
-         "description": "a whole frame, then EOF inside the next; the first frame is delivered",
-         "stream": (ping + pong[:9]).hex(), "frames": bodies(ping),
-         "error": ErrorCode.FRAME_TRUNCATED.name},
+        {
+            "id": "stream-one-frame",
+            "description": "one Ping frame",
+            "stream": ping.hex(),
+            "frames": bodies(ping),
+        },
+        {
+            "id": "stream-two-frames",
+            "description": "two frames back to back",
+            "stream": (ping + pong).hex(),
+            "frames": bodies(ping, pong),
+        },
+        {
+            "id": "stream-empty",
+            "description": "no bytes at all: a clean close",
+            "stream": "",
+            "frames": [],
+        },
+        {
+            "id": "stream-zero-length",
+            "description": "a frame of length 0",
+            "stream": "00000000",
+            "error": ErrorCode.MALFORMED_FRAME.name,
+        },
+        {
+            "id": "stream-oversized-length",
+            "description": "length MAX_FRAME_BYTES + 1 is refused before any body byte is read",
+            "stream": too_large.hex(),
+            "error": ErrorCode.FRAME_TOO_LARGE.name,
+        },
+        {
+            "id": "stream-huge-length",
+            "description": "length 0xffffffff",
+            "stream": "ffffffff",
+            "error": ErrorCode.FRAME_TOO_LARGE.name,
+        },
+        {
+            "id": "stream-truncated-header",
+            "description": "EOF after 2 bytes of a length",
+            "stream": "0000",
+            "error": ErrorCode.FRAME_TRUNCATED.name,
+        },
+        {
+            "id": "stream-truncated-body",
+            "description": "EOF before the body is complete",
+            "stream": ping[:-5].hex(),
+            "error": ErrorCode.FRAME_TRUNCATED.name,
+        },
+        {
+            "id": "stream-frame-then-truncated",
+            "description": "a whole frame, then EOF inside the next; the first frame is delivered",
+            "stream": (ping + pong[:9]).hex(),
+            "frames": bodies(ping),
+            "error": ErrorCode.FRAME_TRUNCATED.name,
+        },
     ]
 
 
 def message_vectors() -> list[dict[str, Any]]:
-    ack = HelloAck(version=1, capabilities=("gossip/1",), nonce=NONCE_B,
-                   recipient=KEY_B.peer_id.digest)
+    ack = HelloAck(
+        version=1, capabilities=("gossip/1",), nonce=NONCE_B, recipient=KEY_B.peer_id.digest
+    )
     close = Close(code=int(ErrorCode.UNSUPPORTED_VERSION), reason="peer speaks [2], we speak [1]")
     valid: list[tuple[str, str, Message]] = [
         ("hello", "Hello with every field", HELLO),
-        ("hello-minimal", "Hello with only the required fields",
-         Hello(versions=(1, 2), capabilities=(), nonce=NONCE_B)),
+        (
+            "hello-minimal",
+            "Hello with only the required fields",
+            Hello(versions=(1, 2), capabilities=(), nonce=NONCE_B),
+        ),
         ("hello-ack", "HelloAck echoing B's nonce to B", ack),
         ("close", "Close carrying UNSUPPORTED_VERSION", close),
         ("ping", "Ping", Ping(nonce=2**64 - 1)),
@@ -247,100 +285,224 @@ def message_vectors() -> list[dict[str, Any]]:
     out = []
     for vid, desc, msg in valid:
         signed = msgpack_profile.pack(signed_map(msg))
-        out.append(vec_ok(vid, desc, encode(msg), envelope_fields(msg),
-                          signed=signed.hex(),
-                          signing_input=signing_input(DOMAIN_ENVELOPE, signed).hex()))
+        out.append(
+            vec_ok(
+                vid,
+                desc,
+                encode(msg),
+                envelope_fields(msg),
+                signed=signed.hex(),
+                signing_input=signing_input(DOMAIN_ENVELOPE, signed).hex(),
+            )
+        )
     hello_signed = msgpack_profile.pack(signed_map(HELLO))
     good = raw_body(hello_signed)
     # An unknown extra key in the body is ignored (forward compatibility).
     extra = dict(HELLO.to_body(), future_field=[1, 2, 3])
-    out.append(vec_ok("hello-unknown-field", "unknown body keys are ignored",
-                      raw_body(msgpack_profile.pack(signed_map(HELLO, body=extra))),
-                      envelope_fields(HELLO, body=render(extra))))
+    out.append(
+        vec_ok(
+            "hello-unknown-field",
+            "unknown body keys are ignored",
+            raw_body(msgpack_profile.pack(signed_map(HELLO, body=extra))),
+            envelope_fields(HELLO, body=render(extra)),
+        )
+    )
     # Non-minimal widths are valid: bin 32 headers around every section.
-    wide = (b"\x93" + b"\xc6" + struct.pack(">I", len(hello_signed)) + hello_signed
-            + b"\xc6" + struct.pack(">I", 64) + KEY_A.sign(DOMAIN_ENVELOPE, hello_signed)
-            + b"\xc6" + struct.pack(">I", 0))
-    out.append(vec_ok("hello-bin32-sections", "sections framed as bin 32 (non-minimal widths)",
-                      wide, envelope_fields(HELLO)))
+    wide = (
+        b"\x93"
+        + b"\xc6"
+        + struct.pack(">I", len(hello_signed))
+        + hello_signed
+        + b"\xc6"
+        + struct.pack(">I", 64)
+        + KEY_A.sign(DOMAIN_ENVELOPE, hello_signed)
+        + b"\xc6"
+        + struct.pack(">I", 0)
+    )
+    out.append(
+        vec_ok(
+            "hello-bin32-sections",
+            "sections framed as bin 32 (non-minimal widths)",
+            wide,
+            envelope_fields(HELLO),
+        )
+    )
 
     def err(vid: str, desc: str, data: bytes, code: ErrorCode) -> None:
         out.append(vec_err(vid, desc, data, code))
 
     sig = KEY_A.sign(DOMAIN_ENVELOPE, hello_signed)
-    err("body-not-array", "frame body starts with a map, not fixarray(3)",
-        b"\x80", ErrorCode.MALFORMED_FRAME)
+    err(
+        "body-not-array",
+        "frame body starts with a map, not fixarray(3)",
+        b"\x80",
+        ErrorCode.MALFORMED_FRAME,
+    )
     err("body-array-of-two", "fixarray(2)", b"\x92" + good[1:], ErrorCode.MALFORMED_FRAME)
-    err("body-trailing-bytes", "a byte after the third element", good + b"\x00",
-        ErrorCode.MALFORMED_FRAME)
-    err("body-section-not-bin", "signed section encoded as str",
-        b"\x93\xa1x" + good[1:], ErrorCode.MALFORMED_FRAME)
-    err("body-section-overruns", "signed section declares more bytes than the body has",
-        b"\x93\xc5\xff\xff" + hello_signed[:10], ErrorCode.MALFORMED_FRAME)
-    err("body-short-signature", "a 63-byte signature",
-        frame_body(frame_body_parts(hello_signed, sig[:63], b"")), ErrorCode.MALFORMED_FRAME)
-    err("body-payload-on-hello", "a Hello with a non-empty payload",
-        raw_body(hello_signed, payload=b"\x01\x02"), ErrorCode.MALFORMED_FRAME)
-    err("signed-not-msgpack", "signed section is not valid msgpack (0xc1 is never used)",
-        raw_body(b"\xc1"), ErrorCode.MALFORMED_MESSAGE)
-    err("signed-not-map", "signed section is an array",
-        raw_body(msgpack_profile.pack([1, 2])), ErrorCode.MALFORMED_MESSAGE)
-    err("signed-trailing-bytes", "signed section has bytes after the map",
-        raw_body(hello_signed + b"\xc0"), ErrorCode.MALFORMED_MESSAGE)
+    err(
+        "body-trailing-bytes",
+        "a byte after the third element",
+        good + b"\x00",
+        ErrorCode.MALFORMED_FRAME,
+    )
+    err(
+        "body-section-not-bin",
+        "signed section encoded as str",
+        b"\x93\xa1x" + good[1:],
+        ErrorCode.MALFORMED_FRAME,
+    )
+    err(
+        "body-section-overruns",
+        "signed section declares more bytes than the body has",
+        b"\x93\xc5\xff\xff" + hello_signed[:10],
+        ErrorCode.MALFORMED_FRAME,
+    )
+    err(
+        "body-short-signature",
+        "a 63-byte signature",
+        frame_body(frame_body_parts(hello_signed, sig[:63], b"")),
+        ErrorCode.MALFORMED_FRAME,
+    )
+    err(
+        "body-payload-on-hello",
+        "a Hello with a non-empty payload",
+        raw_body(hello_signed, payload=b"\x01\x02"),
+        ErrorCode.MALFORMED_FRAME,
+    )
+    err(
+        "signed-not-msgpack",
+        "signed section is not valid msgpack (0xc1 is never used)",
+        raw_body(b"\xc1"),
+        ErrorCode.MALFORMED_MESSAGE,
+    )
+    err(
+        "signed-not-map",
+        "signed section is an array",
+        raw_body(msgpack_profile.pack([1, 2])),
+        ErrorCode.MALFORMED_MESSAGE,
+    )
+    err(
+        "signed-trailing-bytes",
+        "signed section has bytes after the map",
+        raw_body(hello_signed + b"\xc0"),
+        ErrorCode.MALFORMED_MESSAGE,
+    )
     no_seq = signed_map(HELLO)
     del no_seq["seq"]
-    err("envelope-missing-seq", "envelope without seq",
-        raw_body(msgpack_profile.pack(no_seq)), ErrorCode.MALFORMED_MESSAGE)
-    err("envelope-negative-seq", "seq = -1",
-        raw_body(msgpack_profile.pack(signed_map(HELLO, seq=-1))), ErrorCode.MALFORMED_MESSAGE)
-    err("envelope-short-key", "a 31-byte public key",
+    err(
+        "envelope-missing-seq",
+        "envelope without seq",
+        raw_body(msgpack_profile.pack(no_seq)),
+        ErrorCode.MALFORMED_MESSAGE,
+    )
+    err(
+        "envelope-negative-seq",
+        "seq = -1",
+        raw_body(msgpack_profile.pack(signed_map(HELLO, seq=-1))),
+        ErrorCode.MALFORMED_MESSAGE,
+    )
+    err(
+        "envelope-short-key",
+        "a 31-byte public key",
         raw_body(msgpack_profile.pack(signed_map(HELLO, pk=KEY_A.public_key[:31]))),
-        ErrorCode.MALFORMED_MESSAGE)
-    err("envelope-ext-type", "an ext value (msgpack timestamp) in the body",
+        ErrorCode.MALFORMED_MESSAGE,
+    )
+    err(
+        "envelope-ext-type",
+        "an ext value (msgpack timestamp) in the body",
         raw_body(packed_unchecked(signed_map(HELLO, body={"x": msgpack.ExtType(1, b"ab")}))),
-        ErrorCode.MALFORMED_MESSAGE)
-    err("envelope-nan", "a NaN float in the body",
-        raw_body(packed_unchecked(
-            signed_map(HELLO, body=dict(HELLO.to_body(), load=float("nan"))))),
-        ErrorCode.MALFORMED_MESSAGE)
-    err("envelope-int-key", "a map with an integer key",
-        raw_body(packed_unchecked(signed_map(HELLO, body={1: 2}))), ErrorCode.MALFORMED_MESSAGE)
+        ErrorCode.MALFORMED_MESSAGE,
+    )
+    err(
+        "envelope-nan",
+        "a NaN float in the body",
+        raw_body(
+            packed_unchecked(signed_map(HELLO, body=dict(HELLO.to_body(), load=float("nan"))))
+        ),
+        ErrorCode.MALFORMED_MESSAGE,
+    )
+    err(
+        "envelope-int-key",
+        "a map with an integer key",
+        raw_body(packed_unchecked(signed_map(HELLO, body={1: 2}))),
+        ErrorCode.MALFORMED_MESSAGE,
+    )
     deep: Any = 0
     for _ in range(MAX_MSGPACK_DEPTH + 2):
         deep = [deep]
-    err("envelope-too-deep", f"nesting deeper than MAX_MSGPACK_DEPTH={MAX_MSGPACK_DEPTH}",
+    err(
+        "envelope-too-deep",
+        f"nesting deeper than MAX_MSGPACK_DEPTH={MAX_MSGPACK_DEPTH}",
         raw_body(packed_unchecked(signed_map(HELLO, body={"d": deep}))),
-        ErrorCode.MALFORMED_MESSAGE)
-    err("envelope-long-string", f"a string longer than MAX_STR_LEN={MAX_STR_LEN}",
-        raw_body(packed_unchecked(signed_map(HELLO, body=dict(HELLO.to_body(),
-                                                             agent="x" * (MAX_STR_LEN + 1))))),
-        ErrorCode.MALFORMED_MESSAGE)
-    err("envelope-version-2", "envelope version 2 (not spoken)",
-        raw_body(msgpack_profile.pack(signed_map(HELLO, v=2))), ErrorCode.UNSUPPORTED_VERSION)
+        ErrorCode.MALFORMED_MESSAGE,
+    )
+    err(
+        "envelope-long-string",
+        f"a string longer than MAX_STR_LEN={MAX_STR_LEN}",
+        raw_body(
+            packed_unchecked(
+                signed_map(HELLO, body=dict(HELLO.to_body(), agent="x" * (MAX_STR_LEN + 1)))
+            )
+        ),
+        ErrorCode.MALFORMED_MESSAGE,
+    )
+    err(
+        "envelope-version-2",
+        "envelope version 2 (not spoken)",
+        raw_body(msgpack_profile.pack(signed_map(HELLO, v=2))),
+        ErrorCode.UNSUPPORTED_VERSION,
+    )
     flipped = bytearray(good)
     flipped[-3] ^= 0x01  # inside the signature
-    err("bad-signature", "one bit of the signature flipped", bytes(flipped),
-        ErrorCode.BAD_SIGNATURE)
-    err("wrong-domain", "signed under spheroid/v1/record instead of spheroid/v1/envelope",
-        raw_body(hello_signed, domain=DOMAIN_RECORD), ErrorCode.BAD_SIGNATURE)
-    err("wrong-key", "pk is key A, signature by key B", raw_body(hello_signed, key=KEY_B),
-        ErrorCode.BAD_SIGNATURE)
-    err("unknown-type", "message type 0x7f", raw_body(msgpack_profile.pack(
-        signed_map(type_code=0x7F, body={}))), ErrorCode.UNKNOWN_MESSAGE_TYPE)
+    err(
+        "bad-signature", "one bit of the signature flipped", bytes(flipped), ErrorCode.BAD_SIGNATURE
+    )
+    err(
+        "wrong-domain",
+        "signed under spheroid/v1/record instead of spheroid/v1/envelope",
+        raw_body(hello_signed, domain=DOMAIN_RECORD),
+        ErrorCode.BAD_SIGNATURE,
+    )
+    err(
+        "wrong-key",
+        "pk is key A, signature by key B",
+        raw_body(hello_signed, key=KEY_B),
+        ErrorCode.BAD_SIGNATURE,
+    )
+    err(
+        "unknown-type",
+        "message type 0x7f",
+        raw_body(msgpack_profile.pack(signed_map(type_code=0x7F, body={}))),
+        ErrorCode.UNKNOWN_MESSAGE_TYPE,
+    )
     body = HELLO.to_body()
     del body["nonce"]
-    err("hello-missing-nonce", "Hello without its nonce",
-        raw_body(msgpack_profile.pack(signed_map(HELLO, body=body))), ErrorCode.MALFORMED_MESSAGE)
-    err("hello-short-nonce", "Hello with a 31-byte nonce",
-        raw_body(msgpack_profile.pack(signed_map(HELLO, body=dict(HELLO.to_body(),
-                                                                 nonce=NONCE_A[:31])))),
-        ErrorCode.MALFORMED_MESSAGE)
-    err("hello-versions-not-list", "Hello whose vs is an integer",
+    err(
+        "hello-missing-nonce",
+        "Hello without its nonce",
+        raw_body(msgpack_profile.pack(signed_map(HELLO, body=body))),
+        ErrorCode.MALFORMED_MESSAGE,
+    )
+    err(
+        "hello-short-nonce",
+        "Hello with a 31-byte nonce",
+        raw_body(
+            msgpack_profile.pack(signed_map(HELLO, body=dict(HELLO.to_body(), nonce=NONCE_A[:31])))
+        ),
+        ErrorCode.MALFORMED_MESSAGE,
+    )
+    err(
+        "hello-versions-not-list",
+        "Hello whose vs is an integer",
         raw_body(msgpack_profile.pack(signed_map(HELLO, body=dict(HELLO.to_body(), vs=1)))),
-        ErrorCode.MALFORMED_MESSAGE)
-    err("ping-string-nonce", "Ping whose n is a string",
+        ErrorCode.MALFORMED_MESSAGE,
+    )
+    err(
+        "ping-string-nonce",
+        "Ping whose n is a string",
         raw_body(msgpack_profile.pack(signed_map(Ping(nonce=1), body={"n": "1"}))),
-        ErrorCode.MALFORMED_MESSAGE)
+        ErrorCode.MALFORMED_MESSAGE,
+    )
     return out
 
 
@@ -350,16 +512,42 @@ def tensor_vectors() -> list[dict[str, Any]]:
     values = struct.pack("<6f", 0.0, 1.0, -2.5, 3.25, 1e-3, -0.0)
     small = RawTensor(f32, (2, 3), values)
     header = tensor_header(9, "block0.attn.w", small)
-    out.append(vec_ok("header-float32-2x3", "header of a 2x3 float32 tensor", encode(header),
-                      envelope_fields(header)))
+    out.append(
+        vec_ok(
+            "header-float32-2x3",
+            "header of a 2x3 float32 tensor",
+            encode(header),
+            envelope_fields(header),
+        )
+    )
     (chunk,) = tensor_chunks(header, small)
-    out.append(vec_ok("chunk-raw", "its one chunk, codec none", encode(chunk),
-                      envelope_fields(chunk), data=values.hex(), payload=values.hex()))
+    out.append(
+        vec_ok(
+            "chunk-raw",
+            "its one chunk, codec none",
+            encode(chunk),
+            envelope_fields(chunk),
+            data=values.hex(),
+            payload=values.hex(),
+        )
+    )
 
-    def chunk_with(payload: bytes, *, codec: int, raw: bytes, es: int = 1,
-                   declared_hash: bytes | None = None, raw_len: int | None = None) -> bytes:
-        body = {"id": 9, "i": 0, "n": len(raw) if raw_len is None else raw_len,
-                "h": declared_hash or blake3.blake3(raw).digest(), "c": codec}
+    def chunk_with(
+        payload: bytes,
+        *,
+        codec: int,
+        raw: bytes,
+        es: int = 1,
+        declared_hash: bytes | None = None,
+        raw_len: int | None = None,
+    ) -> bytes:
+        body = {
+            "id": 9,
+            "i": 0,
+            "n": len(raw) if raw_len is None else raw_len,
+            "h": declared_hash or blake3.blake3(raw).digest(),
+            "c": codec,
+        }
         if codec == Codec.SHUFFLE_ZSTD:
             body["es"] = es
         signed = msgpack_profile.pack(signed_map(type_code=0x21, body=body))
@@ -367,20 +555,45 @@ def tensor_vectors() -> list[dict[str, Any]]:
 
     zeros = bytes(4096)
     zfr = zstd_frame(zeros)
-    out.append(vec_ok("chunk-zstd-rle", "4096 zero bytes as one zstd RLE block",
-                      chunk_with(zfr, codec=Codec.ZSTD, raw=zeros), None, data=zeros.hex()))
+    out.append(
+        vec_ok(
+            "chunk-zstd-rle",
+            "4096 zero bytes as one zstd RLE block",
+            chunk_with(zfr, codec=Codec.ZSTD, raw=zeros),
+            None,
+            data=zeros.hex(),
+        )
+    )
     ramp = bytes(range(256)) * 2
-    out.append(vec_ok("chunk-zstd-raw-block", "512 bytes as a zstd raw block",
-                      chunk_with(zstd_frame(ramp), codec=Codec.ZSTD, raw=ramp), None,
-                      data=ramp.hex()))
+    out.append(
+        vec_ok(
+            "chunk-zstd-raw-block",
+            "512 bytes as a zstd raw block",
+            chunk_with(zstd_frame(ramp), codec=Codec.ZSTD, raw=ramp),
+            None,
+            data=ramp.hex(),
+        )
+    )
     shuffled_src = struct.pack("<4f", 1.0, 2.0, 3.0, 4.0)
     shuffled = b"".join(shuffled_src[k::4] for k in range(4))
-    out.append(vec_ok("chunk-shuffle-zstd", "4 float32 values, byte-shuffled (es=4) then zstd",
-                      chunk_with(zstd_frame(shuffled), codec=Codec.SHUFFLE_ZSTD, es=4,
-                                 raw=shuffled_src), None, data=shuffled_src.hex()))
+    out.append(
+        vec_ok(
+            "chunk-shuffle-zstd",
+            "4 float32 values, byte-shuffled (es=4) then zstd",
+            chunk_with(zstd_frame(shuffled), codec=Codec.SHUFFLE_ZSTD, es=4, raw=shuffled_src),
+            None,
+            data=shuffled_src.hex(),
+        )
+    )
     empty = tensor_header(1, "empty", RawTensor(f32, (0, 4), b""))
-    out.append(vec_ok("header-empty-tensor", "a zero-size tensor has no chunks", encode(empty),
-                      envelope_fields(empty)))
+    out.append(
+        vec_ok(
+            "header-empty-tensor",
+            "a zero-size tensor has no chunks",
+            encode(empty),
+            envelope_fields(empty),
+        )
+    )
 
     def err(vid: str, desc: str, data: bytes, code: ErrorCode) -> None:
         out.append(vec_err(vid, desc, data, code))
@@ -390,48 +603,103 @@ def tensor_vectors() -> list[dict[str, Any]]:
         return raw_body(msgpack_profile.pack(signed_map(type_code=0x20, body=body)))
 
     err("header-unknown-dtype", "dtype code 99", header_with(dt=99), ErrorCode.UNKNOWN_DTYPE)
-    err("header-shape-mismatch", "shape [2,3] with two chunk hashes",
-        header_with(hs=header.chunk_hashes * 2), ErrorCode.TENSOR_SHAPE_MISMATCH)
+    err(
+        "header-shape-mismatch",
+        "shape [2,3] with two chunk hashes",
+        header_with(hs=header.chunk_hashes * 2),
+        ErrorCode.TENSOR_SHAPE_MISMATCH,
+    )
     huge_shape = [2**20, 2**10, 2]  # 8 GiB of float32
-    err("header-too-large", "a tensor above MAX_TENSOR_BYTES",
-        header_with(shape=huge_shape), ErrorCode.TENSOR_LIMIT)
-    err("header-content-hash", "content hash does not match the chunk hashes",
-        header_with(h=bytes(32)), ErrorCode.HASH_MISMATCH)
-    err("header-shape-not-list", "shape is a string",
-        header_with(shape="2x3"), ErrorCode.MALFORMED_MESSAGE)
-    err("header-too-many-dims", "9 dimensions", header_with(shape=[1] * 9),
-        ErrorCode.MALFORMED_MESSAGE)
-    err("chunk-unknown-codec", "codec id 7", chunk_with(values, codec=7, raw=values),
-        ErrorCode.UNKNOWN_CODEC)
-    err("chunk-raw-length-mismatch", "codec none, payload shorter than n",
-        chunk_with(values[:-4], codec=Codec.NONE, raw=values), ErrorCode.TENSOR_SHAPE_MISMATCH)
-    err("chunk-hash-mismatch", "payload does not hash to h",
+    err(
+        "header-too-large",
+        "a tensor above MAX_TENSOR_BYTES",
+        header_with(shape=huge_shape),
+        ErrorCode.TENSOR_LIMIT,
+    )
+    err(
+        "header-content-hash",
+        "content hash does not match the chunk hashes",
+        header_with(h=bytes(32)),
+        ErrorCode.HASH_MISMATCH,
+    )
+    err(
+        "header-shape-not-list",
+        "shape is a string",
+        header_with(shape="2x3"),
+        ErrorCode.MALFORMED_MESSAGE,
+    )
+    err(
+        "header-too-many-dims",
+        "9 dimensions",
+        header_with(shape=[1] * 9),
+        ErrorCode.MALFORMED_MESSAGE,
+    )
+    err(
+        "chunk-unknown-codec",
+        "codec id 7",
+        chunk_with(values, codec=7, raw=values),
+        ErrorCode.UNKNOWN_CODEC,
+    )
+    err(
+        "chunk-raw-length-mismatch",
+        "codec none, payload shorter than n",
+        chunk_with(values[:-4], codec=Codec.NONE, raw=values),
+        ErrorCode.TENSOR_SHAPE_MISMATCH,
+    )
+    err(
+        "chunk-hash-mismatch",
+        "payload does not hash to h",
         chunk_with(values, codec=Codec.NONE, raw=values, declared_hash=bytes(32)),
-        ErrorCode.HASH_MISMATCH)
-    err("chunk-zstd-declares-more", "zstd frame declares 8192 bytes, the chunk 4096 (a bomb)",
+        ErrorCode.HASH_MISMATCH,
+    )
+    err(
+        "chunk-zstd-declares-more",
+        "zstd frame declares 8192 bytes, the chunk 4096 (a bomb)",
         chunk_with(zstd_frame(bytes(8192)), codec=Codec.ZSTD, raw=zeros),
-        ErrorCode.DECOMPRESSION_FAILED)
-    err("chunk-zstd-huge-declared", "zstd frame declares 2^40 bytes",
+        ErrorCode.DECOMPRESSION_FAILED,
+    )
+    err(
+        "chunk-zstd-huge-declared",
+        "zstd frame declares 2^40 bytes",
         chunk_with(zstd_frame(zeros, declared=2**40), codec=Codec.ZSTD, raw=zeros),
-        ErrorCode.DECOMPRESSION_FAILED)
-    err("chunk-zstd-lies", "zstd frame declares 4096 bytes but holds 8192",
+        ErrorCode.DECOMPRESSION_FAILED,
+    )
+    err(
+        "chunk-zstd-lies",
+        "zstd frame declares 4096 bytes but holds 8192",
         chunk_with(zstd_frame(bytes(8192), declared=4096), codec=Codec.ZSTD, raw=zeros),
-        ErrorCode.DECOMPRESSION_FAILED)
-    err("chunk-zstd-no-size", "zstd frame without a content size",
+        ErrorCode.DECOMPRESSION_FAILED,
+    )
+    err(
+        "chunk-zstd-no-size",
+        "zstd frame without a content size",
         chunk_with(zstd_frame(zeros, with_size=False), codec=Codec.ZSTD, raw=zeros),
-        ErrorCode.DECOMPRESSION_FAILED)
-    err("chunk-zstd-trailing", "bytes after the zstd frame",
+        ErrorCode.DECOMPRESSION_FAILED,
+    )
+    err(
+        "chunk-zstd-trailing",
+        "bytes after the zstd frame",
         chunk_with(zfr + b"\x00\x00", codec=Codec.ZSTD, raw=zeros),
-        ErrorCode.DECOMPRESSION_FAILED)
-    err("chunk-zstd-garbage", "payload is not a zstd frame",
+        ErrorCode.DECOMPRESSION_FAILED,
+    )
+    err(
+        "chunk-zstd-garbage",
+        "payload is not a zstd frame",
         chunk_with(b"not zstd at all", codec=Codec.ZSTD, raw=zeros),
-        ErrorCode.DECOMPRESSION_FAILED)
-    err("chunk-too-long", f"n above TENSOR_CHUNK_BYTES={TENSOR_CHUNK_BYTES}",
+        ErrorCode.DECOMPRESSION_FAILED,
+    )
+    err(
+        "chunk-too-long",
+        f"n above TENSOR_CHUNK_BYTES={TENSOR_CHUNK_BYTES}",
         chunk_with(values, codec=Codec.NONE, raw=values, raw_len=TENSOR_CHUNK_BYTES + 1),
-        ErrorCode.MALFORMED_MESSAGE)
-    err("chunk-shuffle-bad-multiple", "n = 6 is not a multiple of es = 4",
+        ErrorCode.MALFORMED_MESSAGE,
+    )
+    err(
+        "chunk-shuffle-bad-multiple",
+        "n = 6 is not a multiple of es = 4",
         chunk_with(zstd_frame(values[:6]), codec=Codec.SHUFFLE_ZSTD, es=4, raw=values[:6]),
-        ErrorCode.TENSOR_SHAPE_MISMATCH)
+        ErrorCode.TENSOR_SHAPE_MISMATCH,
+    )
     return out
 
 
@@ -443,23 +711,38 @@ def stream_vectors() -> list[dict[str, Any]]:
     header = tensor_header(3, "two-chunks", tensor)
     first, second = tensor_chunks(header, tensor)
     # Chunk 0 as zstd RLE blocks keeps the vector small (1 MiB of one byte).
-    first = TensorChunk(stream_id=3, index=0, raw_len=first.raw_len, chunk_hash=first.chunk_hash,
-                        codec=Codec.ZSTD, payload=zstd_frame(raw[:TENSOR_CHUNK_BYTES]))
+    first = TensorChunk(
+        stream_id=3,
+        index=0,
+        raw_len=first.raw_len,
+        chunk_hash=first.chunk_hash,
+        codec=Codec.ZSTD,
+        payload=zstd_frame(raw[:TENSOR_CHUNK_BYTES]),
+    )
     frames = [encode(header), encode(first), encode(second)]
     other = RawTensor(u8, (len(raw),), bytes(len(raw)))
     foreign = list(tensor_chunks(tensor_header(3, "two-chunks", other), other))[1]
     return [
-        {"id": "stream-two-chunks", "description": "1 MiB + 100 bytes in two chunks, in order",
-         "frames": [f.hex() for f in frames], "content_hash": header.content_hash.hex(),
-         "data_blake3": blake3.blake3(raw).hexdigest()},
-        {"id": "stream-reversed", "description": "the same chunks in reverse order",
-         "frames": [frames[0].hex(), frames[2].hex(), frames[1].hex()],
-         "content_hash": header.content_hash.hex(),
-         "data_blake3": blake3.blake3(raw).hexdigest()},
-        {"id": "stream-foreign-chunk",
-         "description": "a valid chunk whose hash is not the header's entry for its index",
-         "frames": [frames[0].hex(), frames[1].hex(), encode(foreign).hex()],
-         "error": ErrorCode.HASH_MISMATCH.name},
+        {
+            "id": "stream-two-chunks",
+            "description": "1 MiB + 100 bytes in two chunks, in order",
+            "frames": [f.hex() for f in frames],
+            "content_hash": header.content_hash.hex(),
+            "data_blake3": blake3.blake3(raw).hexdigest(),
+        },
+        {
+            "id": "stream-reversed",
+            "description": "the same chunks in reverse order",
+            "frames": [frames[0].hex(), frames[2].hex(), frames[1].hex()],
+            "content_hash": header.content_hash.hex(),
+            "data_blake3": blake3.blake3(raw).hexdigest(),
+        },
+        {
+            "id": "stream-foreign-chunk",
+            "description": "a valid chunk whose hash is not the header's entry for its index",
+            "frames": [frames[0].hex(), frames[1].hex(), encode(foreign).hex()],
+            "error": ErrorCode.HASH_MISMATCH.name,
+        },
     ]
 
 
@@ -495,8 +778,9 @@ def main(argv: list[str] | None = None) -> int:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
     if stale:
-        print(f"vectors out of date: {', '.join(stale)}; run scripts/gen_vectors.py",
-              file=sys.stderr)
+        print(
+            f"vectors out of date: {', '.join(stale)}; run scripts/gen_vectors.py", file=sys.stderr
+        )
         return 1
     print(f"{'checked' if args.check else 'wrote'} {total} vectors in {len(AREAS)} files")
     return 0

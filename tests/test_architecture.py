@@ -11,8 +11,14 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "spheroid_p2p"
 PURE_FORBIDDEN = {"asyncio", "socket", "threading", "time", "torch", "numpy", "selectors"}
-ML_FORBIDDEN_PREFIXES = ("spheroid_p2p.wire", "spheroid_p2p.core", "spheroid_p2p.net",
-                         "spheroid_p2p.node", "asyncio", "socket")
+ML_FORBIDDEN_PREFIXES = (
+    "spheroid_p2p.wire",
+    "spheroid_p2p.core",
+    "spheroid_p2p.net",
+    "spheroid_p2p.node",
+    "asyncio",
+    "socket",
+)
 
 
 def _imports(path: Path) -> set[str]:
@@ -43,9 +49,13 @@ def test_ml_never_imports_networking() -> None:
 def test_wire_does_not_import_upper_layers() -> None:
     """wire depends on nothing above it (core, net, node, ml)."""
     for path in (SRC / "wire").rglob("*.py"):
-        bad = {n for n in _imports(path)
-               if n.startswith(("spheroid_p2p.core", "spheroid_p2p.net", "spheroid_p2p.node",
-                                "spheroid_p2p.ml"))}
+        bad = {
+            n
+            for n in _imports(path)
+            if n.startswith(
+                ("spheroid_p2p.core", "spheroid_p2p.net", "spheroid_p2p.node", "spheroid_p2p.ml")
+            )
+        }
         assert not bad, f"{path.relative_to(SRC)} imports {sorted(bad)}"
 
 

@@ -157,11 +157,19 @@ def test_enough_vectors_and_every_decode_error_code_has_one() -> None:
     assert len(all_vectors) >= 40
     seen = {v["error"] for v in all_vectors if "error" in v}
     decoder_codes = {
-        ErrorCode.FRAME_TOO_LARGE, ErrorCode.FRAME_TRUNCATED, ErrorCode.MALFORMED_FRAME,
-        ErrorCode.MALFORMED_MESSAGE, ErrorCode.UNKNOWN_MESSAGE_TYPE,
-        ErrorCode.UNSUPPORTED_VERSION, ErrorCode.BAD_SIGNATURE, ErrorCode.UNKNOWN_DTYPE,
-        ErrorCode.UNKNOWN_CODEC, ErrorCode.TENSOR_SHAPE_MISMATCH, ErrorCode.TENSOR_LIMIT,
-        ErrorCode.DECOMPRESSION_FAILED, ErrorCode.HASH_MISMATCH,
+        ErrorCode.FRAME_TOO_LARGE,
+        ErrorCode.FRAME_TRUNCATED,
+        ErrorCode.MALFORMED_FRAME,
+        ErrorCode.MALFORMED_MESSAGE,
+        ErrorCode.UNKNOWN_MESSAGE_TYPE,
+        ErrorCode.UNSUPPORTED_VERSION,
+        ErrorCode.BAD_SIGNATURE,
+        ErrorCode.UNKNOWN_DTYPE,
+        ErrorCode.UNKNOWN_CODEC,
+        ErrorCode.TENSOR_SHAPE_MISMATCH,
+        ErrorCode.TENSOR_LIMIT,
+        ErrorCode.DECOMPRESSION_FAILED,
+        ErrorCode.HASH_MISMATCH,
     }
     assert {c.name for c in decoder_codes} <= seen
 

@@ -23,9 +23,7 @@ VALID_BODIES = [
     for v in load(area)
     if "error" not in v
 ]
-SETTINGS = settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @SETTINGS

@@ -146,7 +146,9 @@ class BlockDenoiser(nn.Module):
         plan: SpanPlan | None = None,  # layout P only
     ) -> BlockOutput:
         cfg = self.cfg
-        c_skip, c_out, c_in, c_noise = (s[:, None, None] for s in edm_scalings(sigma, cfg.sigma_data))
+        c_skip, c_out, c_in, c_noise = (
+            s[:, None, None] for s in edm_scalings(sigma, cfg.sigma_data)
+        )
         cond = self.noise_embed(c_noise[:, 0, 0])  # (B, C)
         z_in = self.w_in(c_in * z)  # (B, N, D)
         if cfg.layout == "S":

@@ -12,7 +12,10 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["ByteCorpus", "load_corpus"]
+__all__ = ["EMBEDDED", "ByteCorpus", "corpus_from_bytes", "load_corpus"]
+
+#: The name under which ``load_corpus`` returns the project's generated corpus.
+EMBEDDED = "embedded"
 
 
 @dataclass(frozen=True)
@@ -27,8 +30,10 @@ class ByteCorpus:
         """(B, T+1) windows at uniformly random offsets of the training stream, as int64."""
         hi = self.train.numel() - context - 1
         if hi <= 0:
-            raise ValueError(f"training stream of {self.train.numel()} bytes is shorter than "
-                             f"one window of {context + 1}")
+            raise ValueError(
+                f"training stream of {self.train.numel()} bytes is shorter than "
+                f"one window of {context + 1}"
+            )
         starts = torch.randint(0, hi + 1, (batch_size,), generator=generator)
         idx = starts[:, None] + torch.arange(context + 1)[None, :]  # (B, T+1)
         return self.train[idx].long()
@@ -51,13 +56,24 @@ def _bytes_tensor(data: bytes) -> torch.Tensor:
     return torch.frombuffer(bytearray(data), dtype=torch.uint8).clone()
 
 
+def corpus_from_bytes(name: str, data: bytes, eval_fraction: float = 0.1) -> ByteCorpus:
+    """First ``1 - eval_fraction`` of ``data`` for training, the rest for evaluation."""
+    cut = int(len(data) * (1 - eval_fraction))
+    return ByteCorpus(name, _bytes_tensor(data[:cut]), _bytes_tensor(data[cut:]))
+
+
 def load_corpus(path: str | Path, eval_fraction: float = 0.1) -> ByteCorpus:
     """Load a corpus.
 
+    * ``"embedded"``: the project's own generated corpus (:mod:`spheroid_p2p.ml.corpus`);
     * a WikiText raw folder: train on ``wiki.train.raw`` if present, else on
       ``wiki.valid.raw`` ("wt2-small"); evaluate on ``wiki.test.raw``;
     * a text file: first ``1 - eval_fraction`` for training, the rest for evaluation.
     """
+    if str(path) == EMBEDDED:
+        from spheroid_p2p.ml.corpus import embedded_corpus
+
+        return corpus_from_bytes(EMBEDDED, embedded_corpus(), eval_fraction)
     path = Path(path)
     if path.is_dir():
         test = path / "wiki.test.raw"
@@ -68,6 +84,4 @@ def load_corpus(path: str | Path, eval_fraction: float = 0.1) -> ByteCorpus:
         if not (train.exists() and test.exists()):
             raise FileNotFoundError(f"{path} is not a WikiText raw folder (wiki.*.raw)")
         return ByteCorpus(name, _bytes_tensor(train.read_bytes()), _bytes_tensor(test.read_bytes()))
-    data = path.read_bytes()
-    cut = int(len(data) * (1 - eval_fraction))
-    return ByteCorpus(path.stem, _bytes_tensor(data[:cut]), _bytes_tensor(data[cut:]))
+    return corpus_from_bytes(path.stem, path.read_bytes(), eval_fraction)

@@ -21,8 +21,13 @@ from spheroid_p2p.ml.block import BlockDenoiser, SpanPlan
 from spheroid_p2p.ml.noise import NoisePartition
 from spheroid_p2p.ml.sampler import block_hop, block_points, initial_noise, traverse
 
-__all__ = ["SamplerReport", "ce_autoregressive", "ce_teacher_forced", "evaluate_sampler",
-           "nats_report"]
+__all__ = [
+    "SamplerReport",
+    "ce_autoregressive",
+    "ce_teacher_forced",
+    "evaluate_sampler",
+    "nats_report",
+]
 
 
 def nats_report(ce: float) -> dict[str, float]:
@@ -80,8 +85,9 @@ def evaluate_sampler(
             logits, first = traverse(hop, cfg.n_blocks, z0)
             nll = F.cross_entropy(logits.reshape(-1, cfg.vocab), y.reshape(-1), reduction="none")
             nll_total += float(nll.sum())
-            first_total += float(F.cross_entropy(first.reshape(-1, cfg.vocab), y.reshape(-1),
-                                                 reduction="sum"))
+            first_total += float(
+                F.cross_entropy(first.reshape(-1, cfg.vocab), y.reshape(-1), reduction="sum")
+            )
             count += y.numel()
             if slot_of is not None:
                 slots = slot_of.expand_as(y).reshape(-1)
@@ -98,8 +104,13 @@ def evaluate_sampler(
     for bi, chunk in enumerate(_batches(windows, batch)):
         y = chunk[:, 1:]
         mean_probs = probs_sum[bi] / len(seeds)
-        mix_total += float(F.nll_loss(torch.log(mean_probs.clamp_min(1e-12)).reshape(-1, cfg.vocab),
-                                      y.reshape(-1), reduction="sum"))
+        mix_total += float(
+            F.nll_loss(
+                torch.log(mean_probs.clamp_min(1e-12)).reshape(-1, cfg.vocab),
+                y.reshape(-1),
+                reduction="sum",
+            )
+        )
         mix_count += y.numel()
     by_slot = (slot_nll / slot_count.clamp_min(1)).tolist() if slot_of is not None else []
     return SamplerReport(
@@ -135,8 +146,9 @@ def ce_teacher_forced(
             sigma = torch.full((x.shape[0],), sigma_value)
             z = block.codebook[y] + sigma_value * torch.randn(*y.shape, cfg.d_z, generator=gen)
             logits = block(x, z, sigma, plan).logits
-            total += float(F.cross_entropy(logits.reshape(-1, cfg.vocab), y.reshape(-1),
-                                           reduction="sum"))
+            total += float(
+                F.cross_entropy(logits.reshape(-1, cfg.vocab), y.reshape(-1), reduction="sum")
+            )
             count += y.numel()
         out.append(total / count)
     return out
@@ -150,7 +162,8 @@ def ce_autoregressive(model: ARTransformer, windows: torch.Tensor, batch: int = 
     for chunk in _batches(windows, batch):
         x, y = chunk[:, :-1], chunk[:, 1:]
         logits = model(x)
-        total += float(F.cross_entropy(logits.reshape(-1, model.cfg.vocab), y.reshape(-1),
-                                       reduction="sum"))
+        total += float(
+            F.cross_entropy(logits.reshape(-1, model.cfg.vocab), y.reshape(-1), reduction="sum")
+        )
         count += y.numel()
     return total / count

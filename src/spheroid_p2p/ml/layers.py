@@ -96,12 +96,16 @@ class NoiseEmbedder(nn.Module):
     def __init__(self, d_cond: int, n_freq: int = 64) -> None:
         super().__init__()
         self.n_freq = n_freq
-        self.mlp = nn.Sequential(nn.Linear(2 * n_freq, d_cond), nn.SiLU(), nn.Linear(d_cond, d_cond))
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * n_freq, d_cond), nn.SiLU(), nn.Linear(d_cond, d_cond)
+        )
 
     def forward(self, c_noise: torch.Tensor) -> torch.Tensor:
         half = self.n_freq
         freqs = torch.exp(
-            -math.log(1000.0) * torch.arange(half, device=c_noise.device, dtype=torch.float32) / half
+            -math.log(1000.0)
+            * torch.arange(half, device=c_noise.device, dtype=torch.float32)
+            / half
         )
         # c_noise = ln(sigma)/4 spans about [0.27, 1.1] for sigma in [3, 80]; scale it up so the
         # sinusoids resolve that range.
@@ -112,8 +116,9 @@ class NoiseEmbedder(nn.Module):
 class Layer(nn.Module):
     """Pre-LN attention + MLP, with AdaLN-Zero modulation on selected rows."""
 
-    def __init__(self, d: int, n_heads: int, mlp_ratio: int, d_cond: int | None,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self, d: int, n_heads: int, mlp_ratio: int, d_cond: int | None, dropout: float = 0.0
+    ) -> None:
         super().__init__()
         self.n_heads = n_heads
         self.dropout = dropout
@@ -137,7 +142,11 @@ class Layer(nn.Module):
         k = k.view(B, S, self.n_heads, D // self.n_heads).transpose(1, 2)
         v = v.view(B, S, self.n_heads, D // self.n_heads).transpose(1, 2)
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None,
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            is_causal=attn_mask is None,
             dropout_p=self.dropout if self.training else 0.0,
         )  # (B, H, S, Dh)
         return y.transpose(1, 2).reshape(B, S, D)  # (B, S, D)

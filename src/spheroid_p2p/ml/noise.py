@@ -90,8 +90,13 @@ class NoisePartition:
         points = []
         for i in range(n_points):
             u = hi - (hi - lo) * i / (n_points - 1)
-            sigma = self.cfg.sigma_max if i == 0 else self.cfg.sigma_min if i == n_points - 1 \
+            sigma = (
+                self.cfg.sigma_max
+                if i == 0
+                else self.cfg.sigma_min
+                if i == n_points - 1
                 else self.sigma_at(u)
+            )
             points.append((i // m, sigma))
         return points
 

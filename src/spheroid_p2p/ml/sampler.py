@@ -21,18 +21,23 @@ from spheroid_p2p.ml.noise import NoisePartition
 __all__ = ["HopResult", "block_hop", "block_points", "euler_step", "initial_noise", "traverse"]
 
 
-def euler_step(z: torch.Tensor, d_hat: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
+def euler_step(
+    z: torch.Tensor, d_hat: torch.Tensor, sigma: float, sigma_next: float
+) -> torch.Tensor:
     """One Euler step from sigma to sigma_next. Shapes (B, N, d_z)."""
     return z + (sigma_next - sigma) * (z - d_hat) / sigma
 
 
-def initial_noise(shape: Sequence[int], sigma_top: float, generator: torch.Generator) -> torch.Tensor:
+def initial_noise(
+    shape: Sequence[int], sigma_top: float, generator: torch.Generator
+) -> torch.Tensor:
     """z at the top of the schedule: pure Gaussian noise of std sigma_top."""
     return sigma_top * torch.randn(*shape, generator=generator)
 
 
-def block_points(partition: NoisePartition, steps_per_block: int | None = None
-                 ) -> list[tuple[list[float], float | None]]:
+def block_points(
+    partition: NoisePartition, steps_per_block: int | None = None
+) -> list[tuple[list[float], float | None]]:
     """For each block: its sigma points, and the first point of the next block (None for the
     last block, whose last point gives the final logits)."""
     schedule = partition.schedule(steps_per_block)

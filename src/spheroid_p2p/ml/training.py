@@ -30,9 +30,12 @@ def _adamw(params: list[torch.nn.Parameter], tcfg: TrainConfig) -> torch.optim.A
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": tcfg.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=tcfg.lr, betas=tcfg.betas,
+        [
+            {"params": decay, "weight_decay": tcfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=tcfg.lr,
+        betas=tcfg.betas,
     )
 
 
@@ -49,8 +52,14 @@ class StepLog:
 class BlockTrainer:
     """Trains one block on the block-local denoising objective (§8) with its own AdamW."""
 
-    def __init__(self, cfg: ModelConfig, tcfg: TrainConfig, block_index: int, seed: int,
-                 block: BlockDenoiser | None = None) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        tcfg: TrainConfig,
+        block_index: int,
+        seed: int,
+        block: BlockDenoiser | None = None,
+    ) -> None:
         self.cfg = cfg
         self.tcfg = tcfg
         self.block_index = block_index
@@ -75,7 +84,9 @@ class BlockTrainer:
         logits = self.block(x, z, sigma, plan).logits  # (B, T, vocab)
         ce = F.cross_entropy(logits.reshape(-1, cfg.vocab), y.reshape(-1), reduction="none")
         ce_seq = ce.view(B, -1).mean(dim=1)  # (B,)
-        weight = loss_weight(sigma, cfg.sigma_data) if cfg.loss_weighting else torch.ones_like(sigma)
+        weight = (
+            loss_weight(sigma, cfg.sigma_data) if cfg.loss_weighting else torch.ones_like(sigma)
+        )
         return (weight * ce_seq).mean(), ce_seq.mean()
 
     def step(self, window: torch.Tensor) -> StepLog:

@@ -437,6 +437,4 @@ def message_from_body(
     except LocalProtocolError as exc:
         raise RemoteProtocolError(str(exc.args[0]), exc.code) from exc
     except (TypeError, ValueError) as exc:  # a field of the wrong msgpack type
-        raise RemoteProtocolError(
-            f"{cls.__name__}: {exc}", ErrorCode.MALFORMED_MESSAGE
-        ) from exc
+        raise RemoteProtocolError(f"{cls.__name__}: {exc}", ErrorCode.MALFORMED_MESSAGE) from exc

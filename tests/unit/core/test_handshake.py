@@ -23,10 +23,21 @@ def _over_wire(key: KeyPair, message: Message, seq: int = 1) -> Envelope:
 def _pair(
     versions_a: tuple[int, ...] = (1,), versions_b: tuple[int, ...] = (1,)
 ) -> tuple[Handshake, Handshake]:
-    a = Handshake(local_id=A.peer_id, nonce=b"a" * 32, now=0.0, versions=versions_a,
-                  capabilities=("gossip/1", "transfer/1"), listen_addrs=("127.0.0.1:1",))
-    b = Handshake(local_id=B.peer_id, nonce=b"b" * 32, now=0.0, versions=versions_b,
-                  capabilities=("gossip/1",))
+    a = Handshake(
+        local_id=A.peer_id,
+        nonce=b"a" * 32,
+        now=0.0,
+        versions=versions_a,
+        capabilities=("gossip/1", "transfer/1"),
+        listen_addrs=("127.0.0.1:1",),
+    )
+    b = Handshake(
+        local_id=B.peer_id,
+        nonce=b"b" * 32,
+        now=0.0,
+        versions=versions_b,
+        capabilities=("gossip/1",),
+    )
     return a, b
 
 

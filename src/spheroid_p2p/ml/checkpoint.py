@@ -1,0 +1,144 @@
+"""Checkpoints in safetensors (never pickle), written atomically.
+
+A block checkpoint holds the block's tensors and, in the safetensors metadata, the model
+config (JSON), the block index and the config hash. A trainer checkpoint adds the AdamW state
+(per parameter: ``exp_avg``, ``exp_avg_sq``, ``step``), the trainer's step counter and the
+state of its noise generator, so a killed worker resumes exactly where it stopped.
+
+Files are written to a temporary name in the same directory, fsynced, renamed over the
+target and the directory fsynced: a reader sees the old file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from spheroid_p2p.ml.block import BlockDenoiser
+from spheroid_p2p.ml.config import ModelConfig, TrainConfig
+from spheroid_p2p.ml.training import BlockTrainer
+
+__all__ = ["atomic_write", "load_block", "load_trainer", "save_block", "save_trainer"]
+
+BLOCK_FORMAT = "spheroid-block/1"
+TRAINER_FORMAT = "spheroid-trainer/1"
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically (tmp file, fsync, rename, fsync dir)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _block_meta(block: BlockDenoiser, fmt: str) -> dict[str, str]:
+    return {
+        "format": fmt,
+        "config": block.cfg.to_json(),
+        "config_hash": block.cfg.config_hash(),
+        "block_index": str(block.index),
+    }
+
+
+def block_bytes(block: BlockDenoiser) -> bytes:
+    """The safetensors encoding of a block (what :func:`save_block` writes)."""
+    tensors = {k: v.detach().contiguous() for k, v in block.state_dict().items()}
+    return st_save(tensors, metadata=_block_meta(block, BLOCK_FORMAT))
+
+
+def save_block(path: Path, block: BlockDenoiser) -> None:
+    """Write one block's weights and config."""
+    atomic_write(path, block_bytes(block))
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = dict(handle.metadata() or {})
+        tensors = st_load(path.read_bytes())
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ValueError(f"{path} is not a readable safetensors checkpoint: {exc}") from exc
+    return tensors, meta
+
+
+def _config(meta: dict[str, str], path: Path, expect: ModelConfig | None) -> ModelConfig:
+    if "config" not in meta:
+        raise ValueError(f"{path} has no model config in its metadata")
+    cfg = ModelConfig.from_json(meta["config"])
+    if expect is not None and cfg.config_hash() != expect.config_hash():
+        raise ValueError(
+            f"{path} was trained with a different model config "
+            f"({cfg.config_hash()[:12]} != {expect.config_hash()[:12]})"
+        )
+    return cfg
+
+
+def load_block(path: Path, expect: ModelConfig | None = None) -> BlockDenoiser:
+    """Load a block written by :func:`save_block` (or a trainer checkpoint's block)."""
+    tensors, meta = _read(path)
+    cfg = _config(meta, path, expect)
+    block = BlockDenoiser(cfg, int(meta["block_index"]))
+    prefix = "block/" if meta.get("format") == TRAINER_FORMAT else ""
+    state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    block.load_state_dict(state, strict=True)
+    return block
+
+
+def save_trainer(path: Path, trainer: BlockTrainer) -> None:
+    """Write a worker's whole training state: block, AdamW moments, step, noise generator."""
+    tensors: dict[str, torch.Tensor] = {
+        f"block/{k}": v.detach().contiguous() for k, v in trainer.block.state_dict().items()
+    }
+    names = {id(p): n for n, p in trainer.block.named_parameters()}
+    for group in trainer.optimizer.param_groups:
+        for param in group["params"]:
+            state = trainer.optimizer.state.get(param)
+            if not state:
+                continue
+            for key in ("exp_avg", "exp_avg_sq", "step"):
+                value = state[key]
+                tensors[f"opt/{names[id(param)]}/{key}"] = (
+                    (value if isinstance(value, torch.Tensor) else torch.tensor(float(value)))
+                    .detach()
+                    .contiguous()
+                )
+    tensors["rng/noise"] = trainer.generator.get_state()
+    meta = _block_meta(trainer.block, TRAINER_FORMAT)
+    meta["step_count"] = str(trainer.step_count)
+    atomic_write(path, st_save(tensors, metadata=meta))
+
+
+def load_trainer(path: Path, tcfg: TrainConfig, expect: ModelConfig | None = None) -> BlockTrainer:
+    """Rebuild a :class:`BlockTrainer` from :func:`save_trainer`'s file."""
+    tensors, meta = _read(path)
+    if meta.get("format") != TRAINER_FORMAT:
+        raise ValueError(f"{path} is not a trainer checkpoint (format {meta.get('format')!r})")
+    block = load_block(path, expect)
+    trainer = BlockTrainer(block.cfg, tcfg, block.index, seed=0, block=block)
+    trainer.step_count = int(meta["step_count"])
+    trainer.generator.set_state(tensors["rng/noise"])
+    names = dict(block.named_parameters())
+    for name, param in names.items():
+        if f"opt/{name}/exp_avg" in tensors:
+            trainer.optimizer.state[param] = {
+                key: tensors[f"opt/{name}/{key}"].clone()
+                for key in ("exp_avg", "exp_avg_sq", "step")
+            }
+    return trainer
