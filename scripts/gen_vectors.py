@@ -23,6 +23,7 @@ from typing import Any
 import blake3
 import msgpack
 
+from spheroid_p2p.core.ownership import OwnershipTable
 from spheroid_p2p.errors import ErrorCode
 from spheroid_p2p.params import (
     FRAME_HEADER_BYTES,
@@ -37,17 +38,28 @@ from spheroid_p2p.wire.dtypes import Codec, dtype_by_name
 from spheroid_p2p.wire.framing import join_frame
 from spheroid_p2p.wire.messages import (
     Close,
+    ConnView,
+    DigestEntry,
+    GossipDigest,
+    GossipRecords,
+    GossipRequest,
+    GossipSummary,
     Hello,
     HelloAck,
     Message,
     Ping,
     Pong,
+    RecordView,
+    RelayedRecord,
+    StatusRequest,
+    StatusResponse,
     TensorChunk,
 )
+from spheroid_p2p.wire.records import OwnershipRecord, SignedRecord
 from spheroid_p2p.wire.signing import DOMAIN_ENVELOPE, DOMAIN_RECORD, KeyPair, signing_input
 from spheroid_p2p.wire.tensors import RawTensor, tensor_chunks, tensor_header
 
-SPEC_REVISION = "r1"
+SPEC_REVISION = "r2"
 OUT_DIR = Path(__file__).resolve().parent.parent / "protocol" / "vectors"
 
 SEED_A = bytes(range(32))
@@ -281,6 +293,54 @@ def message_vectors() -> list[dict[str, Any]]:
         ("close", "Close carrying UNSUPPORTED_VERSION", close),
         ("ping", "Ping", Ping(nonce=2**64 - 1)),
         ("pong", "Pong", Pong(nonce=0)),
+        ("gossip-summary", "GossipSummary", GossipSummary(table_hash=bytes(range(32)), count=3)),
+        (
+            "gossip-digest",
+            "GossipDigest with two entries",
+            GossipDigest(
+                entries=(
+                    DigestEntry(KEY_A.peer_id.digest, 0, 5),
+                    DigestEntry(KEY_B.peer_id.digest, 2, 9),
+                )
+            ),
+        ),
+        (
+            "gossip-records",
+            "GossipRecords relaying one record with 2.5 s left",
+            GossipRecords(records=(RelayedRecord(RECORD_A.data, RECORD_A.signature, 2500),)),
+        ),
+        (
+            "gossip-request",
+            "GossipRequest for one key",
+            GossipRequest(keys=((KEY_B.peer_id.digest, 2),)),
+        ),
+        ("status-request", "StatusRequest", StatusRequest(request_id=42)),
+        (
+            "status-response",
+            "StatusResponse with one record and one connection",
+            StatusResponse(
+                request_id=42,
+                agent="spheroid_p2p/0.1.0",
+                uptime_ms=1234,
+                records=(
+                    RecordView(
+                        KEY_A.peer_id.digest,
+                        0,
+                        "serve",
+                        3,
+                        b"",
+                        ("h:1",),
+                        0.5,
+                        7,
+                        100,
+                        29900,
+                        False,
+                    ),
+                ),
+                connections=(ConnView(KEY_B.peer_id.digest, "127.0.0.1:7000", True, 0.25, 40),),
+                dropped=(("stale", 2),),
+            ),
+        ),
     ]
     out = []
     for vid, desc, msg in valid:
@@ -746,12 +806,162 @@ def stream_vectors() -> list[dict[str, Any]]:
     ]
 
 
+def _record(
+    key: KeyPair,
+    *,
+    block: int = 0,
+    seq: int,
+    ttl_ms: int = 30_000,
+    departed: bool = False,
+    version: int = 0,
+) -> SignedRecord:
+    return OwnershipRecord(
+        owner_key=key.public_key,
+        block=block,
+        role="serve",
+        version=version,
+        content_hash=b"",
+        addrs=("127.0.0.1:7000",),
+        load=0.25,
+        seq=seq,
+        ttl_ms=ttl_ms,
+        departed=departed,
+    ).sign(key)
+
+
+RECORD_A = _record(KEY_A, seq=100)
+
+
+def ownership_vectors() -> list[dict[str, Any]]:
+    """Signed records (07 §7.3) and merge scenarios (07 §7.4)."""
+    out: list[dict[str, Any]] = [
+        {
+            "id": "record-valid",
+            "description": "a record signed by its owner",
+            "record": RECORD_A.data.hex(),
+            "signature": RECORD_A.signature.hex(),
+            "signing_input": signing_input(DOMAIN_RECORD, RECORD_A.data).hex(),
+            "fields": render(msgpack_profile.unpack(RECORD_A.data)),
+        },
+        {
+            "id": "record-bad-signature",
+            "description": "signature by another key",
+            "record": RECORD_A.data.hex(),
+            "signature": KEY_B.sign(DOMAIN_RECORD, RECORD_A.data).hex(),
+            "error": ErrorCode.BAD_SIGNATURE.name,
+        },
+        {
+            "id": "record-envelope-domain",
+            "description": "signed under spheroid/v1/envelope",
+            "record": RECORD_A.data.hex(),
+            "signature": KEY_A.sign(DOMAIN_ENVELOPE, RECORD_A.data).hex(),
+            "error": ErrorCode.BAD_SIGNATURE.name,
+        },
+    ]
+    long_ttl = dict(msgpack_profile.unpack(RECORD_A.data), ttl=10**6)
+    raw = msgpack_profile.pack(long_ttl)
+    out.append(
+        {
+            "id": "record-ttl-too-long",
+            "description": "ttl above MAX_RECORD_TTL_MS",
+            "record": raw.hex(),
+            "signature": KEY_A.sign(DOMAIN_RECORD, raw).hex(),
+            "error": ErrorCode.STALE_RECORD.name,
+        }
+    )
+    bad_role = msgpack_profile.pack(dict(msgpack_profile.unpack(RECORD_A.data), role="boss"))
+    out.append(
+        {
+            "id": "record-bad-role",
+            "description": "role is neither serve nor train",
+            "record": bad_role.hex(),
+            "signature": KEY_A.sign(DOMAIN_RECORD, bad_role).hex(),
+            "error": ErrorCode.MALFORMED_MESSAGE.name,
+        }
+    )
+
+    recs = {
+        "a1": _record(KEY_A, seq=1, version=1),
+        "a2": _record(KEY_A, seq=2, version=2),
+        "a3dep": _record(KEY_A, seq=3, departed=True, ttl_ms=10_000),
+        "b1": _record(KEY_B, seq=7, block=1),
+        "b1short": _record(KEY_B, seq=8, block=1, ttl_ms=1000),
+    }
+
+    def scenario(
+        vid: str,
+        description: str,
+        offers: list[tuple[str, int, float]],
+        expire_at: float | None = None,
+    ) -> dict[str, Any]:
+        table = OwnershipTable(tombstone_s=60.0)
+        results = [table.offer(recs[name], remaining, now) for name, remaining, now in offers]
+        if expire_at is not None:
+            table.expire(expire_at)
+        return {
+            "id": vid,
+            "description": description,
+            "records": {
+                k: {"record": v.data.hex(), "signature": v.signature.hex()} for k, v in recs.items()
+            },
+            "offers": [{"record": n, "remaining_ms": r, "now": t} for n, r, t in offers],
+            "accepted": results,
+            "expire_at": expire_at,
+            "table": [
+                {
+                    "owner": e.record.owner.digest.hex(),
+                    "block": e.record.block,
+                    "seq": e.record.seq,
+                    "expires_at": e.expires_at,
+                    "departed": e.record.departed,
+                }
+                for e in table.entries()
+            ],
+        }
+
+    out += [
+        scenario(
+            "merge-newer-wins",
+            "a higher seq replaces a lower one; the lower is stale",
+            [("a1", 30_000, 0.0), ("a2", 30_000, 1.0), ("a1", 30_000, 2.0)],
+        ),
+        scenario(
+            "merge-order-independent",
+            "the same records in the other order",
+            [("a2", 30_000, 0.0), ("a1", 30_000, 1.0), ("b1", 30_000, 1.0)],
+        ),
+        scenario(
+            "merge-duplicate",
+            "an equal seq is a duplicate and does not refresh expiry",
+            [("b1", 5_000, 0.0), ("b1", 30_000, 3.0)],
+        ),
+        scenario(
+            "merge-remaining-capped",
+            "a relay's remaining time is capped by the ttl",
+            [("b1short", 999_999, 0.0)],
+        ),
+        scenario(
+            "merge-departure",
+            "a departure overwrites the owner's record",
+            [("a2", 30_000, 0.0), ("a3dep", 10_000, 1.0)],
+        ),
+        scenario(
+            "merge-expiry-tombstone",
+            "an expired record does not come back",
+            [("b1", 2_000, 0.0), ("b1", 2_000, 2.5)],
+            expire_at=2.0,
+        ),
+    ]
+    return out
+
+
 AREAS: dict[str, Callable[[], list[dict[str, Any]]]] = {
     "signing": signing_vectors,
     "framing": framing_vectors,
     "messages": message_vectors,
     "tensor_frames": tensor_vectors,
     "tensor_streams": stream_vectors,
+    "ownership_merge": ownership_vectors,
 }
 
 

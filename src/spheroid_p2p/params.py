@@ -20,6 +20,8 @@ __all__ = [
     "MAX_FRAME_BYTES",
     "MAX_MAP_LEN",
     "MAX_MSGPACK_DEPTH",
+    "MAX_RECORDS_PER_MESSAGE",
+    "MAX_RECORD_TTL_MS",
     "MAX_SIGNED_BYTES",
     "MAX_STR_LEN",
     "MAX_TENSOR_BYTES",
@@ -70,3 +72,10 @@ SUPPORTED_VERSIONS: Final = (1,)
 HANDSHAKE_NONCE_BYTES: Final = 32
 #: Time allowed for the whole handshake, from connection open to DONE.
 HANDSHAKE_TIMEOUT_S: Final = 10.0
+
+# --- 07-ownership-gossip.md ------------------------------------------------------------------
+#: Longest validity a record may claim; a record asking for more is dropped (STALE_RECORD),
+#: so a dead peer's records vanish within this bound even if relays misbehave.
+MAX_RECORD_TTL_MS: Final = 300_000
+#: Records in one GOSSIP_RECORDS message (the rest goes in the next message).
+MAX_RECORDS_PER_MESSAGE: Final = 256

@@ -51,6 +51,8 @@ class HandshakeResult:
     capabilities: tuple[str, ...]
     listen_addrs: tuple[str, ...]
     agent: str
+    local_nonce: bytes = b""
+    peer_nonce: bytes = b""
 
 
 def choose_version(ours: tuple[int, ...], theirs: tuple[int, ...]) -> int:
@@ -198,6 +200,8 @@ class Handshake:
             capabilities=tuple(c for c in self._caps if c in hello.capabilities),
             listen_addrs=hello.listen_addrs,
             agent=hello.agent,
+            local_nonce=self._nonce,
+            peer_nonce=hello.nonce,
         )
 
     def _fail(self, exc: RemoteProtocolError) -> None:

@@ -2,18 +2,26 @@
 
 Commands:
 
+* ``run`` (the default when flags are given): a long-lived peer;
+* ``status --peer HOST:PORT``: print a running peer's view of the swarm;
 * ``id``: create this peer's key on first use and print its peer id.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import signal
 import sys
+from collections.abc import Coroutine
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from spheroid_p2p import __version__
-from spheroid_p2p.errors import ConfigError
+from spheroid_p2p.core.gossip import GossipParams
+from spheroid_p2p.errors import ConfigError, TransportError
 from spheroid_p2p.identity import load_or_create_identity
 
 __all__ = ["build_parser", "main"]
@@ -21,6 +29,17 @@ __all__ = ["build_parser", "main"]
 log = logging.getLogger(__name__)
 
 DEFAULT_KEY = Path("spheroid-node.key")
+
+
+def _blocks(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of block indices: {text!r}") from None
+
+
+def _addrs(text: str) -> tuple[str, ...]:
+    return tuple(a.strip() for a in text.split(",") if a.strip())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,14 +52,127 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"spheroid_p2p {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run a peer until SIGINT/SIGTERM")
+    run.add_argument("--config", type=Path, help="TOML file; flags override it")
+    run.add_argument("--listen", help="HOST:PORT to accept connections on (port 0: any)")
+    run.add_argument("--advertise", help="HOST:PORT others should dial (default: --listen)")
+    run.add_argument(
+        "--bootstrap",
+        type=_addrs,
+        action="extend",
+        default=None,
+        help="HOST:PORT[,...] of peers to join; none: start a new swarm",
+    )
+    run.add_argument("--key", type=Path, help=f"identity key file (default {DEFAULT_KEY})")
+    run.add_argument("--data-dir", type=Path, help="where checkpoints and state live")
+    run.add_argument(
+        "--serve-block",
+        dest="serve_blocks",
+        type=_blocks,
+        help="block indices this peer announces it serves, e.g. 0,1",
+    )
+    run.add_argument(
+        "--train-block",
+        dest="train_blocks",
+        type=_blocks,
+        help="block indices this peer announces it trains",
+    )
+    run.add_argument("--max-connections", type=int)
+    run.add_argument("--record-ttl", type=float, help="seconds a gossiped record lives")
+    run.add_argument("--gossip-interval", type=float, help="seconds between anti-entropy rounds")
+    run.add_argument("--fanout", type=int, help="peers each change is pushed to")
+    run.add_argument("--protocol-versions", type=_blocks, help=argparse.SUPPRESS)
+
+    status = commands.add_parser("status", help="print a running peer's view of the swarm")
+    status.add_argument("--peer", required=True, help="HOST:PORT of the peer to ask")
+    status.add_argument("--timeout", type=float, default=10.0)
+
     ident = commands.add_parser("id", help="print this peer's id (creates the key on first use)")
     ident.add_argument("--key", type=Path, default=DEFAULT_KEY, help="key file (PEM, mode 0600)")
     return parser
 
 
 def _configure_logging(verbosity: int) -> None:
-    level = logging.WARNING if verbosity == 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    level = logging.WARNING if verbosity < 0 else logging.INFO if verbosity <= 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _run_async(coro: Coroutine[Any, Any, int]) -> int:
+    """Run on uvloop where it is installed, the standard event loop otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def node_config(args: argparse.Namespace) -> Any:
+    """Defaults, then the TOML file, then the flags."""
+    from spheroid_p2p.node.config import NodeConfig, load_toml
+
+    values: dict[str, Any] = load_toml(args.config) if args.config else {}
+    for name in (
+        "listen",
+        "advertise",
+        "key",
+        "data_dir",
+        "serve_blocks",
+        "train_blocks",
+        "max_connections",
+    ):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    if args.bootstrap is not None:
+        values["bootstrap"] = tuple(args.bootstrap)
+    if args.protocol_versions:
+        values["versions"] = args.protocol_versions
+    gossip = values.get("gossip", GossipParams())
+    for flag, field_name in (
+        ("record_ttl", "record_ttl_s"),
+        ("gossip_interval", "interval_s"),
+        ("fanout", "fanout"),
+    ):
+        if getattr(args, flag) is not None:
+            gossip = replace(gossip, **{field_name: getattr(args, flag)})
+    values["gossip"] = gossip
+    return NodeConfig(**values)
+
+
+def _dump_tasks() -> None:
+    """SIGUSR2: write every asyncio task's stack to stderr (a live-debugging aid)."""
+    for task in asyncio.all_tasks():
+        print(f"--- {task.get_name()}: {task.get_coro()}", file=sys.stderr)
+        task.print_stack(limit=8, file=sys.stderr)
+
+
+async def _cmd_run(args: argparse.Namespace) -> int:
+    from spheroid_p2p.node.app import Node
+
+    config = node_config(args)
+    key, created = load_or_create_identity(config.key)
+    if created:
+        log.info("new identity %s written to %s", key.peer_id, config.key)
+    node = Node(config, key)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, node.stop)
+    loop.add_signal_handler(signal.SIGUSR2, _dump_tasks)
+    task = asyncio.create_task(node.run())
+    ready = asyncio.create_task(node.ready.wait())
+    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+    if node.bound_address is not None:
+        host, port = node.bound_address
+        print(f"spheroid node {key.peer_id} listening on {host}:{port}", flush=True)
+    await task
+    return 0
+
+
+async def _cmd_status(args: argparse.Namespace) -> int:
+    from spheroid_p2p.node.status import fetch_status, format_status
+
+    print(format_status(await fetch_status(args.peer, args.timeout)))
+    return 0
 
 
 def _cmd_id(args: argparse.Namespace) -> int:
@@ -55,14 +187,18 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(args.verbose)
+    _configure_logging(args.verbose if args.command != "status" else args.verbose - 1)
     if args.command is None:
         parser.print_help()
         return 2
     try:
         if args.command == "id":
             return _cmd_id(args)
-    except ConfigError as exc:
+        if args.command == "run":
+            return _run_async(_cmd_run(args))
+        if args.command == "status":
+            return _run_async(_cmd_status(args))
+    except (ConfigError, TransportError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     parser.error(f"unknown command {args.command}")

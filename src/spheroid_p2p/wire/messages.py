@@ -20,6 +20,7 @@ from spheroid_p2p.errors import ErrorCode, LocalProtocolError, RemoteProtocolErr
 from spheroid_p2p.params import (
     CONTENT_HASH_BYTES,
     HANDSHAKE_NONCE_BYTES,
+    MAX_RECORDS_PER_MESSAGE,
     MAX_TENSOR_BYTES,
     MAX_TENSOR_CHUNKS,
     MAX_TENSOR_DIMS,
@@ -29,12 +30,22 @@ from spheroid_p2p.wire.dtypes import DTYPES, Codec, DType
 
 __all__ = [
     "Close",
+    "ConnView",
+    "DigestEntry",
+    "GossipDigest",
+    "GossipRecords",
+    "GossipRequest",
+    "GossipSummary",
     "Hello",
     "HelloAck",
     "Message",
     "MessageType",
     "Ping",
     "Pong",
+    "RecordView",
+    "RelayedRecord",
+    "StatusRequest",
+    "StatusResponse",
     "TensorChunk",
     "TensorHeader",
     "message_from_body",
@@ -55,6 +66,12 @@ class MessageType(IntEnum):
     PONG = 0x05
     TENSOR_HEADER = 0x20
     TENSOR_CHUNK = 0x21
+    GOSSIP_SUMMARY = 0x40
+    GOSSIP_DIGEST = 0x41
+    GOSSIP_RECORDS = 0x42
+    GOSSIP_REQUEST = 0x43
+    STATUS_REQUEST = 0x44
+    STATUS_RESPONSE = 0x45
 
 
 def _bad(message: str, code: ErrorCode = ErrorCode.MALFORMED_MESSAGE) -> LocalProtocolError:
@@ -411,6 +428,237 @@ class TensorChunk(Message):
             codec=codec,
             elem_size=_get(body, "es") if codec == Codec.SHUFFLE_ZSTD else 1,
             payload=payload,
+        )
+
+
+# -- ownership gossip (07-ownership-gossip.md) -------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class DigestEntry:
+    """(owner peer id, block, seq) of one record a peer holds."""
+
+    owner: bytes
+    block: int
+    seq: int
+
+
+def _pairs(value: object, name: str, width: int) -> tuple[tuple[Any, ...], ...]:
+    items = _as_tuple(value, name)
+    out = []
+    for item in items:
+        if not isinstance(item, list | tuple) or len(item) != width:
+            raise _bad(f"{name} entries must be arrays of {width}")
+        out.append(tuple(item))
+    return tuple(out)
+
+
+@_register
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GossipSummary(Message):
+    """Anti-entropy opener: a hash of the sender's live table and its size (§7.5)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.GOSSIP_SUMMARY
+    table_hash: bytes
+    count: int
+
+    def __post_init__(self) -> None:
+        _check_bytes("table_hash", self.table_hash, 32)
+        _check_uint("count", self.count)
+
+    def to_body(self) -> Body:
+        return {"h": self.table_hash, "n": self.count}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> GossipSummary:
+        return cls(table_hash=_get(body, "h"), count=_get(body, "n"))
+
+
+@_register
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GossipDigest(Message):
+    """Every (owner, block, seq) the sender holds, answering a summary that differed."""
+
+    TYPE: ClassVar[MessageType] = MessageType.GOSSIP_DIGEST
+    entries: tuple[DigestEntry, ...]
+
+    def __post_init__(self) -> None:
+        for e in self.entries:
+            _check_bytes("owner", e.owner, 32)
+            _check_uint("block", e.block, 0xFFFF)
+            _check_uint("seq", e.seq)
+
+    def to_body(self) -> Body:
+        return {"d": [[e.owner, e.block, e.seq] for e in self.entries]}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> GossipDigest:
+        return cls(entries=tuple(DigestEntry(*e) for e in _pairs(_get(body, "d"), "d", 3)))
+
+
+@dataclass(frozen=True, slots=True)
+class RelayedRecord:
+    """A signed record as relayed: its exact bytes, the owner's signature, and how long the
+    relay still considers it valid (never more than the record's own ttl)."""
+
+    data: bytes
+    signature: bytes
+    remaining_ms: int
+
+
+@_register
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GossipRecords(Message):
+    """Signed ownership records, pushed on change or sent to fill a peer's gaps."""
+
+    TYPE: ClassVar[MessageType] = MessageType.GOSSIP_RECORDS
+    records: tuple[RelayedRecord, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.records) > MAX_RECORDS_PER_MESSAGE:
+            raise _bad(f"more than {MAX_RECORDS_PER_MESSAGE} records in one message")
+        for r in self.records:
+            _check_bytes("record", r.data)
+            _check_bytes("signature", r.signature)
+            _check_uint("remaining_ms", r.remaining_ms)
+
+    def to_body(self) -> Body:
+        return {"r": [[r.data, r.signature, r.remaining_ms] for r in self.records]}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> GossipRecords:
+        return cls(records=tuple(RelayedRecord(*r) for r in _pairs(_get(body, "r"), "r", 3)))
+
+
+@_register
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GossipRequest(Message):
+    """Keys (owner, block) whose records the sender lacks or holds older."""
+
+    TYPE: ClassVar[MessageType] = MessageType.GOSSIP_REQUEST
+    keys: tuple[tuple[bytes, int], ...]
+
+    def __post_init__(self) -> None:
+        for owner, block in self.keys:
+            _check_bytes("owner", owner, 32)
+            _check_uint("block", block, 0xFFFF)
+
+    def to_body(self) -> Body:
+        return {"k": [[o, b] for o, b in self.keys]}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> GossipRequest:
+        return cls(keys=tuple((o, b) for o, b in _pairs(_get(body, "k"), "k", 2)))
+
+
+# -- status (07-ownership-gossip.md §7.8) ------------------------------------------------------
+@_register
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusRequest(Message):
+    """Ask a peer for its view of the swarm."""
+
+    TYPE: ClassVar[MessageType] = MessageType.STATUS_REQUEST
+    request_id: int
+
+    def __post_init__(self) -> None:
+        _check_uint("request_id", self.request_id)
+
+    def to_body(self) -> Body:
+        return {"rid": self.request_id}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> StatusRequest:
+        return cls(request_id=_get(body, "rid"))
+
+
+@dataclass(frozen=True, slots=True)
+class RecordView:
+    """One ownership record as a peer sees it, for the status command."""
+
+    owner: bytes
+    block: int
+    role: str
+    version: int
+    content_hash: bytes
+    addrs: tuple[str, ...]
+    load: float
+    seq: int
+    age_ms: int
+    expires_in_ms: int
+    departed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ConnView:
+    """One live connection as a peer sees it, for the status command."""
+
+    peer: bytes
+    addr: str
+    outbound: bool
+    rtt_ms: float
+    idle_ms: int
+
+
+@_register
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusResponse(Message):
+    """A peer's view: its own id and uptime, the records it holds, its connections."""
+
+    TYPE: ClassVar[MessageType] = MessageType.STATUS_RESPONSE
+    request_id: int
+    agent: str
+    uptime_ms: int
+    records: tuple[RecordView, ...]
+    connections: tuple[ConnView, ...]
+    dropped: tuple[tuple[str, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_uint("request_id", self.request_id)
+        _check_str("agent", self.agent)
+        _check_uint("uptime_ms", self.uptime_ms)
+
+    def to_body(self) -> Body:
+        return {
+            "rid": self.request_id,
+            "agent": self.agent,
+            "up": self.uptime_ms,
+            "recs": [
+                [
+                    r.owner,
+                    r.block,
+                    r.role,
+                    r.version,
+                    r.content_hash,
+                    list(r.addrs),
+                    float(r.load),
+                    r.seq,
+                    r.age_ms,
+                    r.expires_in_ms,
+                    r.departed,
+                ]
+                for r in self.records
+            ],
+            "conns": [
+                [c.peer, c.addr, c.outbound, float(c.rtt_ms), c.idle_ms] for c in self.connections
+            ],
+            "drops": [[k, v] for k, v in self.dropped],
+        }
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> StatusResponse:
+        records = tuple(
+            RecordView(o, b, role, ver, h, tuple(addrs), load, seq, age, exp, dep)
+            for o, b, role, ver, h, addrs, load, seq, age, exp, dep in _pairs(
+                _get(body, "recs"), "recs", 11
+            )
+        )
+        conns = tuple(ConnView(*c) for c in _pairs(_get(body, "conns"), "conns", 5))
+        drops = tuple((k, v) for k, v in _pairs(body.get("drops", []), "drops", 2))
+        return cls(
+            request_id=_get(body, "rid"),
+            agent=_get(body, "agent"),
+            uptime_ms=_get(body, "up"),
+            records=records,
+            connections=conns,
+            dropped=drops,
         )
 
 

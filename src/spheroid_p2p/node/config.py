@@ -1,0 +1,79 @@
+"""Node configuration: command-line flags over an optional TOML file over defaults.
+
+The TOML file uses the flag names with dashes or underscores, e.g.::
+
+    listen = "0.0.0.0:7000"
+    bootstrap = ["10.0.0.2:7000"]
+    key = "node.key"
+    data_dir = "node-data"
+    serve_blocks = [0, 1]
+    [gossip]
+    record_ttl_s = 30
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from spheroid_p2p.core.gossip import GossipParams
+from spheroid_p2p.errors import ConfigError
+from spheroid_p2p.net.peers import parse_addr
+
+__all__ = ["NodeConfig", "load_toml"]
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a node needs to start."""
+
+    listen: str = "127.0.0.1:0"
+    advertise: str | None = None  # address others should dial; defaults to the bound address
+    bootstrap: tuple[str, ...] = ()
+    key: Path = Path("spheroid-node.key")
+    data_dir: Path = Path("spheroid-data")
+    serve_blocks: tuple[int, ...] = ()
+    train_blocks: tuple[int, ...] = ()
+    max_connections: int = 64
+    gossip: GossipParams = field(default_factory=GossipParams)
+    versions: tuple[int, ...] = (1,)
+
+    def __post_init__(self) -> None:
+        try:
+            parse_addr(self.listen, allow_any_port=True)
+            for addr in (*self.bootstrap, *([self.advertise] if self.advertise else [])):
+                parse_addr(addr)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        for block in (*self.serve_blocks, *self.train_blocks):
+            if not 0 <= block < 0xFFFF:
+                raise ConfigError(f"block index {block} out of range")
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML config into NodeConfig keyword arguments; unknown keys are errors."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    known = {f.name for f in fields(NodeConfig)}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ConfigError(f"{path}: unknown setting {key!r} (known: {sorted(known)})")
+        if name == "gossip":
+            gossip_known = {f.name for f in fields(GossipParams)}
+            bad = set(value) - gossip_known
+            if bad:
+                raise ConfigError(f"{path}: unknown gossip settings {sorted(bad)}")
+            out[name] = replace(GossipParams(), **value)
+        elif name in ("key", "data_dir"):
+            out[name] = Path(value)
+        elif isinstance(value, list):
+            out[name] = tuple(value)
+        else:
+            out[name] = value
+    return out
