@@ -38,6 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 from tests.support.swarm import NodeProcess, live_view, wait_for  # noqa: E402
 
+from spheroid_p2p.errors import TransportError  # noqa: E402
+
 STAMP = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) "
 PUBLISHED = re.compile(STAMP + r".*published record owner=(\S+) block=(\d+) seq=(\d+)", re.M)
 ACCEPTED = re.compile(STAMP + r".*\[(\S+)\] accepted record owner=(\S+) block=(\d+) seq=(\d+)",
@@ -57,6 +59,14 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def _count(node: NodeProcess) -> int:
+    """Live records a node holds (0 if it does not answer in time, e.g. still starting)."""
+    try:
+        return len(live_view(node.status()))
+    except (TransportError, OSError):
+        return 0
+
+
 def run_size(n: int, ttl: float, steady_s: float, seed: int) -> dict[str, Any]:
     rng = random.Random(seed)
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-gossip-{n}-"))
@@ -68,8 +78,8 @@ def run_size(n: int, ttl: float, steady_s: float, seed: int) -> dict[str, Any]:
             nodes.append(NodeProcess(workdir, f"n{i}", *common, "--serve-block", str(i % 4),
                                      *extra).start())
         start = time.monotonic()
-        converge_s = wait_for(lambda: all(len(live_view(x.status())) == n for x in nodes),
-                              timeout_s=120, interval_s=0.5)
+        converge_s = wait_for(lambda: all(_count(x) == n for x in nodes), timeout_s=120,
+                              interval_s=0.5)
         steady_from = time.time()
         time.sleep(steady_s)
         steady_to = time.time()
@@ -94,7 +104,7 @@ def run_size(n: int, ttl: float, steady_s: float, seed: int) -> dict[str, Any]:
         points = [(_t(s), float(u), int(f), int(b)) for s, u, f, b in TRAFFIC.findall(text)]
         window = [p for p in points if steady_from <= p[0] <= steady_to]
         if len(window) >= 2:
-            (t1, u1, f1, b1), (t2, u2, f2, b2) = window[0], window[-1]
+            (_t1, u1, f1, b1), (_t2, u2, f2, b2) = window[0], window[-1]
             frames.append((f2 - f1) / (u2 - u1))
             byts.append((b2 - b1) / (u2 - u1))
     return {

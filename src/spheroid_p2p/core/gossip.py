@@ -55,6 +55,7 @@ class GossipParams:
 
     interval_s: float = 1.0
     fanout: int = 3
+    push_delay_s: float = 0.1
     record_ttl_s: float = 30.0
     refresh_fraction: float = 1 / 3
     departure_ttl_s: float = 10.0
@@ -115,6 +116,8 @@ class GossipService:
         self._next_round: float | None = None
         self._dial_after: dict[PeerId, float] = {}
         self._departed = False
+        self._outbox: list[tuple[SignedRecord, PeerId | None]] = []
+        self._flush_at: float | None = None
 
     # -- local claims -----------------------------------------------------------------------
     def publish(self, claim: LocalClaim, now: float) -> list[Action]:
@@ -260,6 +263,8 @@ class GossipService:
         if self._next_round is None:
             self._next_round = now + self.rng.uniform(0, self.params.interval_s)
         candidates = [self._next_round]
+        if self._flush_at is not None:
+            candidates.append(self._flush_at)
         expiry = self.table.next_expiry()
         if expiry is not None:
             candidates.append(expiry)
@@ -268,7 +273,7 @@ class GossipService:
         return min(candidates)
 
     def handle_timer(self, now: float) -> list[Action]:
-        """Expire records, refresh ours, run one anti-entropy round, dial missing peers."""
+        """Expire records, refresh ours, flush pushes, run anti-entropy, dial missing peers."""
         self.table.expire(now)
         actions: list[Action] = []
         refresh_after = self.params.record_ttl_s * self.params.refresh_fraction
@@ -279,6 +284,8 @@ class GossipService:
             actions += self._push(
                 [self._sign(o.claim, departed=False) for o in due], now, exclude=None
             )
+        if self._flush_at is not None and now >= self._flush_at:
+            actions += self._flush(now)
         if self._next_round is None or now >= self._next_round:
             self._next_round = now + self.params.interval_s * self.rng.uniform(0.8, 1.2)
             if self._peers:
@@ -300,28 +307,40 @@ class GossipService:
         exclude: PeerId | None,
         already_offered: bool = False,
     ) -> list[Action]:
-        if not records:
-            return []
+        """Queue records for the next rumour-push flush (§7.5.1).
+
+        Pushes are batched for ``push_delay_s``: every flush sends everything pending to the
+        same ``fanout`` random peers, so the messages a peer sends per second stay bounded
+        however many records change, at the cost of up to ``push_delay_s`` per hop.
+        """
         if not already_offered:
             for record in records:
                 self.table.offer(record, record.record.ttl_ms, now)
-        relayed = tuple(
-            RelayedRecord(
-                r.data,
-                r.signature,
-                self.table.remaining_ms(r.record.key, now)
-                if self.table.get(r.record.key)
-                else r.record.ttl_ms,
-            )
-            for r in records
-        )
-        targets = sorted((p for p in self._peers if p != exclude), key=lambda p: p.digest)
+        self._outbox.extend((r, exclude) for r in records)
+        if records and self._flush_at is None:
+            self._flush_at = now + self.params.push_delay_s
+        return []
+
+    def _flush(self, now: float) -> list[Action]:
+        pending, self._outbox, self._flush_at = self._outbox, [], None
+        current = []
+        for record, source in pending:
+            entry = self.table.get(record.record.key)
+            if entry is not None and entry.signed.data == record.data:  # not superseded
+                current.append((record, source))
+        targets = sorted(self._peers, key=lambda p: p.digest)
         chosen = self.rng.sample(targets, min(self.params.fanout, len(targets)))
-        return [
-            self._send(peer, GossipRecords(records=relayed[i : i + MAX_RECORDS_PER_MESSAGE]))
-            for peer in chosen
-            for i in range(0, len(relayed), MAX_RECORDS_PER_MESSAGE)
-        ]
+        actions: list[Action] = []
+        for peer in chosen:
+            relayed = tuple(
+                RelayedRecord(r.data, r.signature, self.table.remaining_ms(r.record.key, now))
+                for r, source in current
+                if source != peer
+            )
+            for i in range(0, len(relayed), MAX_RECORDS_PER_MESSAGE):
+                chunk = relayed[i : i + MAX_RECORDS_PER_MESSAGE]
+                actions.append(self._send(peer, GossipRecords(records=chunk)))
+        return actions
 
     def _dials(self, now: float) -> list[Action]:
         if self._departed or len(self._peers) >= self.params.target_peers:
