@@ -42,8 +42,9 @@ from spheroid_p2p.errors import TransportError  # noqa: E402
 
 STAMP = r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) "
 PUBLISHED = re.compile(STAMP + r".*published record owner=(\S+) block=(\d+) seq=(\d+)", re.M)
-ACCEPTED = re.compile(STAMP + r".*\[(\S+)\] accepted record owner=(\S+) block=(\d+) seq=(\d+)",
-                      re.M)
+ACCEPTED = re.compile(
+    STAMP + r".*\[(\S+)\] accepted record owner=(\S+) block=(\d+) seq=(\d+)", re.M
+)
 TRAFFIC = re.compile(STAMP + r".*traffic uptime=([\d.]+) frames_out=(\d+) bytes_out=(\d+)", re.M)
 
 
@@ -53,8 +54,9 @@ def _t(stamp: str) -> float:
 
 def _git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -75,11 +77,13 @@ def run_size(n: int, ttl: float, steady_s: float, seed: int) -> dict[str, Any]:
     try:
         for i in range(n):
             extra = ("--bootstrap", rng.choice(nodes).addr) if nodes else ()
-            nodes.append(NodeProcess(workdir, f"n{i}", *common, "--serve-block", str(i % 4),
-                                     *extra).start())
+            nodes.append(
+                NodeProcess(workdir, f"n{i}", *common, "--serve-block", str(i % 4), *extra).start()
+            )
         start = time.monotonic()
-        converge_s = wait_for(lambda: all(_count(x) == n for x in nodes), timeout_s=120,
-                              interval_s=0.5)
+        converge_s = wait_for(
+            lambda: all(_count(x) == n for x in nodes), timeout_s=120, interval_s=0.5
+        )
         steady_from = time.time()
         time.sleep(steady_s)
         steady_to = time.time()
@@ -108,16 +112,19 @@ def run_size(n: int, ttl: float, steady_s: float, seed: int) -> dict[str, Any]:
             frames.append((f2 - f1) / (u2 - u1))
             byts.append((b2 - b1) / (u2 - u1))
     return {
-        "n": n, "converge_after_start_s": converge_s,
+        "n": n,
+        "converge_after_start_s": converge_s,
         "startup_s": time.monotonic() - start - steady_s - converge_s,
         "propagation_samples": len(latencies),
         "propagation_median_s": statistics.median(latencies) if latencies else None,
-        "propagation_p90_s": statistics.quantiles(latencies, n=10)[-1] if len(latencies) > 9
+        "propagation_p90_s": statistics.quantiles(latencies, n=10)[-1]
+        if len(latencies) > 9
         else (max(latencies) if latencies else None),
         "propagation_max_s": max(latencies) if latencies else None,
         "frames_per_node_s": statistics.mean(frames) if frames else None,
         "bytes_per_node_s": statistics.mean(byts) if byts else None,
-        "record_ttl_s": ttl, "steady_s": steady_s,
+        "record_ttl_s": ttl,
+        "steady_s": steady_s,
     }
 
 
@@ -140,19 +147,30 @@ def main(argv: list[str] | None = None) -> int:
             r["bytes_ratio_vs_smallest"] = r["bytes_per_node_s"] / base["bytes_per_node_s"]
             r["log_n_ratio"] = math.log(r["n"]) / math.log(base["n"])
             r["n_ratio"] = r["n"] / base["n"]
-    report = {"benchmark": "bench_gossip", "git_commit": _git_commit(),
-              "params": vars(args) | {"out": str(args.out)}, "results": results}
+    report = {
+        "benchmark": "bench_gossip",
+        "git_commit": _git_commit(),
+        "params": vars(args) | {"out": str(args.out)},
+        "results": results,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     last = results[-1]
-    parts = [f"bench_gossip: N={last['n']} propagation median "
-             f"{(last['propagation_median_s'] or 0) * 1000:.0f} ms, max "
-             f"{(last['propagation_max_s'] or 0) * 1000:.0f} ms (goal < 2000 ms);"]
-    parts += [f"N={r['n']} {r['bytes_per_node_s'] or 0:.0f} B/s/node "
-              f"{r['frames_per_node_s'] or 0:.1f} msg/s/node" for r in results]
+    parts = [
+        f"bench_gossip: N={last['n']} propagation median "
+        f"{(last['propagation_median_s'] or 0) * 1000:.0f} ms, max "
+        f"{(last['propagation_max_s'] or 0) * 1000:.0f} ms (goal < 2000 ms);"
+    ]
+    parts += [
+        f"N={r['n']} {r['bytes_per_node_s'] or 0:.0f} B/s/node "
+        f"{r['frames_per_node_s'] or 0:.1f} msg/s/node"
+        for r in results
+    ]
     if "bytes_ratio_vs_smallest" in last:
-        parts.append(f"bytes x{last['bytes_ratio_vs_smallest']:.2f} vs logN x"
-                     f"{last['log_n_ratio']:.2f}, N x{last['n_ratio']:.1f}")
+        parts.append(
+            f"bytes x{last['bytes_ratio_vs_smallest']:.2f} vs logN x"
+            f"{last['log_n_ratio']:.2f}, N x{last['n_ratio']:.1f}"
+        )
     parts.append(f"-> {args.out}")
     print(" ".join(parts))
     return 0

@@ -57,9 +57,10 @@ from spheroid_p2p.wire.messages import (
 )
 from spheroid_p2p.wire.records import OwnershipRecord, SignedRecord
 from spheroid_p2p.wire.signing import DOMAIN_ENVELOPE, DOMAIN_RECORD, KeyPair, signing_input
-from spheroid_p2p.wire.tensors import RawTensor, tensor_chunks, tensor_header
+from spheroid_p2p.wire.tensors import RawTensor, chunk_digest, tensor_chunks, tensor_header
+from spheroid_p2p.wire.traversal import Hop, InlineTensor, Traverse, TraverseError, TraverseResult
 
-SPEC_REVISION = "r2"
+SPEC_REVISION = "r3"
 OUT_DIR = Path(__file__).resolve().parent.parent / "protocol" / "vectors"
 
 SEED_A = bytes(range(32))
@@ -316,6 +317,69 @@ def message_vectors() -> list[dict[str, Any]]:
         ),
         ("status-request", "StatusRequest", StatusRequest(request_id=42)),
         (
+            "traverse-start",
+            "Traverse to hop 0: no codes yet, the first hop draws them",
+            Traverse(
+                traversal_id=7,
+                client=KEY_B.peer_id.digest,
+                reply_addr="127.0.0.1:9000",
+                route=(
+                    Hop(KEY_A.peer_id.digest, "127.0.0.1:7000", 0, 1),
+                    Hop(KEY_B.peer_id.digest, "127.0.0.1:7001", 2, 3),
+                ),
+                hop=0,
+                config_hash="ab" * 32,
+                steps_per_block=1,
+                prefix=b"Day 1.",
+                span=0,
+                seed=5,
+                temperature=0.0,
+                deadline_ms=10_000,
+                want_logits=False,
+                z=InlineTensor(1, (0,), 0, chunk_digest(b"")),
+            ),
+        ),
+        (
+            "traverse-forward",
+            "Traverse to hop 1 carrying 2x2 float16 codes",
+            Traverse(
+                traversal_id=7,
+                client=KEY_B.peer_id.digest,
+                reply_addr="127.0.0.1:9000",
+                route=(
+                    Hop(KEY_A.peer_id.digest, "127.0.0.1:7000", 0, 1),
+                    Hop(KEY_B.peer_id.digest, "127.0.0.1:7001", 2, 3),
+                ),
+                hop=1,
+                config_hash="ab" * 32,
+                steps_per_block=1,
+                prefix=b"Day 1.",
+                span=0,
+                seed=5,
+                temperature=0.0,
+                deadline_ms=10_000,
+                want_logits=False,
+                z=InlineTensor(2, (2, 2), 0, chunk_digest(Z_F16), Z_F16),
+                payload=Z_F16,
+            ),
+        ),
+        (
+            "traverse-result",
+            "TraverseResult with one byte and the last hop's time",
+            TraverseResult(traversal_id=7, output=b"x", hop_ms=(12.5,)),
+        ),
+        (
+            "traverse-error",
+            "TraverseError: the next hop was unreachable",
+            TraverseError(
+                traversal_id=7,
+                hop=0,
+                peer=KEY_B.peer_id.digest,
+                code=17,
+                reason="next hop unreachable",
+            ),
+        ),
+        (
             "status-response",
             "StatusResponse with one record and one connection",
             StatusResponse(
@@ -556,6 +620,29 @@ def message_vectors() -> list[dict[str, Any]]:
         "Hello whose vs is an integer",
         raw_body(msgpack_profile.pack(signed_map(HELLO, body=dict(HELLO.to_body(), vs=1)))),
         ErrorCode.MALFORMED_MESSAGE,
+    )
+    bad_z = Traverse(
+        traversal_id=7,
+        client=KEY_B.peer_id.digest,
+        reply_addr="h:1",
+        route=(Hop(KEY_A.peer_id.digest, "h:2", 0, 3),),
+        hop=0,
+        config_hash="",
+        steps_per_block=1,
+        prefix=b"x",
+        span=0,
+        seed=1,
+        temperature=0.0,
+        deadline_ms=1,
+        want_logits=False,
+        z=InlineTensor(2, (2, 2), 0, bytes(32), Z_F16),
+        payload=Z_F16,
+    )
+    err(
+        "traverse-codes-hash",
+        "Traverse whose codes do not match their hash",
+        encode(bad_z),
+        ErrorCode.HASH_MISMATCH,
     )
     err(
         "ping-string-nonce",
@@ -830,6 +917,7 @@ def _record(
 
 
 RECORD_A = _record(KEY_A, seq=100)
+Z_F16 = struct.pack("<4e", 0.5, -1.0, 2.0, 0.25)
 
 
 def ownership_vectors() -> list[dict[str, Any]]:

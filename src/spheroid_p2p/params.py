@@ -22,6 +22,7 @@ __all__ = [
     "MAX_MSGPACK_DEPTH",
     "MAX_RECORDS_PER_MESSAGE",
     "MAX_RECORD_TTL_MS",
+    "MAX_ROUTE_HOPS",
     "MAX_SIGNED_BYTES",
     "MAX_STR_LEN",
     "MAX_TENSOR_BYTES",
@@ -79,3 +80,7 @@ HANDSHAKE_TIMEOUT_S: Final = 10.0
 MAX_RECORD_TTL_MS: Final = 300_000
 #: Records in one GOSSIP_RECORDS message (the rest goes in the next message).
 MAX_RECORDS_PER_MESSAGE: Final = 256
+
+# --- 10-traversal.md -------------------------------------------------------------------------
+#: Hops in one route (a chain of at most this many servers).
+MAX_ROUTE_HOPS: Final = 64

@@ -16,7 +16,7 @@ ROW = re.compile(r"^\|\s*`([A-Z0-9_]+)`\s*\|\s*([^|]+?)\s*\|")
 
 def _spec_parameters() -> dict[str, str]:
     found: dict[str, str] = {}
-    for path in sorted(SPEC.glob("0*.md")):
+    for path in sorted(SPEC.glob("[0-9][0-9]-*.md")):
         for line in path.read_text().splitlines():
             match = ROW.match(line)
             if match and hasattr(params, match.group(1)):

@@ -73,6 +73,8 @@ class LocalClaim:
     version: int = 0
     content_hash: bytes = b""
     load: float = 0.0
+    n_blocks: int = 0
+    config_hash: str = ""
 
 
 @dataclass
@@ -170,6 +172,8 @@ class GossipService:
             seq=self._seq,
             ttl_ms=int(ttl * 1000),
             departed=departed,
+            n_blocks=claim.n_blocks,
+            config_hash=claim.config_hash,
         ).sign(self.key)
 
     # -- connections ------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import time
@@ -19,6 +20,7 @@ from spheroid_p2p.core.actions import Action, Dial, Send
 from spheroid_p2p.core.connection import ConnectionLost, FrameSigner
 from spheroid_p2p.core.freshness import initial_seq
 from spheroid_p2p.core.gossip import GossipService, LocalClaim
+from spheroid_p2p.errors import ErrorCode
 from spheroid_p2p.net.peers import DialError, PeerManager, parse_addr
 from spheroid_p2p.node.config import NodeConfig
 from spheroid_p2p.wire.codec import Envelope
@@ -28,11 +30,14 @@ from spheroid_p2p.wire.messages import (
     GossipRecords,
     GossipRequest,
     GossipSummary,
+    Message,
     RecordView,
     StatusRequest,
     StatusResponse,
 )
 from spheroid_p2p.wire.signing import KeyPair, PeerId
+from spheroid_p2p.wire.tensors import chunk_digest
+from spheroid_p2p.wire.traversal import InlineTensor, Traverse, TraverseError, TraverseResult
 
 __all__ = ["Node"]
 
@@ -73,6 +78,12 @@ class Node:
         self._dial_slots = asyncio.Semaphore(MAX_PARALLEL_DIALS)
         self._group: asyncio.TaskGroup | None = None
         self.tag = key.peer_id.short()
+        self.runtime = None
+        if config.checkpoints:
+            from spheroid_p2p.node.compute import BlockRuntime
+
+            self.runtime = BlockRuntime(config.checkpoints)
+        self.traversals_served = 0
 
     # -- lifecycle --------------------------------------------------------------------------
     def stop(self) -> None:
@@ -98,6 +109,22 @@ class Node:
             now = time.monotonic()
             for block in self.config.serve_blocks:
                 self._apply(self.gossip.publish(LocalClaim(block=block, role="serve"), now))
+            if self.runtime is not None:
+                for block, digest in sorted(self.runtime.hashes.items()):
+                    claim = LocalClaim(
+                        block=block,
+                        role="serve",
+                        content_hash=digest,
+                        n_blocks=self.runtime.config.n_blocks,
+                        config_hash=self.runtime.config_hash,
+                    )
+                    self._apply(self.gossip.publish(claim, now))
+                log.info(
+                    "[%s] serving blocks %s (model config %s)",
+                    self.tag,
+                    sorted(self.runtime.blocks),
+                    self.runtime.config_hash[:12],
+                )
             for block in self.config.train_blocks:
                 self._apply(self.gossip.publish(LocalClaim(block=block, role="train"), now))
             for addr in self.config.bootstrap:
@@ -195,8 +222,128 @@ class Node:
             self._apply(self.gossip.handle_message(peer, message, time.monotonic()))
         elif isinstance(message, StatusRequest):
             self.peers.send(peer, self.status(message.request_id))
+        elif isinstance(message, Traverse) and self._group is not None:
+            self._group.create_task(self._serve(message))
         else:
             log.debug("[%s] ignoring %s from %s", self.tag, type(message).__name__, peer.short())
+
+    # -- traversals (10-traversal.md) --------------------------------------------------------
+    async def _send_to(self, peer: bytes, addr: str, message: Message) -> str | None:
+        """Send to ``peer``, dialling ``addr`` first if needed; returns an error or None."""
+        target = PeerId(peer)
+        if target not in self.peers.connected():
+            try:
+                await self.peers.dial(addr, expected=target)
+            except DialError as exc:
+                return str(exc)
+        return None if self.peers.send(target, message) else f"{target.short()} not connected"
+
+    async def _serve(self, req: Traverse) -> None:
+        """Run our blocks for one traversal, then forward it or answer the client."""
+        hop = req.route[req.hop]
+        me = self.key.peer_id.digest
+
+        async def fail(code: ErrorCode, reason: str, peer: bytes = me) -> None:
+            log.warning(
+                "[%s] traversal %x hop %d failed: %s", self.tag, req.traversal_id, req.hop, reason
+            )
+            error = TraverseError(
+                traversal_id=req.traversal_id,
+                hop=req.hop,
+                peer=peer,
+                code=int(code),
+                reason=reason[:300],
+            )
+            await self._send_to(req.client, req.reply_addr, error)
+
+        runtime = self.runtime
+        if hop.peer != me:
+            await fail(ErrorCode.PROTOCOL_VIOLATION, "route names another peer for this hop")
+            return
+        if (
+            runtime is None
+            or runtime.config is None
+            or not runtime.serves(hop.first_block, hop.last_block)
+        ):
+            await fail(
+                ErrorCode.BLOCK_NOT_SERVED,
+                f"blocks {hop.first_block}..{hop.last_block} are not served here",
+            )
+            return
+        cfg = runtime.config
+        if req.config_hash and req.config_hash != runtime.config_hash:
+            await fail(ErrorCode.BLOCK_NOT_SERVED, "request is for a different model config")
+            return
+        if req.span not in (0, cfg.span):
+            await fail(ErrorCode.BLOCK_NOT_SERVED, f"this model emits spans of {cfg.span}")
+            return
+        starting = len(req.z.shape) == 1 and req.z.shape[0] == 0
+        if starting != (hop.first_block == 0):
+            await fail(ErrorCode.PROTOCOL_VIOLATION, "only block 0 starts from noise")
+            return
+        z_dtype = req.z.dtype
+        out = await runtime.run(
+            hop.first_block,
+            hop.last_block,
+            req.prefix,
+            None if starting else bytes(req.z.data),
+            z_dtype,
+            req.steps_per_block,
+            req.seed,
+            req.temperature,
+            req.want_logits,
+        )
+        self.traversals_served += 1
+        log.debug(
+            "[%s] traversal %x hop %d blocks %d..%d: %.1f ms",
+            self.tag,
+            req.traversal_id,
+            req.hop,
+            hop.first_block,
+            hop.last_block,
+            out.seconds * 1e3,
+        )
+        if out.output is not None:
+            logits = None
+            payload = b""
+            if out.logits is not None:
+                payload = out.logits.float().contiguous().numpy().tobytes()
+                logits = InlineTensor(1, tuple(out.logits.shape), 0, chunk_digest(payload), payload)
+            result = TraverseResult(
+                traversal_id=req.traversal_id,
+                output=out.output,
+                hop_ms=(out.seconds * 1e3,),
+                logits=logits,
+                payload=payload,
+            )
+            error = await self._send_to(req.client, req.reply_addr, result)
+            if error:
+                log.warning(
+                    "[%s] traversal %x: cannot reach the client: %s",
+                    self.tag,
+                    req.traversal_id,
+                    error,
+                )
+            return
+        if req.hop + 1 >= len(req.route) or out.z is None:
+            await fail(ErrorCode.PROTOCOL_VIOLATION, "route ends before the last block")
+            return
+        dtype_name = {1: "float32", 2: "float16", 3: "bfloat16"}[z_dtype]
+        raw = _tensor_bytes(out.z, dtype_name)
+        nxt = req.route[req.hop + 1]
+        forward = dataclasses.replace(
+            req,
+            hop=req.hop + 1,
+            payload=raw,
+            z=InlineTensor(z_dtype, tuple(out.z.shape[1:]), 0, chunk_digest(raw), raw),
+        )
+        error = await self._send_to(nxt.peer, nxt.addr, forward)
+        if error:
+            await fail(
+                ErrorCode.TIMEOUT,
+                f"next hop {PeerId(nxt.peer).short()} unreachable: {error}",
+                peer=nxt.peer,
+            )
 
     # -- status -----------------------------------------------------------------------------
     def status(self, request_id: int = 0) -> StatusResponse:
@@ -215,6 +362,8 @@ class Node:
                 age_ms=int((now - e.received_at) * 1000),
                 expires_in_ms=max(0, int((e.expires_at - now) * 1000)),
                 departed=e.record.departed,
+                n_blocks=e.record.n_blocks,
+                config_hash=e.record.config_hash,
             )
             for e in self.gossip.table.entries()
         )
@@ -230,3 +379,14 @@ class Node:
             connections=conns,
             dropped=tuple(sorted(self.gossip.table.dropped.items())),
         )
+
+
+def _tensor_bytes(z: object, dtype_name: str) -> bytes:
+    """Little-endian bytes of a (1, N, d) torch tensor in the wire dtype (bf16 as 16 bits)."""
+    import torch
+
+    assert isinstance(z, torch.Tensor)
+    t = z[0].to(getattr(torch, dtype_name)).contiguous()
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    return t.numpy().tobytes()

@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=_blocks,
         help="block indices this peer announces it trains",
     )
+    run.add_argument(
+        "--checkpoint",
+        dest="checkpoints",
+        type=Path,
+        action="append",
+        help="safetensors block checkpoint to load and serve (repeatable)",
+    )
     run.add_argument("--max-connections", type=int)
     run.add_argument("--record-ttl", type=float, help="seconds a gossiped record lives")
     run.add_argument("--gossip-interval", type=float, help="seconds between anti-entropy rounds")
@@ -127,6 +134,8 @@ def node_config(args: argparse.Namespace) -> Any:
         values["bootstrap"] = tuple(args.bootstrap)
     if args.protocol_versions:
         values["versions"] = args.protocol_versions
+    if args.checkpoints:
+        values["checkpoints"] = tuple(args.checkpoints)
     gossip = values.get("gossip", GossipParams())
     for flag, field_name in (
         ("record_ttl", "record_ttl_s"),

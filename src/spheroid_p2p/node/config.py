@@ -36,6 +36,8 @@ class NodeConfig:
     data_dir: Path = Path("spheroid-data")
     serve_blocks: tuple[int, ...] = ()
     train_blocks: tuple[int, ...] = ()
+    #: safetensors block checkpoints this node loads and serves traversals with.
+    checkpoints: tuple[Path, ...] = ()
     max_connections: int = 64
     gossip: GossipParams = field(default_factory=GossipParams)
     versions: tuple[int, ...] = (1,)
@@ -72,6 +74,8 @@ def load_toml(path: Path) -> dict[str, Any]:
             out[name] = replace(GossipParams(), **value)
         elif name in ("key", "data_dir"):
             out[name] = Path(value)
+        elif name == "checkpoints":
+            out[name] = tuple(Path(v) for v in value)
         elif isinstance(value, list):
             out[name] = tuple(value)
         else:

@@ -17,6 +17,7 @@ msgpack decoder reads the same bytes.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from dataclasses import dataclass
 from typing import Final
@@ -35,6 +36,7 @@ from spheroid_p2p.wire.framing import Buffer, frame_header
 from spheroid_p2p.wire.messages import Message, TensorChunk, TensorHeader, message_from_body
 from spheroid_p2p.wire.signing import DOMAIN_ENVELOPE, KeyPair, PeerId, verify
 from spheroid_p2p.wire.tensors import check_header, chunk_digest
+from spheroid_p2p.wire.traversal import Traverse, TraverseResult, verify_inline
 
 __all__ = ["Envelope", "decode_frame", "encode_frame", "encode_signed", "frame_body_parts"]
 
@@ -107,7 +109,7 @@ def encode_frame(
     """Sign ``message`` and return its whole frame as a list of buffers (payload not copied)."""
     signed = encode_signed(key, message, seq=seq, timestamp_ms=timestamp_ms, version=version)
     signature = key.sign(DOMAIN_ENVELOPE, signed)
-    payload = message.payload if isinstance(message, TensorChunk) else b""
+    payload = getattr(message, "payload", b"") if message.HAS_PAYLOAD else b""
     return frame_body_parts(signed, signature, payload)
 
 
@@ -169,6 +171,10 @@ def _verify_content(message: Message) -> Message:
     """
     if isinstance(message, TensorHeader):
         return check_header(message)
+    if isinstance(message, Traverse):
+        return dataclasses.replace(message, z=verify_inline(message.z))
+    if isinstance(message, TraverseResult) and message.logits is not None:
+        return dataclasses.replace(message, logits=verify_inline(message.logits))
     if not isinstance(message, TensorChunk):
         return message
     raw = decode_payload(message.payload, message.codec, message.raw_len, message.elem_size)

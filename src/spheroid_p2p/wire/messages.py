@@ -72,6 +72,9 @@ class MessageType(IntEnum):
     GOSSIP_REQUEST = 0x43
     STATUS_REQUEST = 0x44
     STATUS_RESPONSE = 0x45
+    TRAVERSE = 0x60
+    TRAVERSE_RESULT = 0x61
+    TRAVERSE_ERROR = 0x62
 
 
 def _bad(message: str, code: ErrorCode = ErrorCode.MALFORMED_MESSAGE) -> LocalProtocolError:
@@ -584,6 +587,8 @@ class RecordView:
     age_ms: int
     expires_in_ms: int
     departed: bool
+    n_blocks: int = 0
+    config_hash: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -633,6 +638,8 @@ class StatusResponse(Message):
                     r.age_ms,
                     r.expires_in_ms,
                     r.departed,
+                    r.n_blocks,
+                    r.config_hash,
                 ]
                 for r in self.records
             ],
@@ -645,9 +652,9 @@ class StatusResponse(Message):
     @classmethod
     def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> StatusResponse:
         records = tuple(
-            RecordView(o, b, role, ver, h, tuple(addrs), load, seq, age, exp, dep)
-            for o, b, role, ver, h, addrs, load, seq, age, exp, dep in _pairs(
-                _get(body, "recs"), "recs", 11
+            RecordView(o, b, role, ver, h, tuple(addrs), load, seq, age, exp, dep, nb, cfg)
+            for o, b, role, ver, h, addrs, load, seq, age, exp, dep, nb, cfg in _pairs(
+                _get(body, "recs"), "recs", 13
             )
         )
         conns = tuple(ConnView(*c) for c in _pairs(_get(body, "conns"), "conns", 5))

@@ -40,6 +40,9 @@ class OwnershipRecord:
     seq: int
     ttl_ms: int
     departed: bool = False
+    #: Blocks in the owner's model (0: not said) and its config hash (hex; "": not said).
+    n_blocks: int = 0
+    config_hash: str = ""
 
     def __post_init__(self) -> None:
         def bad(msg: str, code: ErrorCode = ErrorCode.MALFORMED_MESSAGE) -> LocalProtocolError:
@@ -70,6 +73,10 @@ class OwnershipRecord:
             )
         if not isinstance(self.departed, bool):
             raise bad("dep must be a boolean")
+        if not isinstance(self.n_blocks, int) or not 0 <= self.n_blocks < NO_BLOCK:
+            raise bad("nb must be a block count")
+        if not isinstance(self.config_hash, str) or len(self.config_hash) > 64:
+            raise bad("cfg must be a string of at most 64 characters")
 
     @property
     def owner(self) -> PeerId:
@@ -93,6 +100,8 @@ class OwnershipRecord:
                 "seq": self.seq,
                 "ttl": self.ttl_ms,
                 "dep": self.departed,
+                "nb": self.n_blocks,
+                "cfg": self.config_hash,
             }
         )
 
@@ -135,6 +144,8 @@ class SignedRecord:
                 seq=fields["seq"],
                 ttl_ms=fields["ttl"],
                 departed=fields.get("dep", False),
+                n_blocks=fields.get("nb", 0),
+                config_hash=fields.get("cfg", ""),
             )
         except KeyError as exc:
             raise RemoteProtocolError(

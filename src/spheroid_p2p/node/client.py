@@ -1,0 +1,290 @@
+"""The traversal client: plan a route from gossip, send traversals, fail over (10-traversal.md).
+
+The client is a short-lived peer with its own throw-away key and a listener, so the last hop
+of each traversal can connect back with the result. Each traversal carries the prompt window,
+a seed (the first hop draws the initial noise from it), and the route; the client only waits.
+If a hop reports an error, or the traversal misses its deadline, the client probes the
+route's hops, avoids the dead or failing server for ``avoid_s``, re-plans and retries the
+traversal from the start (the same seed, so the result is unchanged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from spheroid_p2p.core.connection import ConnectionLost, FrameSigner
+from spheroid_p2p.core.freshness import initial_seq
+from spheroid_p2p.core.routing import NoRouteError, ServerOffer, plan_route
+from spheroid_p2p.errors import ErrorCode, TransportError, code_name
+from spheroid_p2p.net.peers import DialError, PeerManager
+from spheroid_p2p.wire.codec import Envelope
+from spheroid_p2p.wire.messages import StatusRequest, StatusResponse
+from spheroid_p2p.wire.signing import KeyPair, PeerId
+from spheroid_p2p.wire.tensors import chunk_digest
+from spheroid_p2p.wire.traversal import Hop, InlineTensor, Traverse, TraverseError, TraverseResult
+
+__all__ = ["GenerationReport", "TraversalClient"]
+
+log = logging.getLogger(__name__)
+
+DTYPE_CODES = {"float32": 1, "float16": 2, "bfloat16": 3}
+
+
+@dataclass
+class GenerationReport:
+    """What a generation cost: traversals, time, bytes on the wire, retries."""
+
+    output: bytes = b""
+    traversals: int = 0
+    seconds: float = 0.0
+    traversal_ms: list[float] = field(default_factory=list)
+    bytes_sent: int = 0
+    retries: int = 0
+    routes: list[tuple[str, ...]] = field(default_factory=list)
+
+
+class TraversalClient:
+    """Generates text through a swarm of block servers."""
+
+    def __init__(
+        self, *, timeout_s: float = 30.0, avoid_s: float = 60.0, max_retries: int = 4
+    ) -> None:
+        self.key = KeyPair.generate()
+        self.timeout_s = timeout_s
+        self.avoid_s = avoid_s
+        self.max_retries = max_retries
+        self._answers: dict[int, asyncio.Future[TraverseResult | TraverseError]] = {}
+        self._status: asyncio.Future[StatusResponse] | None = None
+        self._avoid: dict[bytes, float] = {}
+        self.manager = PeerManager(
+            FrameSigner(self.key, initial_seq(time.time())),
+            on_open=lambda p, c: None,
+            on_message=self._on_message,
+            on_close=self._on_close,
+            capabilities=(),
+            agent="spheroid_p2p generate",
+        )
+        self.reply_addr = ""
+        #: Short peer ids of the route the latest traversal took.
+        self.last_route: tuple[str, ...] = ()
+
+    def _on_message(self, peer: PeerId, envelope: Envelope) -> None:
+        message = envelope.message
+        if isinstance(message, TraverseResult | TraverseError):
+            future = self._answers.get(message.traversal_id)
+            if future is not None and not future.done():
+                future.set_result(message)
+        elif isinstance(message, StatusResponse) and self._status and not self._status.done():
+            self._status.set_result(message)
+
+    def _on_close(self, peer: PeerId, lost: ConnectionLost) -> None:
+        pass
+
+    async def start(self, group: asyncio.TaskGroup) -> None:
+        self.manager.attach(group)
+        host, port = await self.manager.listen("127.0.0.1", 0)
+        self.reply_addr = f"{host}:{port}"
+
+    async def close(self) -> None:
+        await self.manager.close(reason="generation done", flush_s=0.5)
+
+    async def offers(self, addr: str) -> list[ServerOffer]:
+        """Ask the peer at ``addr`` for its view; return the live block servers it knows."""
+        peer = await self.manager.dial(addr)
+        self._status = asyncio.get_running_loop().create_future()
+        self.manager.send(peer, StatusRequest(request_id=1))
+        async with asyncio.timeout(self.timeout_s):
+            status = await self._status
+        offers = [
+            ServerOffer(r.owner, r.addrs[0], r.block, r.load, r.n_blocks, r.config_hash)
+            for r in status.records
+            if r.role == "serve" and not r.departed and r.addrs
+        ]
+        # One model per request: the config most servers announce.
+        configs = Counter(o.config_hash for o in offers if o.config_hash)
+        if configs:
+            best = configs.most_common(1)[0][0]
+            offers = [o for o in offers if o.config_hash == best]
+        return offers
+
+    async def generate(
+        self,
+        addr: str,
+        prompt: bytes,
+        n_bytes: int,
+        *,
+        steps_per_block: int = 1,
+        seed: int = 0,
+        temperature: float = 0.0,
+        z_dtype: str = "float32",
+        span: int = 0,
+        on_bytes: Callable[[bytes], None] | None = None,
+    ) -> GenerationReport:
+        """Generate ``n_bytes`` after ``prompt`` through the swarm that ``addr`` belongs to."""
+        report = GenerationReport()
+        offers = await self.offers(addr)
+        n_blocks = max((o.n_blocks for o in offers), default=0)
+        if not n_blocks:
+            raise TransportError(f"no block servers known to {addr} yet")
+        config = next((o.config_hash for o in offers if o.config_hash), "")
+        start = time.perf_counter()
+        out = b""
+        traversal = 0
+        while len(out) < n_bytes:
+            piece = await self._one(
+                offers,
+                n_blocks,
+                config,
+                prompt + out,
+                steps_per_block,
+                seed + traversal,
+                temperature,
+                z_dtype,
+                span,
+                report,
+                addr,
+            )
+            out += piece
+            traversal += 1
+            if on_bytes is not None:
+                on_bytes(piece[: n_bytes - len(out) + len(piece)])
+        report.output = out[:n_bytes]
+        report.traversals = traversal
+        report.seconds = time.perf_counter() - start
+        return report
+
+    async def _one(
+        self,
+        offers: list[ServerOffer],
+        n_blocks: int,
+        config: str,
+        prefix: bytes,
+        steps: int,
+        seed: int,
+        temperature: float,
+        z_dtype: str,
+        span: int,
+        report: GenerationReport,
+        addr: str,
+    ) -> bytes:
+        for attempt in range(self.max_retries + 1):
+            now = time.monotonic()
+            exclude = {p for p, until in self._avoid.items() if until > now}
+            try:
+                route = plan_route(offers, n_blocks, exclude=exclude)
+            except NoRouteError:
+                if attempt == self.max_retries:
+                    raise
+                await asyncio.sleep(min(5.0, 0.5 * 2**attempt))  # servers may still be starting
+                offers = await self.offers(addr)  # gossip may know new servers by now
+                n_blocks = max((o.n_blocks for o in offers), default=n_blocks)
+                continue
+            self.last_route = tuple(PeerId(h.peer).short() for h in route)
+            report.routes.append(self.last_route)
+            answer = await self._send(
+                route, config, prefix, steps, seed, temperature, z_dtype, span, report
+            )
+            if isinstance(answer, TraverseResult):
+                return answer.output
+            if (
+                isinstance(answer, TraverseError)
+                and answer.code == ErrorCode.BLOCK_NOT_SERVED
+                and "spans of" in answer.reason
+            ):
+                raise TransportError(f"the swarm cannot do this: {answer.reason}")
+            report.retries += 1
+            bad = await self._blame(route, answer)
+            for peer in bad:
+                self._avoid[peer] = time.monotonic() + self.avoid_s
+            log.warning(
+                "traversal failed (%s); avoiding %s and re-routing",
+                "timeout"
+                if answer is None
+                else f"{code_name(answer.code)} at hop {answer.hop}: {answer.reason}",
+                [PeerId(p).short() for p in bad],
+            )
+        raise TransportError(f"traversal failed after {self.max_retries} retries")
+
+    async def _send(
+        self,
+        route: tuple[Hop, ...],
+        config: str,
+        prefix: bytes,
+        steps: int,
+        seed: int,
+        temperature: float,
+        z_dtype: str,
+        span: int,
+        report: GenerationReport,
+    ) -> TraverseResult | TraverseError | None:
+        tid = random.getrandbits(63)
+        future: asyncio.Future[TraverseResult | TraverseError] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._answers[tid] = future
+        request = Traverse(
+            traversal_id=tid,
+            client=self.key.peer_id.digest,
+            reply_addr=self.reply_addr,
+            route=route,
+            hop=0,
+            config_hash=config,
+            steps_per_block=steps,
+            prefix=prefix[-4096:],
+            span=span,
+            seed=seed,
+            temperature=temperature,
+            deadline_ms=int(self.timeout_s * 1000),
+            want_logits=False,
+            z=InlineTensor(DTYPE_CODES[z_dtype], (0,), 0, chunk_digest(b"")),
+        )
+        started = time.perf_counter()
+        first = route[0]
+        try:
+            peer = await self.manager.dial(first.addr, expected=PeerId(first.peer))
+            before = self.manager.bytes_out
+            self.manager.send(peer, request)
+            async with asyncio.timeout(self.timeout_s):
+                answer = await future
+            report.bytes_sent += self.manager.bytes_out - before
+        except (DialError, TimeoutError):
+            return None
+        finally:
+            self._answers.pop(tid, None)
+        report.traversal_ms.append((time.perf_counter() - started) * 1000)
+        return answer
+
+    async def _blame(self, route: tuple[Hop, ...], answer: TraverseError | None) -> list[bytes]:
+        """Which servers to avoid: the one an error names, else every hop that does not answer
+        a fresh connection (a killed process refuses at once)."""
+        if answer is not None:
+            return [answer.peer]
+        dead = []
+        for hop in route:
+            probe = PeerManager(
+                FrameSigner(KeyPair.generate(), initial_seq(time.time())),
+                on_open=lambda p, c: None,
+                on_message=lambda p, e: None,
+                on_close=lambda p, lost: None,
+                capabilities=(),
+                dial_timeout_s=2.0,
+            )
+            try:
+                async with asyncio.TaskGroup() as group:
+                    probe.attach(group)
+                    try:
+                        await probe.dial(hop.addr, expected=PeerId(hop.peer))
+                    except DialError:
+                        dead.append(hop.peer)
+                    finally:
+                        await probe.close(flush_s=0.2)
+            except Exception as exc:
+                log.debug("probe of %s failed: %s", hop.addr, exc)
+                dead.append(hop.peer)
+        return dead or [route[0].peer]

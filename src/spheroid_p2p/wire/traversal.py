@@ -1,0 +1,285 @@
+"""Traversal messages: a request flowing block 0 -> 1 -> ... -> B-1 (spec: 10-traversal.md).
+
+A traversal carries the noisy codes ``z`` of one span through the chain. Each hop runs its
+blocks' Euler steps and forwards ``TRAVERSE`` to the next hop over its own connection; the last
+hop sends ``TRAVERSE_RESULT`` (the span's bytes, optionally its logits) straight to the client,
+and any hop that cannot go on sends ``TRAVERSE_ERROR`` to the client.
+
+``z`` and logits travel as *inline tensors*: dtype, shape, codec and BLAKE3 hash in the signed
+body, the encoded bytes in the frame's payload section (at most ``TENSOR_CHUNK_BYTES`` raw),
+checked exactly like a tensor chunk (05 §5.4).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from spheroid_p2p.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from spheroid_p2p.params import MAX_ROUTE_HOPS, TENSOR_CHUNK_BYTES
+from spheroid_p2p.wire.compression import decode_payload
+from spheroid_p2p.wire.dtypes import DTYPES, Codec
+from spheroid_p2p.wire.framing import Buffer
+from spheroid_p2p.wire.messages import (
+    Body,
+    Message,
+    MessageType,
+    _as_tuple,
+    _check_bytes,
+    _check_str,
+    _check_uint,
+    _get,
+    _pairs,
+    _register,
+    tensor_layout,
+)
+from spheroid_p2p.wire.tensors import chunk_digest
+
+__all__ = ["Hop", "InlineTensor", "Traverse", "TraverseError", "TraverseResult", "verify_inline"]
+
+
+def _bad(msg: str, code: ErrorCode = ErrorCode.MALFORMED_MESSAGE) -> LocalProtocolError:
+    return LocalProtocolError(msg, code)
+
+
+@dataclass(frozen=True, slots=True)
+class InlineTensor:
+    """A small tensor carried in one frame: metadata signed, bytes in the payload section."""
+
+    dtype: int
+    shape: tuple[int, ...]
+    codec: int
+    digest: bytes  # BLAKE3 of the raw (decoded) bytes
+    payload: Buffer = b""  # encoded bytes, as sent
+    data: Buffer = b""  # raw bytes, once verified
+
+    def check(self) -> int:
+        """Validate the metadata; returns the raw length."""
+        if self.dtype not in DTYPES:
+            raise _bad(f"unknown dtype code {self.dtype}", ErrorCode.UNKNOWN_DTYPE)
+        if self.codec not in {c.value for c in Codec}:
+            raise _bad(f"unknown codec id {self.codec}", ErrorCode.UNKNOWN_CODEC)
+        _check_bytes("tensor hash", self.digest, 32)
+        raw_len, _ = tensor_layout(DTYPES[self.dtype], self.shape)
+        if raw_len > TENSOR_CHUNK_BYTES:
+            raise _bad(
+                f"inline tensor of {raw_len} bytes exceeds {TENSOR_CHUNK_BYTES}",
+                ErrorCode.TENSOR_LIMIT,
+            )
+        return raw_len
+
+    def to_body(self) -> Body:
+        return {"dt": self.dtype, "shape": list(self.shape), "c": self.codec, "h": self.digest}
+
+    @classmethod
+    def from_body(cls, body: Any, payload: Buffer) -> InlineTensor:
+        if not isinstance(body, dict):
+            raise _bad("inline tensor must be a map")
+        shape = _as_tuple(_get(body, "shape"), "shape")
+        for dim in shape:
+            _check_uint("dimension", dim, TENSOR_CHUNK_BYTES)
+        return cls(
+            dtype=_get(body, "dt"),
+            shape=shape,
+            codec=_get(body, "c"),
+            digest=_get(body, "h"),
+            payload=payload,
+        )
+
+
+def verify_inline(tensor: InlineTensor) -> InlineTensor:
+    """Decode the payload (bounded) and check its hash; raises ``RemoteProtocolError``."""
+    raw_len = tensor.check()
+    elem = DTYPES[tensor.dtype].itemsize if tensor.codec == Codec.SHUFFLE_ZSTD else 1
+    raw = decode_payload(tensor.payload, tensor.codec, raw_len, elem)
+    if chunk_digest(raw) != tensor.digest:
+        raise RemoteProtocolError("inline tensor does not match its hash", ErrorCode.HASH_MISMATCH)
+    return InlineTensor(
+        tensor.dtype, tensor.shape, tensor.codec, tensor.digest, tensor.payload, raw
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """One hop of a route: a server, its address, and the contiguous blocks it runs."""
+
+    peer: bytes
+    addr: str
+    first_block: int
+    last_block: int
+
+
+@_register
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Traverse(Message):
+    """A span's noisy codes on their way through the chain (10 §10.3)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.TRAVERSE
+    HAS_PAYLOAD: ClassVar[bool] = True
+    traversal_id: int
+    client: bytes
+    reply_addr: str
+    route: tuple[Hop, ...]
+    hop: int
+    config_hash: str
+    steps_per_block: int
+    prefix: bytes
+    span: int
+    seed: int
+    temperature: float
+    deadline_ms: int
+    want_logits: bool
+    z: InlineTensor
+    payload: Buffer = field(default=b"", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _check_uint("traversal_id", self.traversal_id)
+        _check_bytes("client", self.client, 32)
+        _check_str("reply_addr", self.reply_addr)
+        if not 1 <= len(self.route) <= MAX_ROUTE_HOPS:
+            raise _bad(f"a route has 1..{MAX_ROUTE_HOPS} hops")
+        for hop in self.route:
+            _check_bytes("hop peer", hop.peer, 32)
+            _check_str("hop addr", hop.addr)
+            _check_uint("first block", hop.first_block, 0xFFFE)
+            _check_uint("last block", hop.last_block, 0xFFFE)
+            if hop.last_block < hop.first_block:
+                raise _bad("a hop's last block precedes its first")
+        _check_uint("hop", self.hop, len(self.route) - 1)
+        _check_str("config_hash", self.config_hash)
+        _check_uint("steps_per_block", self.steps_per_block, 64)
+        if self.steps_per_block < 1:
+            raise _bad("steps_per_block must be at least 1")
+        _check_bytes("prefix", self.prefix)
+        _check_uint("span", self.span, 4096)
+        _check_uint("seed", self.seed)
+        if (
+            not isinstance(self.temperature, int | float)
+            or not math.isfinite(self.temperature)
+            or self.temperature < 0
+        ):
+            raise _bad("temperature must be a finite number >= 0")
+        _check_uint("deadline_ms", self.deadline_ms)
+        if not isinstance(self.want_logits, bool):
+            raise _bad("logits flag must be a boolean")
+        self.z.check()
+
+    def to_body(self) -> Body:
+        return {
+            "tid": self.traversal_id,
+            "client": self.client,
+            "reply": self.reply_addr,
+            "route": [[h.peer, h.addr, h.first_block, h.last_block] for h in self.route],
+            "hop": self.hop,
+            "cfg": self.config_hash,
+            "m": self.steps_per_block,
+            "x": self.prefix,
+            "k": self.span,
+            "seed": self.seed,
+            "temp": float(self.temperature),
+            "dl": self.deadline_ms,
+            "lg": self.want_logits,
+            "z": self.z.to_body(),
+        }
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> Traverse:
+        return cls(
+            traversal_id=_get(body, "tid"),
+            client=_get(body, "client"),
+            reply_addr=_get(body, "reply"),
+            route=tuple(Hop(*h) for h in _pairs(_get(body, "route"), "route", 4)),
+            hop=_get(body, "hop"),
+            config_hash=_get(body, "cfg"),
+            steps_per_block=_get(body, "m"),
+            prefix=_get(body, "x"),
+            span=_get(body, "k"),
+            seed=_get(body, "seed"),
+            temperature=_get(body, "temp"),
+            deadline_ms=_get(body, "dl"),
+            want_logits=_get(body, "lg"),
+            z=InlineTensor.from_body(_get(body, "z"), payload),
+            payload=payload,
+        )
+
+
+@_register
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TraverseResult(Message):
+    """The last hop's answer to the client: the span's bytes, per-hop times, logits if asked."""
+
+    TYPE: ClassVar[MessageType] = MessageType.TRAVERSE_RESULT
+    HAS_PAYLOAD: ClassVar[bool] = True
+    traversal_id: int
+    output: bytes
+    hop_ms: tuple[float, ...]
+    logits: InlineTensor | None = None
+    payload: Buffer = field(default=b"", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _check_uint("traversal_id", self.traversal_id)
+        _check_bytes("output", self.output)
+        if self.logits is not None:
+            self.logits.check()
+
+    def to_body(self) -> Body:
+        body: Body = {
+            "tid": self.traversal_id,
+            "out": self.output,
+            "hms": [float(v) for v in self.hop_ms],
+        }
+        if self.logits is not None:
+            body["lg"] = self.logits.to_body()
+        return body
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> TraverseResult:
+        logits = InlineTensor.from_body(body["lg"], payload) if "lg" in body else None
+        return cls(
+            traversal_id=_get(body, "tid"),
+            output=_get(body, "out"),
+            hop_ms=_as_tuple(body.get("hms", []), "hms"),
+            logits=logits,
+            payload=payload,
+        )
+
+
+@_register
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TraverseError(Message):
+    """A hop could not go on: which hop, which peer, why (an ``ErrorCode``)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.TRAVERSE_ERROR
+    traversal_id: int
+    hop: int
+    peer: bytes
+    code: int
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        _check_uint("traversal_id", self.traversal_id)
+        _check_uint("hop", self.hop, MAX_ROUTE_HOPS)
+        _check_bytes("peer", self.peer, 32)
+        _check_uint("code", self.code, 0xFFFF)
+        _check_str("reason", self.reason)
+
+    def to_body(self) -> Body:
+        return {
+            "tid": self.traversal_id,
+            "hop": self.hop,
+            "peer": self.peer,
+            "code": self.code,
+            "msg": self.reason,
+        }
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> TraverseError:
+        return cls(
+            traversal_id=_get(body, "tid"),
+            hop=_get(body, "hop"),
+            peer=_get(body, "peer"),
+            code=_get(body, "code"),
+            reason=body.get("msg", ""),
+        )

@@ -1,0 +1,128 @@
+"""Traversals across real server processes: same bytes as in-process, and failover."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from spheroid_p2p.ml.block import BlockDenoiser
+from spheroid_p2p.ml.checkpoint import load_block, save_block
+from spheroid_p2p.ml.config import ModelConfig
+from spheroid_p2p.ml.generate import generate
+from spheroid_p2p.node.client import GenerationReport, TraversalClient
+from tests.support.swarm import NodeProcess, wait_for
+
+pytestmark = pytest.mark.integration
+CFG = ModelConfig(d_model=32, n_heads=2, d_cond=8, context=32, layers_per_block=1)
+
+
+def _checkpoints(tmp: Path, cfg: ModelConfig) -> list[Path]:
+    torch.manual_seed(0)
+    paths = []
+    for b in range(cfg.n_blocks):
+        block = BlockDenoiser(cfg, b)
+        with torch.no_grad():
+            for p in block.parameters():
+                p.add_(torch.randn_like(p) * 0.2)
+        path = tmp / f"block{b}.safetensors"
+        save_block(path, block)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[NodeProcess]]:
+    started: list[NodeProcess] = []
+    yield started
+    for node in started:
+        node.stop()
+
+
+def _serve(nodes: list[NodeProcess], tmp: Path, name: str, ckpt: Path) -> NodeProcess:
+    extra = ("--bootstrap", nodes[0].addr) if nodes else ()
+    node = NodeProcess(tmp, name, "--checkpoint", str(ckpt), *extra, verbose=1).start()
+    nodes.append(node)
+    return node
+
+
+def _serving(node: NodeProcess, count: int) -> bool:
+    return sum(1 for r in node.status().records if r.role == "serve" and not r.departed) >= count
+
+
+def _remote(
+    addr: str, prompt: bytes, n: int, dtype: str = "float32", on_bytes: object = None
+) -> GenerationReport:
+    async def run() -> GenerationReport:
+        client = TraversalClient(timeout_s=10.0, max_retries=6)
+        async with asyncio.TaskGroup() as group:
+            await client.start(group)
+            try:
+                return await client.generate(
+                    addr, prompt, n, seed=5, z_dtype=dtype, on_bytes=on_bytes
+                )  # type: ignore[arg-type]
+            finally:
+                await client.close()
+
+    return asyncio.run(run())
+
+
+def test_chain_of_four_servers_matches_the_in_process_sampler(
+    nodes: list[NodeProcess], tmp_path: Path
+) -> None:
+    """fp32 transport reproduces in-process generation byte for byte; fp16 is measured."""
+    paths = _checkpoints(tmp_path, CFG)
+    for b, path in enumerate(paths):
+        _serve(nodes, tmp_path, f"s{b}", path)
+    wait_for(lambda: _serving(nodes[0], 4), timeout_s=30)
+    blocks = {b: load_block(p) for b, p in enumerate(paths)}
+    expected = generate(blocks, b"Day 1.", 24, seed=5)
+    report = _remote(nodes[0].addr, b"Day 1.", 24)
+    assert report.output == expected
+    assert report.traversals == 24 and len(report.routes[-1]) == 4
+    fp16 = _remote(nodes[0].addr, b"Day 1.", 24, dtype="float16").output
+    agreement = sum(a == b for a, b in zip(fp16, expected, strict=True)) / len(expected)
+    print(f"fp16 transport agreement with fp32: {agreement:.2%}")
+    assert len(fp16) == 24
+
+
+def test_a_killed_hop_is_routed_around_and_the_output_is_unchanged(
+    nodes: list[NodeProcess], tmp_path: Path
+) -> None:
+    """Two servers hold block 2; kill -9 the one in use mid-generation: the request
+    completes through the other, with the same bytes as in-process generation."""
+    paths = _checkpoints(tmp_path, CFG)
+    for b, path in enumerate(paths):
+        _serve(nodes, tmp_path, f"s{b}", path)
+    spare = _serve(nodes, tmp_path, "s2b", paths[2])
+    wait_for(lambda: _serving(nodes[0], 5), timeout_s=30)
+    blocks = {b: load_block(p) for b, p in enumerate(paths)}
+    expected = generate(blocks, b"Day 7.", 30, seed=5)
+    by_short = {n.peer_id[:12]: n for n in (nodes[2], spare)}
+    killed: list[str] = []
+
+    async def run() -> GenerationReport:
+        client = TraversalClient(timeout_s=5.0, max_retries=6)
+        produced: list[bytes] = []
+
+        def watch(piece: bytes) -> None:
+            produced.append(piece)
+            if len(produced) == 8 and not killed:
+                victim = next(by_short[p] for p in client.last_route if p in by_short)
+                victim.kill9()
+                killed.append(victim.name)
+
+        async with asyncio.TaskGroup() as group:
+            await client.start(group)
+            try:
+                return await client.generate(nodes[0].addr, b"Day 7.", 30, seed=5, on_bytes=watch)
+            finally:
+                await client.close()
+
+    report = asyncio.run(run())
+    assert killed, "the kill never happened"
+    assert report.output == expected
+    assert report.retries >= 1
