@@ -2,7 +2,7 @@
 
 Usage (from a fresh clone, with only Python 3.11+ and pip)::
 
-    python3 scripts/devenv.py demo [demo flags...]   # set up, then run the main job
+    python3 scripts/devenv.py demo [demo flags...]   # set up, then run the local-swarm demo
     python3 scripts/devenv.py test [pytest args...]  # set up, then lint and run the tests
     python3 scripts/devenv.py setup                  # only set up
 
@@ -59,10 +59,9 @@ def run_tests(extra: list[str]) -> int:
 
 
 def run_demo(extra: list[str]) -> int:
-    """The main job: the node's command line (a later revision runs the local swarm demo)."""
-    return subprocess.run(
-        [str(PY), "-m", "spheroid_p2p.node", "--help", *extra], cwd=ROOT, check=False
-    ).returncode
+    """The main job: a local swarm trains a model on loopback, then generates text."""
+    return subprocess.run([str(PY), "-m", "spheroid_p2p.demo", *extra], cwd=ROOT,
+                          check=False).returncode
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import random
 import time
+from typing import TYPE_CHECKING
 
 from spheroid_p2p import __version__
 from spheroid_p2p.core.actions import Action, Dial, Send
@@ -37,6 +38,9 @@ from spheroid_p2p.wire.messages import (
 )
 from spheroid_p2p.wire.signing import KeyPair, PeerId
 from spheroid_p2p.wire.tensors import chunk_digest
+
+if TYPE_CHECKING:
+    from spheroid_p2p.node.compute import BlockRuntime
 from spheroid_p2p.wire.traversal import InlineTensor, Traverse, TraverseError, TraverseResult
 
 __all__ = ["Node"]
@@ -78,10 +82,14 @@ class Node:
         self._dial_slots = asyncio.Semaphore(MAX_PARALLEL_DIALS)
         self._group: asyncio.TaskGroup | None = None
         self.tag = key.peer_id.short()
-        self.runtime = None
-        if config.checkpoints:
+        self.runtime: BlockRuntime | None = None
+        if config.checkpoints or (config.train_blocks and config.corpus):
             from spheroid_p2p.node.compute import BlockRuntime
 
+            if config.threads:
+                import torch
+
+                torch.set_num_threads(config.threads)
             self.runtime = BlockRuntime(config.checkpoints)
         self.traversals_served = 0
 
@@ -109,24 +117,18 @@ class Node:
             now = time.monotonic()
             for block in self.config.serve_blocks:
                 self._apply(self.gossip.publish(LocalClaim(block=block, role="serve"), now))
-            if self.runtime is not None:
-                for block, digest in sorted(self.runtime.hashes.items()):
-                    claim = LocalClaim(
-                        block=block,
-                        role="serve",
-                        content_hash=digest,
-                        n_blocks=self.runtime.config.n_blocks,
-                        config_hash=self.runtime.config_hash,
-                    )
-                    self._apply(self.gossip.publish(claim, now))
-                log.info(
-                    "[%s] serving blocks %s (model config %s)",
-                    self.tag,
-                    sorted(self.runtime.blocks),
-                    self.runtime.config_hash[:12],
-                )
+            self._announce_served(now)
+            model = self.config.model
             for block in self.config.train_blocks:
-                self._apply(self.gossip.publish(LocalClaim(block=block, role="train"), now))
+                claim = LocalClaim(
+                    block=block,
+                    role="train",
+                    n_blocks=model.n_blocks,
+                    config_hash=model.config_hash(),
+                )
+                self._apply(self.gossip.publish(claim, now))
+                if self.config.corpus:
+                    group.create_task(self._train(block))
             for addr in self.config.bootstrap:
                 group.create_task(self._bootstrap(addr))
             self.ready.set()
@@ -227,6 +229,57 @@ class Node:
         else:
             log.debug("[%s] ignoring %s from %s", self.tag, type(message).__name__, peer.short())
 
+    def _announce_served(self, now: float) -> None:
+        runtime = self.runtime
+        if runtime is None or runtime.config is None:
+            return
+        for block, digest in sorted(runtime.hashes.items()):
+            claim = LocalClaim(
+                block=block,
+                role="serve",
+                content_hash=digest,
+                n_blocks=runtime.config.n_blocks,
+                config_hash=runtime.config_hash,
+            )
+            self._apply(self.gossip.publish(claim, now))
+        log.info(
+            "[%s] serving blocks %s (model config %s)",
+            self.tag,
+            sorted(runtime.blocks),
+            runtime.config_hash[:12],
+        )
+
+    # -- training ---------------------------------------------------------------------------
+    async def _train(self, block: int) -> None:
+        """Train ``block`` to the end of its budget, then serve it."""
+        from spheroid_p2p.ml.config import TrainConfig
+        from spheroid_p2p.ml.data import load_corpus
+        from spheroid_p2p.node.trainer import TrainingJob
+
+        assert self.runtime is not None and self.config.corpus is not None
+        corpus = await asyncio.to_thread(load_corpus, self.config.corpus)
+        tcfg = TrainConfig(
+            batch_size=self.config.batch_size,
+            steps=self.config.train_steps,
+            warmup_steps=min(100, self.config.train_steps // 10),
+        )
+        seed = self.config.seed * 1009 + int.from_bytes(self.key.peer_id.digest[:4], "big")
+        job = await asyncio.to_thread(
+            TrainingJob,
+            self.config.model,
+            tcfg,
+            block,
+            corpus,
+            self.config.data_dir,
+            seed,
+            self.tag,
+        )
+        path = await job.run(self.runtime.pool)
+        if self._stop.is_set():
+            return
+        await asyncio.to_thread(self.runtime.add, path)
+        self._announce_served(time.monotonic())
+
     # -- traversals (10-traversal.md) --------------------------------------------------------
     async def _send_to(self, peer: bytes, addr: str, message: Message) -> str | None:
         """Send to ``peer``, dialling ``addr`` first if needed; returns an error or None."""
@@ -240,6 +293,7 @@ class Node:
 
     async def _serve(self, req: Traverse) -> None:
         """Run our blocks for one traversal, then forward it or answer the client."""
+        arrived = time.monotonic()
         hop = req.route[req.hop]
         me = self.key.peer_id.digest
 
@@ -282,17 +336,26 @@ class Node:
             await fail(ErrorCode.PROTOCOL_VIOLATION, "only block 0 starts from noise")
             return
         z_dtype = req.z.dtype
-        out = await runtime.run(
-            hop.first_block,
-            hop.last_block,
-            req.prefix,
-            None if starting else bytes(req.z.data),
-            z_dtype,
-            req.steps_per_block,
-            req.seed,
-            req.temperature,
-            req.want_logits,
-        )
+        waited_ms = (time.monotonic() - arrived) * 1000
+        if waited_ms > req.deadline_ms:
+            await fail(ErrorCode.TIMEOUT, f"deadline passed after {waited_ms:.0f} ms in queue")
+            return
+        try:
+            out = await runtime.run(
+                hop.first_block,
+                hop.last_block,
+                req.prefix,
+                None if starting else bytes(req.z.data),
+                z_dtype,
+                req.steps_per_block,
+                req.seed,
+                req.temperature,
+                req.want_logits,
+                start_by=arrived + req.deadline_ms / 1000,
+            )
+        except TimeoutError as exc:
+            await fail(ErrorCode.TIMEOUT, str(exc))
+            return
         self.traversals_served += 1
         log.debug(
             "[%s] traversal %x hop %d blocks %d..%d: %.1f ms",
@@ -331,9 +394,14 @@ class Node:
         dtype_name = {1: "float32", 2: "float16", 3: "bfloat16"}[z_dtype]
         raw = _tensor_bytes(out.z, dtype_name)
         nxt = req.route[req.hop + 1]
+        spent_ms = int((time.monotonic() - arrived) * 1000)
+        if spent_ms >= req.deadline_ms:
+            await fail(ErrorCode.TIMEOUT, f"deadline passed at this hop ({spent_ms} ms)")
+            return
         forward = dataclasses.replace(
             req,
             hop=req.hop + 1,
+            deadline_ms=req.deadline_ms - spent_ms,
             payload=raw,
             z=InlineTensor(z_dtype, tuple(out.z.shape[1:]), 0, chunk_digest(raw), raw),
         )

@@ -23,6 +23,7 @@ from spheroid_p2p import __version__
 from spheroid_p2p.core.gossip import GossipParams
 from spheroid_p2p.errors import ConfigError, TransportError
 from spheroid_p2p.identity import load_or_create_identity
+from spheroid_p2p.ml.config import ModelConfig
 
 __all__ = ["build_parser", "main"]
 
@@ -85,6 +86,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="safetensors block checkpoint to load and serve (repeatable)",
     )
+    run.add_argument(
+        "--corpus",
+        help="train on this text file or WikiText folder ('embedded': the project's own corpus)",
+    )
+    run.add_argument("--train-steps", type=int, help="optimizer steps for each trained block")
+    run.add_argument("--batch", dest="batch_size", type=int, help="training batch size")
+    run.add_argument("--context", type=int, help="model context (bytes)")
+    run.add_argument("--d-model", type=int, help="model width")
+    run.add_argument("--layers-per-block", type=int)
+    run.add_argument("--n-blocks", type=int, help="blocks in the model")
+    run.add_argument("--seed", type=int)
+    run.add_argument("--threads", type=int, help="torch threads (0: default)")
     run.add_argument("--max-connections", type=int)
     run.add_argument("--record-ttl", type=float, help="seconds a gossiped record lives")
     run.add_argument("--gossip-interval", type=float, help="seconds between anti-entropy rounds")
@@ -136,6 +149,14 @@ def node_config(args: argparse.Namespace) -> Any:
         values["versions"] = args.protocol_versions
     if args.checkpoints:
         values["checkpoints"] = tuple(args.checkpoints)
+    for name in ("corpus", "train_steps", "batch_size", "seed", "threads"):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    model = values.get("model", ModelConfig())
+    for name in ("context", "d_model", "layers_per_block", "n_blocks"):
+        if getattr(args, name) is not None:
+            model = replace(model, **{name: getattr(args, name)})
+    values["model"] = model
     gossip = values.get("gossip", GossipParams())
     for flag, field_name in (
         ("record_ttl", "record_ttl_s"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -45,18 +46,23 @@ class HopOutput:
 class BlockRuntime:
     """The blocks this node serves, loaded from safetensors checkpoints."""
 
-    def __init__(self, checkpoints: tuple[Path, ...]) -> None:
+    def __init__(self, checkpoints: tuple[Path, ...] = ()) -> None:
         self.blocks: dict[int, BlockDenoiser] = {}
         self.hashes: dict[int, bytes] = {}
-        config: ModelConfig | None = None
+        self.config: ModelConfig | None = None
+        #: The node's one compute thread: traversals and training steps take turns on it.
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
         for path in checkpoints:
-            block = load_block(path, expect=config)
-            config = block.cfg
-            block.eval()
-            self.blocks[block.index] = block
-            self.hashes[block.index] = hashlib.sha256(path.read_bytes()).digest()
-        self.config = config
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="block-runtime")
+            self.add(path)
+
+    def add(self, path: Path) -> int:
+        """Load a block checkpoint (same model config as the others); returns its index."""
+        block = load_block(path, expect=self.config)
+        self.config = block.cfg
+        block.eval()
+        self.blocks[block.index] = block
+        self.hashes[block.index] = hashlib.sha256(path.read_bytes()).digest()
+        return block.index
 
     @property
     def config_hash(self) -> str:
@@ -76,11 +82,16 @@ class BlockRuntime:
         seed: int,
         temperature: float,
         want_logits: bool,
+        start_by: float = float("inf"),
     ) -> HopOutput:
-        """Run blocks first..last for one traversal on the worker thread."""
+        """Run blocks first..last for one traversal on the worker thread.
+
+        Raises:
+            TimeoutError: the request waited for the worker past ``start_by`` (monotonic).
+        """
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self._pool,
+            self.pool,
             self._run,
             first,
             last,
@@ -91,6 +102,7 @@ class BlockRuntime:
             seed,
             temperature,
             want_logits,
+            start_by,
         )
 
     def _run(
@@ -104,9 +116,10 @@ class BlockRuntime:
         seed: int,
         temperature: float,
         want_logits: bool,
+        start_by: float,
     ) -> HopOutput:
-        import time
-
+        if time.monotonic() > start_by:
+            raise TimeoutError("the deadline passed while the traversal waited for compute")
         start = time.perf_counter()
         cfg = self.blocks[first].cfg
         clean = window(cfg, prefix)
@@ -124,4 +137,4 @@ class BlockRuntime:
         return HopOutput(None, output, logits if want_logits else None, seconds)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown(wait=False, cancel_futures=True)

@@ -20,6 +20,7 @@ from typing import Any
 
 from spheroid_p2p.core.gossip import GossipParams
 from spheroid_p2p.errors import ConfigError
+from spheroid_p2p.ml.config import ModelConfig
 from spheroid_p2p.net.peers import parse_addr
 
 __all__ = ["NodeConfig", "load_toml"]
@@ -38,6 +39,13 @@ class NodeConfig:
     train_blocks: tuple[int, ...] = ()
     #: safetensors block checkpoints this node loads and serves traversals with.
     checkpoints: tuple[Path, ...] = ()
+    #: Training: corpus path (or "embedded"), step budget, model shape, seed, torch threads.
+    corpus: str | None = None
+    train_steps: int = 1000
+    batch_size: int = 32
+    model: ModelConfig = field(default_factory=ModelConfig)
+    seed: int = 0
+    threads: int = 0  # 0: torch's default
     max_connections: int = 64
     gossip: GossipParams = field(default_factory=GossipParams)
     versions: tuple[int, ...] = (1,)
@@ -76,6 +84,8 @@ def load_toml(path: Path) -> dict[str, Any]:
             out[name] = Path(value)
         elif name == "checkpoints":
             out[name] = tuple(Path(v) for v in value)
+        elif name == "model":
+            out[name] = ModelConfig(**value)
         elif isinstance(value, list):
             out[name] = tuple(value)
         else:

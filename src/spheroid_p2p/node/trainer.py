@@ -1,0 +1,128 @@
+"""A node's block trainer: trains exactly one block, checkpoints atomically, resumes after a crash.
+
+The trainer holds one :class:`~spheroid_p2p.ml.training.BlockTrainer` (one block and its own
+AdamW state, never another block's parameters). Steps run on the node's compute thread in
+slices, so the event loop keeps serving gossip between them. Every ``checkpoint_every`` steps
+the whole training state (weights, optimizer moments, step, noise generator) is written
+atomically to ``data_dir/block-B.trainer.safetensors``; a node killed with ``kill -9`` and
+restarted with the same data dir continues from there. When the step budget is done, the block
+is written to ``data_dir/block-B.safetensors`` for serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from spheroid_p2p.ml.checkpoint import load_trainer, save_block, save_trainer
+from spheroid_p2p.ml.config import ModelConfig, TrainConfig
+from spheroid_p2p.ml.data import ByteCorpus
+from spheroid_p2p.ml.training import BlockTrainer
+
+__all__ = ["TrainingJob", "TrainingProgress"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingProgress:
+    """Where a training job stands."""
+
+    block: int
+    step: int
+    total: int
+    loss: float
+    seconds: float
+
+
+class TrainingJob:
+    """Train one block for ``tcfg.steps`` steps, checkpointing as it goes."""
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        tcfg: TrainConfig,
+        block: int,
+        corpus: ByteCorpus,
+        data_dir: Path,
+        seed: int,
+        tag: str,
+        checkpoint_every: int = 50,
+    ) -> None:
+        self.cfg = cfg
+        self.tcfg = tcfg
+        self.block = block
+        self.corpus = corpus
+        self.data_dir = data_dir
+        self.state_path = data_dir / f"block-{block}.trainer.safetensors"
+        self.block_path = data_dir / f"block-{block}.safetensors"
+        self.checkpoint_every = checkpoint_every
+        self.tag = tag
+        self.seed = seed
+        if self.state_path.exists():
+            self.trainer = load_trainer(self.state_path, tcfg, expect=cfg)
+            log.info(
+                "[%s] block %d: resuming training at step %d from %s",
+                tag,
+                block,
+                self.trainer.step_count,
+                self.state_path,
+            )
+        else:
+            self.trainer = BlockTrainer(cfg, tcfg, block, seed=seed)
+        # The data order depends on the seed and the step, so a resumed job does not replay
+        # the batches it already trained on.
+        self.data = torch.Generator().manual_seed(seed * 1_000_003 + self.trainer.step_count)
+        self.losses: list[float] = []
+
+    @property
+    def done(self) -> bool:
+        return self.trainer.step_count >= self.tcfg.steps
+
+    def _slice(self, steps: int) -> TrainingProgress:
+        start = time.perf_counter()
+        for _ in range(steps):
+            if self.done:
+                break
+            batch = self.corpus.batch(self.tcfg.batch_size, self.cfg.context, self.data)
+            self.losses.append(self.trainer.step(batch).loss)
+        if self.trainer.step_count % self.checkpoint_every == 0 or self.done:
+            save_trainer(self.state_path, self.trainer)
+        recent = self.losses[-20:]
+        return TrainingProgress(
+            self.block,
+            self.trainer.step_count,
+            self.tcfg.steps,
+            sum(recent) / max(1, len(recent)),
+            time.perf_counter() - start,
+        )
+
+    async def run(self, pool: ThreadPoolExecutor, slice_steps: int = 10) -> Path:
+        """Train to the end on ``pool``; returns the path of the finished block."""
+        loop = asyncio.get_running_loop()
+        while not self.done:
+            progress = await loop.run_in_executor(pool, self._slice, slice_steps)
+            log.info(
+                "[%s] block %d step %d/%d loss %.3f",
+                self.tag,
+                self.block,
+                progress.step,
+                progress.total,
+                progress.loss,
+            )
+        await loop.run_in_executor(pool, save_block, self.block_path, self.trainer.block)
+        log.info(
+            "[%s] block %d trained: %d steps, final loss %.3f -> %s",
+            self.tag,
+            self.block,
+            self.trainer.step_count,
+            sum(self.losses[-20:]) / max(1, len(self.losses[-20:])),
+            self.block_path,
+        )
+        return self.block_path
