@@ -26,10 +26,14 @@ PROGRESS = re.compile(r"block (\d+) step (\d+)/(\d+) loss ([\d.]+)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m spheroid_p2p.demo",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", default="embedded",
-                        help="text file or WikiText folder ('embedded': generated, default)")
+    parser = argparse.ArgumentParser(
+        prog="python -m spheroid_p2p.demo", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--corpus",
+        default="embedded",
+        help="text file or WikiText folder ('embedded': generated, default)",
+    )
     parser.add_argument("--blocks", type=int, default=4)
     parser.add_argument("--steps", type=int, default=300, help="training steps per block")
     parser.add_argument("--context", type=int, default=64)
@@ -46,8 +50,18 @@ def _progress_bars(nodes: list, blocks: int, timeout_s: float) -> None:  # type:
     """Follow each node's log and draw one progress bar per block until all are served."""
     from tqdm import tqdm
 
-    bars = [tqdm(total=1, desc=f"block {b}", position=b, unit="step", leave=True,
-                 dynamic_ncols=True, file=sys.stderr) for b in range(blocks)]
+    bars = [
+        tqdm(
+            total=1,
+            desc=f"block {b}",
+            position=b,
+            unit="step",
+            leave=True,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
+        for b in range(blocks)
+    ]
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
@@ -101,8 +115,10 @@ async def _generate(addr: str, prompt: str, n: int) -> None:
         finally:
             await client.close()
     per = sum(report.traversal_ms) / max(1, len(report.traversal_ms))
-    print(f"\n\n[{report.traversals} traversals through "
-          f"{' -> '.join(report.routes[-1])}, {per:.1f} ms each, {report.seconds:.1f} s]")
+    print(
+        f"\n\n[{report.traversals} traversals through "
+        f"{' -> '.join(report.routes[-1])}, {per:.1f} ms each, {report.seconds:.1f} s]"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,23 +127,47 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="spheroid-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    common = ["--corpus", args.corpus, "--train-steps", str(args.steps), "--batch",
-              str(args.batch), "--context", str(args.context), "--d-model", str(args.d_model),
-              "--n-blocks", str(args.blocks), "--threads", "1", "--record-ttl", "30"]
-    print(f"spheroid_p2p demo: {args.blocks} nodes on 127.0.0.1, one block each, "
-          f"{args.steps} steps per block; logs and checkpoints in {workdir}", flush=True)
+    common = [
+        "--corpus",
+        args.corpus,
+        "--train-steps",
+        str(args.steps),
+        "--batch",
+        str(args.batch),
+        "--context",
+        str(args.context),
+        "--d-model",
+        str(args.d_model),
+        "--n-blocks",
+        str(args.blocks),
+        "--threads",
+        "1",
+        "--record-ttl",
+        "30",
+    ]
+    print(
+        f"spheroid_p2p demo: {args.blocks} nodes on 127.0.0.1, one block each, "
+        f"{args.steps} steps per block; logs and checkpoints in {workdir}",
+        flush=True,
+    )
     nodes: list[NodeProcess] = []
     start = time.monotonic()
     try:
         for b in range(args.blocks):
             extra = ["--bootstrap", nodes[0].addr] if nodes else []
-            nodes.append(NodeProcess(workdir, f"b{b}", *common, "--train-block", str(b),
-                                     *extra, verbose=1).start())
+            nodes.append(
+                NodeProcess(
+                    workdir, f"b{b}", *common, "--train-block", str(b), *extra, verbose=1
+                ).start()
+            )
         _progress_bars(nodes, args.blocks, args.timeout)
         trained = time.monotonic() - start
         ce = _score(workdir, args.blocks, args.corpus, args.context)
-        print(f"\ntrained {args.blocks} blocks in {trained:.0f} s; composed model CE "
-              f"{ce:.3f} nats/byte ({ce / 0.6931:.2f} bits/byte; uniform is 5.545)", flush=True)
+        print(
+            f"\ntrained {args.blocks} blocks in {trained:.0f} s; composed model CE "
+            f"{ce:.3f} nats/byte ({ce / 0.6931:.2f} bits/byte; uniform is 5.545)",
+            flush=True,
+        )
         asyncio.run(_generate(nodes[0].addr, args.prompt, args.bytes))
     finally:
         for node in nodes:

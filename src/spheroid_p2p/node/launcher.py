@@ -32,8 +32,15 @@ class NodeProcess:
         self.name = name
         self.workdir = workdir
         self.log_path = workdir / f"{name}.log"
-        self.args = ["--listen", "127.0.0.1:0", "--key", str(workdir / f"{name}.key"),
-                     "--data-dir", str(workdir / name), *args]
+        self.args = [
+            "--listen",
+            "127.0.0.1:0",
+            "--key",
+            str(workdir / f"{name}.key"),
+            "--data-dir",
+            str(workdir / name),
+            *args,
+        ]
         self.verbose = verbose
         self.proc: subprocess.Popen[str] | None = None
         self.addr = ""
@@ -43,9 +50,17 @@ class NodeProcess:
         """Start the process and wait until it listens (bounded by ``timeout_s``)."""
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "spheroid_p2p.node", *(["-v"] * self.verbose), "run",
-                 *self.args],
-                stdout=subprocess.PIPE, stderr=log, text=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "spheroid_p2p.node",
+                    *(["-v"] * self.verbose),
+                    "run",
+                    *self.args,
+                ],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
         deadline = time.monotonic() + timeout_s
