@@ -60,8 +60,9 @@ def run_tests(extra: list[str]) -> int:
 
 def run_demo(extra: list[str]) -> int:
     """The main job: a local swarm trains a model on loopback, then generates text."""
-    return subprocess.run([str(PY), "-m", "spheroid_p2p.demo", *extra], cwd=ROOT,
-                          check=False).returncode
+    return subprocess.run(
+        [str(PY), "-m", "spheroid_p2p.demo", *extra], cwd=ROOT, check=False
+    ).returncode
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -126,3 +126,38 @@ def test_a_killed_hop_is_routed_around_and_the_output_is_unchanged(
     assert killed, "the kill never happened"
     assert report.output == expected
     assert report.retries >= 1
+
+
+def test_the_autoregressive_pipeline_matches_the_in_process_model(
+    nodes: list[NodeProcess], tmp_path: Path
+) -> None:
+    """Baseline (A) split by layers over 4 servers with KV caches produces the in-process
+    model's bytes, one traversal per byte."""
+    from spheroid_p2p.ml.baselines import ARTransformer
+    from spheroid_p2p.ml.checkpoint import save_ar
+
+    model = ARTransformer(CFG, n_layers=8, seed=3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    path = tmp_path / "ar.safetensors"
+    save_ar(path, model)
+    for stage in range(4):
+        extra = ("--bootstrap", nodes[0].addr) if nodes else ()
+        nodes.append(NodeProcess(tmp_path, f"ar{stage}", "--ar-checkpoint", str(path),
+                                 "--ar-stage", f"{stage}/4", *extra, verbose=1).start())
+    wait_for(lambda: _serving(nodes[0], 4), timeout_s=30)
+    expected = model.generate(b"Hello", 20)
+
+    async def run() -> GenerationReport:
+        client = TraversalClient(timeout_s=10.0)
+        async with asyncio.TaskGroup() as group:
+            await client.start(group)
+            try:
+                return await client.generate_ar(nodes[0].addr, b"Hello", 20)
+            finally:
+                await client.close()
+
+    report = asyncio.run(run())
+    assert report.output == expected
+    assert report.traversals == 20 and len(report.routes[-1]) == 4

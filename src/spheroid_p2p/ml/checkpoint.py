@@ -19,11 +19,20 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from spheroid_p2p.ml.baselines import ARTransformer
 from spheroid_p2p.ml.block import BlockDenoiser
 from spheroid_p2p.ml.config import ModelConfig, TrainConfig
 from spheroid_p2p.ml.training import BlockTrainer
 
-__all__ = ["atomic_write", "load_block", "load_trainer", "save_block", "save_trainer"]
+__all__ = [
+    "atomic_write",
+    "load_ar",
+    "load_block",
+    "load_trainer",
+    "save_ar",
+    "save_block",
+    "save_trainer",
+]
 
 BLOCK_FORMAT = "spheroid-block/1"
 TRAINER_FORMAT = "spheroid-trainer/1"
@@ -99,6 +108,32 @@ def load_block(path: Path, expect: ModelConfig | None = None) -> BlockDenoiser:
     state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     block.load_state_dict(state, strict=True)
     return block
+
+
+AR_FORMAT = "spheroid-ar/1"
+
+
+def save_ar(path: Path, model: ARTransformer) -> None:
+    """Write an autoregressive baseline model (config and layer count in the metadata)."""
+    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    meta = {
+        "format": AR_FORMAT,
+        "config": model.cfg.to_json(),
+        "config_hash": model.cfg.config_hash(),
+        "n_layers": str(len(model.layers)),
+    }
+    atomic_write(path, st_save(tensors, metadata=meta))
+
+
+def load_ar(path: Path) -> ARTransformer:
+    """Load a model written by :func:`save_ar`."""
+    tensors, meta = _read(path)
+    if meta.get("format") != AR_FORMAT:
+        raise ValueError(f"{path} is not an autoregressive model (format {meta.get('format')!r})")
+    model = ARTransformer(_config(meta, path, None), int(meta["n_layers"]))
+    model.load_state_dict(tensors, strict=True)
+    model.eval()
+    return model
 
 
 def save_trainer(path: Path, trainer: BlockTrainer) -> None:

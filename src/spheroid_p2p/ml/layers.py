@@ -151,6 +151,30 @@ class Layer(nn.Module):
         )  # (B, H, S, Dh)
         return y.transpose(1, 2).reshape(B, S, D)  # (B, S, D)
 
+    @torch.no_grad()
+    def forward_cached(
+        self,
+        h: torch.Tensor,  # (B, n, D): the new positions only
+        cache: tuple[torch.Tensor, torch.Tensor] | None,  # keys, values (B, H, p, Dh)
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Plain causal layer over new positions, reusing cached keys and values (inference
+        of the autoregressive baseline). Returns the new hidden states and the grown cache."""
+        B, n, D = h.shape
+        x = self.ln1(h)
+        q, k, v = self.qkv(x).split(D, dim=-1)
+        q = q.view(B, n, self.n_heads, D // self.n_heads).transpose(1, 2)  # (B, H, n, Dh)
+        k = k.view(B, n, self.n_heads, D // self.n_heads).transpose(1, 2)
+        v = v.view(B, n, self.n_heads, D // self.n_heads).transpose(1, 2)
+        if cache is not None:
+            k = torch.cat([cache[0], k], dim=2)  # (B, H, p + n, Dh)
+            v = torch.cat([cache[1], v], dim=2)
+        past = k.shape[2] - n
+        mask = torch.ones(n, past + n, dtype=torch.bool).tril(diagonal=past)  # (n, p + n)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, n, Dh)
+        h = h + self.proj(y.transpose(1, 2).reshape(B, n, D))
+        h = h + self.fc2(F.gelu(self.fc1(self.ln2(h))))
+        return h, (k, v)
+
     def forward(
         self,
         h: torch.Tensor,  # (B, S, D)

@@ -40,8 +40,15 @@ from spheroid_p2p.wire.signing import KeyPair, PeerId
 from spheroid_p2p.wire.tensors import chunk_digest
 
 if TYPE_CHECKING:
-    from spheroid_p2p.node.compute import BlockRuntime
-from spheroid_p2p.wire.traversal import InlineTensor, Traverse, TraverseError, TraverseResult
+    from spheroid_p2p.node.compute import ArStageRuntime, BlockRuntime
+from spheroid_p2p.wire.traversal import (
+    InlineTensor,
+    PipeResult,
+    PipeStep,
+    Traverse,
+    TraverseError,
+    TraverseResult,
+)
 
 __all__ = ["Node"]
 
@@ -92,6 +99,16 @@ class Node:
                 torch.set_num_threads(config.threads)
             self.runtime = BlockRuntime(config.checkpoints)
         self.traversals_served = 0
+        self.ar_stage: ArStageRuntime | None = None
+        if config.ar_checkpoint is not None:
+            from spheroid_p2p.node.compute import ArStageRuntime, BlockRuntime
+
+            if self.runtime is None:
+                self.runtime = BlockRuntime()
+            stage, _, stages = (config.ar_stage or "0/1").partition("/")
+            self.ar_stage = ArStageRuntime(
+                config.ar_checkpoint, int(stage), int(stages), self.runtime.pool
+            )
 
     # -- lifecycle --------------------------------------------------------------------------
     def stop(self) -> None:
@@ -118,6 +135,14 @@ class Node:
             for block in self.config.serve_blocks:
                 self._apply(self.gossip.publish(LocalClaim(block=block, role="serve"), now))
             self._announce_served(now)
+            if self.ar_stage is not None:
+                claim = LocalClaim(
+                    block=self.ar_stage.stage,
+                    role="serve",
+                    n_blocks=self.ar_stage.stages,
+                    config_hash=self.ar_stage.config_hash,
+                )
+                self._apply(self.gossip.publish(claim, now))
             model = self.config.model
             for block in self.config.train_blocks:
                 claim = LocalClaim(
@@ -226,6 +251,8 @@ class Node:
             self.peers.send(peer, self.status(message.request_id))
         elif isinstance(message, Traverse) and self._group is not None:
             self._group.create_task(self._serve(message))
+        elif isinstance(message, PipeStep) and self._group is not None:
+            self._group.create_task(self._serve_pipe(message))
         else:
             log.debug("[%s] ignoring %s from %s", self.tag, type(message).__name__, peer.short())
 
@@ -412,6 +439,61 @@ class Node:
                 f"next hop {PeerId(nxt.peer).short()} unreachable: {error}",
                 peer=nxt.peer,
             )
+
+    # -- the autoregressive pipeline baseline (10-traversal.md §10.7) -----------------------
+    async def _serve_pipe(self, req: PipeStep) -> None:
+        """Run our layers for one pipeline step, then forward it or answer the client."""
+        arrived = time.monotonic()
+        stage = self.ar_stage
+        me = self.key.peer_id.digest
+
+        async def fail(code: ErrorCode, reason: str, peer: bytes = me) -> None:
+            error = TraverseError(
+                traversal_id=req.session_id,
+                hop=req.hop,
+                peer=peer,
+                code=int(code),
+                reason=reason[:300],
+            )
+            await self._send_to(req.client, req.reply_addr, error)
+
+        if stage is None or req.route[req.hop].peer != me or req.config_hash != stage.config_hash:
+            await fail(ErrorCode.BLOCK_NOT_SERVED, "this peer does not serve that stage")
+            return
+        first = req.hop == 0
+        try:
+            hidden, output = await stage.step(
+                req.session_id,
+                req.pos,
+                req.tokens,
+                None if first else bytes(req.hidden.data),
+                arrived + req.deadline_ms / 1000,
+            )
+        except TimeoutError as exc:
+            await fail(ErrorCode.TIMEOUT, str(exc))
+            return
+        if output is not None:
+            await self._send_to(
+                req.client, req.reply_addr, PipeResult(session_id=req.session_id, output=output)
+            )
+            return
+        if hidden is None or req.hop + 1 >= len(req.route):
+            await fail(ErrorCode.PROTOCOL_VIOLATION, "route ends before the last stage")
+            return
+        raw = hidden[0].float().contiguous().numpy().tobytes()
+        nxt = req.route[req.hop + 1]
+        spent = int((time.monotonic() - arrived) * 1000)
+        forward = dataclasses.replace(
+            req,
+            hop=req.hop + 1,
+            payload=raw,
+            tokens=b"",
+            deadline_ms=max(0, req.deadline_ms - spent),
+            hidden=InlineTensor(1, tuple(hidden.shape[1:]), 0, chunk_digest(raw), raw),
+        )
+        error = await self._send_to(nxt.peer, nxt.addr, forward)
+        if error:
+            await fail(ErrorCode.TIMEOUT, f"next stage unreachable: {error}", peer=nxt.peer)
 
     # -- status -----------------------------------------------------------------------------
     def status(self, request_id: int = 0) -> StatusResponse:

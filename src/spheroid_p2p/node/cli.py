@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--n-blocks", type=int, help="blocks in the model")
     run.add_argument("--seed", type=int)
     run.add_argument("--threads", type=int, help="torch threads (0: default)")
+    run.add_argument(
+        "--ar-checkpoint",
+        type=Path,
+        help="serve a stage of this autoregressive baseline model (safetensors)",
+    )
+    run.add_argument("--ar-stage", help="which stage of --ar-checkpoint, as S/N (e.g. 0/4)")
     run.add_argument("--max-connections", type=int)
     run.add_argument("--record-ttl", type=float, help="seconds a gossiped record lives")
     run.add_argument("--gossip-interval", type=float, help="seconds between anti-entropy rounds")
@@ -149,7 +155,15 @@ def node_config(args: argparse.Namespace) -> Any:
         values["versions"] = args.protocol_versions
     if args.checkpoints:
         values["checkpoints"] = tuple(args.checkpoints)
-    for name in ("corpus", "train_steps", "batch_size", "seed", "threads"):
+    for name in (
+        "corpus",
+        "train_steps",
+        "batch_size",
+        "seed",
+        "threads",
+        "ar_checkpoint",
+        "ar_stage",
+    ):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     model = values.get("model", ModelConfig())

@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from spheroid_p2p.core.connection import ConnectionLost, FrameSigner
 from spheroid_p2p.core.freshness import initial_seq
@@ -27,7 +28,15 @@ from spheroid_p2p.wire.codec import Envelope
 from spheroid_p2p.wire.messages import StatusRequest, StatusResponse
 from spheroid_p2p.wire.signing import KeyPair, PeerId
 from spheroid_p2p.wire.tensors import chunk_digest
-from spheroid_p2p.wire.traversal import Hop, InlineTensor, Traverse, TraverseError, TraverseResult
+from spheroid_p2p.wire.traversal import (
+    Hop,
+    InlineTensor,
+    PipeResult,
+    PipeStep,
+    Traverse,
+    TraverseError,
+    TraverseResult,
+)
 
 __all__ = ["GenerationReport", "TraversalClient"]
 
@@ -76,7 +85,11 @@ class TraversalClient:
 
     def _on_message(self, peer: PeerId, envelope: Envelope) -> None:
         message = envelope.message
-        if isinstance(message, TraverseResult | TraverseError):
+        if isinstance(message, PipeResult):
+            waiting = self._answers.get(message.session_id)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(message)  # type: ignore[arg-type]
+        elif isinstance(message, TraverseResult | TraverseError):
             future = self._answers.get(message.traversal_id)
             if future is not None and not future.done():
                 future.set_result(message)
@@ -94,7 +107,7 @@ class TraversalClient:
     async def close(self) -> None:
         await self.manager.close(reason="generation done", flush_s=0.5)
 
-    async def offers(self, addr: str) -> list[ServerOffer]:
+    async def offers(self, addr: str, kind: str = "blocktrain") -> list[ServerOffer]:
         """Ask the peer at ``addr`` for its view; return the live block servers it knows."""
         peer = await self.manager.dial(addr)
         self._status = asyncio.get_running_loop().create_future()
@@ -104,7 +117,10 @@ class TraversalClient:
         offers = [
             ServerOffer(r.owner, r.addrs[0], r.block, r.load, r.n_blocks, r.config_hash)
             for r in status.records
-            if r.role == "serve" and not r.departed and r.addrs
+            if r.role == "serve"
+            and not r.departed
+            and r.addrs
+            and r.config_hash.startswith("ar-") == (kind == "ar")
         ]
         # One model per request: the config most servers announce.
         configs = Counter(o.config_hash for o in offers if o.config_hash)
@@ -288,3 +304,83 @@ class TraversalClient:
                 log.debug("probe of %s failed: %s", hop.addr, exc)
                 dead.append(hop.peer)
         return dead or [route[0].peer]
+
+    async def generate_ar(
+        self,
+        addr: str,
+        prompt: bytes,
+        n_bytes: int,
+        on_bytes: Callable[[bytes], None] | None = None,
+    ) -> GenerationReport:
+        """The baseline: the autoregressive model pipelined by layers, one traversal per byte.
+
+        Each server keeps the session's key/value cache, so after the prompt only the new
+        byte travels. When the context is full the session restarts from the last half.
+        """
+        report = GenerationReport()
+        offers = await self.offers(addr, kind="ar")
+        if not offers:
+            raise TransportError(f"no autoregressive pipeline stages known to {addr}")
+        stages = max(o.n_blocks for o in offers)
+        config = offers[0].config_hash
+        context = int(config.rpartition("-T")[2])
+        start = time.perf_counter()
+        out = b""
+        session: int | None = None
+        pos = 0
+        pending = b""
+        while len(out) < n_bytes:
+            if session is None or pos + 1 > context:
+                keep = context // 2 if session is not None else context
+                session, pos, pending = random.getrandbits(63), 0, (prompt + out)[-keep:]
+            now = time.monotonic()
+            route = plan_route(
+                offers, stages, exclude={p for p, t in self._avoid.items() if t > now}
+            )
+            self.last_route = tuple(PeerId(h.peer).short() for h in route)
+            report.routes.append(self.last_route)
+            step = PipeStep(
+                session_id=session,
+                client=self.key.peer_id.digest,
+                reply_addr=self.reply_addr,
+                route=route,
+                hop=0,
+                config_hash=config,
+                pos=pos,
+                tokens=pending,
+                deadline_ms=int(self.timeout_s * 1000),
+                hidden=InlineTensor(1, (0,), 0, chunk_digest(b"")),
+            )
+            started = time.perf_counter()
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._answers[session] = future
+            answer: Any = None
+            try:
+                peer = await self.manager.dial(route[0].addr, expected=PeerId(route[0].peer))
+                before = self.manager.bytes_out
+                self.manager.send(peer, step)
+                async with asyncio.timeout(self.timeout_s):
+                    answer = await future
+                report.bytes_sent += self.manager.bytes_out - before
+            except (DialError, TimeoutError):
+                answer = None
+            finally:
+                self._answers.pop(session, None)
+            if not isinstance(answer, PipeResult):
+                report.retries += 1
+                if report.retries > self.max_retries:
+                    raise TransportError("pipeline step failed after retries")
+                for bad in await self._blame(route, answer):
+                    self._avoid[bad] = time.monotonic() + self.avoid_s
+                session = None  # the caches lived on the failed route: start over
+                continue
+            report.traversal_ms.append((time.perf_counter() - started) * 1000)
+            report.traversals += 1
+            pos += len(pending)
+            pending = answer.output
+            out += answer.output
+            if on_bytes is not None:
+                on_bytes(answer.output)
+        report.output = out[:n_bytes]
+        report.seconds = time.perf_counter() - start
+        return report

@@ -12,6 +12,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -138,3 +139,68 @@ class BlockRuntime:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class ArStageRuntime:
+    """One stage of the layer-pipelined autoregressive baseline, with per-session KV caches.
+
+    Sessions are evicted least-recently-used beyond ``max_sessions`` and after ``idle_s``.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        stage: int,
+        stages: int,
+        pool: ThreadPoolExecutor,
+        max_sessions: int = 128,
+        idle_s: float = 120.0,
+    ) -> None:
+        from spheroid_p2p.ml.checkpoint import load_ar
+
+        self.model = load_ar(path)
+        n_layers = len(self.model.layers)
+        if not 0 <= stage < stages <= n_layers:
+            raise ValueError(f"stage {stage}/{stages} does not fit {n_layers} layers")
+        self.stage, self.stages = stage, stages
+        self.first = stage * n_layers // stages
+        self.last = (stage + 1) * n_layers // stages
+        # "ar-<hash>-T<context>": the client reads the context (when to re-prefill) from it.
+        self.config_hash = f"ar-{self.model.cfg.config_hash()[:40]}-T{self.model.cfg.context}"
+        self.pool = pool
+        self.max_sessions = max_sessions
+        self.idle_s = idle_s
+        self._sessions: dict[int, tuple[list[Any], float]] = {}
+
+    async def step(
+        self, sid: int, pos: int, tokens: bytes, hidden: bytes | None, start_by: float
+    ) -> tuple[torch.Tensor | None, bytes | None]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, self._step, sid, pos, tokens, hidden, start_by)
+
+    def _step(
+        self, sid: int, pos: int, tokens: bytes, hidden: bytes | None, start_by: float
+    ) -> tuple[torch.Tensor | None, bytes | None]:
+        now = time.monotonic()
+        if now > start_by:
+            raise TimeoutError("the deadline passed while the step waited for compute")
+        for old in [s for s, (_, used) in self._sessions.items() if now - used > self.idle_s]:
+            del self._sessions[old]
+        if pos + max(1, len(tokens)) > self.model.cfg.context and hidden is None:
+            raise ValueError(f"position {pos} is past the model's context")
+        caches, _ = self._sessions.get(sid, ([None] * (self.last - self.first), now))
+        if pos == 0:
+            caches = [None] * (self.last - self.first)
+        x = torch.tensor(list(tokens), dtype=torch.long)[None] if hidden is None else None
+        h = None
+        if hidden is not None:
+            h = torch.frombuffer(bytearray(hidden), dtype=torch.float32)
+            h = h.view(1, -1, self.model.cfg.d_model)
+        out, caches = self.model.stage(self.first, self.last, x, h, pos, caches)
+        self._sessions[sid] = (caches, now)
+        while len(self._sessions) > self.max_sessions:
+            oldest = min(self._sessions, key=lambda s: self._sessions[s][1])
+            del self._sessions[oldest]
+        if self.last == len(self.model.layers):
+            return None, bytes([int(out[0].argmax())])
+        return out, None

@@ -39,6 +39,9 @@ class NodeConfig:
     train_blocks: tuple[int, ...] = ()
     #: safetensors block checkpoints this node loads and serves traversals with.
     checkpoints: tuple[Path, ...] = ()
+    #: The autoregressive pipeline baseline: a model file and this node's stage "S/N".
+    ar_checkpoint: Path | None = None
+    ar_stage: str | None = None
     #: Training: corpus path (or "embedded"), step budget, model shape, seed, torch threads.
     corpus: str | None = None
     train_steps: int = 1000

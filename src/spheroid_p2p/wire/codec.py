@@ -36,7 +36,7 @@ from spheroid_p2p.wire.framing import Buffer, frame_header
 from spheroid_p2p.wire.messages import Message, TensorChunk, TensorHeader, message_from_body
 from spheroid_p2p.wire.signing import DOMAIN_ENVELOPE, KeyPair, PeerId, verify
 from spheroid_p2p.wire.tensors import check_header, chunk_digest
-from spheroid_p2p.wire.traversal import Traverse, TraverseResult, verify_inline
+from spheroid_p2p.wire.traversal import PipeStep, Traverse, TraverseResult, verify_inline
 
 __all__ = ["Envelope", "decode_frame", "encode_frame", "encode_signed", "frame_body_parts"]
 
@@ -173,6 +173,8 @@ def _verify_content(message: Message) -> Message:
         return check_header(message)
     if isinstance(message, Traverse):
         return dataclasses.replace(message, z=verify_inline(message.z))
+    if isinstance(message, PipeStep):
+        return dataclasses.replace(message, hidden=verify_inline(message.hidden))
     if isinstance(message, TraverseResult) and message.logits is not None:
         return dataclasses.replace(message, logits=verify_inline(message.logits))
     if not isinstance(message, TensorChunk):

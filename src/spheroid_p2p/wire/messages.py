@@ -75,6 +75,8 @@ class MessageType(IntEnum):
     TRAVERSE = 0x60
     TRAVERSE_RESULT = 0x61
     TRAVERSE_ERROR = 0x62
+    PIPE_STEP = 0x63
+    PIPE_RESULT = 0x64
 
 
 def _bad(message: str, code: ErrorCode = ErrorCode.MALFORMED_MESSAGE) -> LocalProtocolError:

@@ -37,7 +37,16 @@ from spheroid_p2p.wire.messages import (
 )
 from spheroid_p2p.wire.tensors import chunk_digest
 
-__all__ = ["Hop", "InlineTensor", "Traverse", "TraverseError", "TraverseResult", "verify_inline"]
+__all__ = [
+    "Hop",
+    "InlineTensor",
+    "PipeResult",
+    "PipeStep",
+    "Traverse",
+    "TraverseError",
+    "TraverseResult",
+    "verify_inline",
+]
 
 
 def _bad(msg: str, code: ErrorCode = ErrorCode.MALFORMED_MESSAGE) -> LocalProtocolError:
@@ -283,3 +292,90 @@ class TraverseError(Message):
             code=_get(body, "code"),
             reason=body.get("msg", ""),
         )
+
+
+# -- the autoregressive pipeline baseline (10-traversal.md §10.7) -------------------------------
+@_register
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PipeStep(Message):
+    """One step of the layer-pipelined autoregressive baseline: new tokens (first stage) or
+    their hidden states (later stages) at positions ``pos..``; servers keep KV caches per
+    session ``sid``."""
+
+    TYPE: ClassVar[MessageType] = MessageType.PIPE_STEP
+    HAS_PAYLOAD: ClassVar[bool] = True
+    session_id: int
+    client: bytes
+    reply_addr: str
+    route: tuple[Hop, ...]
+    hop: int
+    config_hash: str
+    pos: int
+    tokens: bytes
+    deadline_ms: int
+    hidden: InlineTensor
+    payload: Buffer = field(default=b"", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _check_uint("session_id", self.session_id)
+        _check_bytes("client", self.client, 32)
+        _check_str("reply_addr", self.reply_addr)
+        if not 1 <= len(self.route) <= MAX_ROUTE_HOPS:
+            raise _bad(f"a route has 1..{MAX_ROUTE_HOPS} hops")
+        _check_uint("hop", self.hop, len(self.route) - 1)
+        _check_str("config_hash", self.config_hash)
+        _check_uint("pos", self.pos, 1 << 20)
+        _check_bytes("tokens", self.tokens)
+        _check_uint("deadline_ms", self.deadline_ms)
+        self.hidden.check()
+
+    def to_body(self) -> Body:
+        return {
+            "sid": self.session_id,
+            "client": self.client,
+            "reply": self.reply_addr,
+            "route": [[h.peer, h.addr, h.first_block, h.last_block] for h in self.route],
+            "hop": self.hop,
+            "cfg": self.config_hash,
+            "pos": self.pos,
+            "x": self.tokens,
+            "dl": self.deadline_ms,
+            "h": self.hidden.to_body(),
+        }
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> PipeStep:
+        return cls(
+            session_id=_get(body, "sid"),
+            client=_get(body, "client"),
+            reply_addr=_get(body, "reply"),
+            route=tuple(Hop(*h) for h in _pairs(_get(body, "route"), "route", 4)),
+            hop=_get(body, "hop"),
+            config_hash=_get(body, "cfg"),
+            pos=_get(body, "pos"),
+            tokens=_get(body, "x"),
+            deadline_ms=_get(body, "dl"),
+            hidden=InlineTensor.from_body(_get(body, "h"), payload),
+            payload=payload,
+        )
+
+
+@_register
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PipeResult(Message):
+    """The last stage's answer: the next byte of session ``sid``."""
+
+    TYPE: ClassVar[MessageType] = MessageType.PIPE_RESULT
+    session_id: int
+    output: bytes
+
+    def __post_init__(self) -> None:
+        _check_uint("session_id", self.session_id)
+        _check_bytes("output", self.output)
+
+    def to_body(self) -> Body:
+        return {"sid": self.session_id, "out": self.output}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> PipeResult:
+        return cls(session_id=_get(body, "sid"), output=_get(body, "out"))
