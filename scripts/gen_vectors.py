@@ -58,7 +58,15 @@ from spheroid_p2p.wire.messages import (
 from spheroid_p2p.wire.records import OwnershipRecord, SignedRecord
 from spheroid_p2p.wire.signing import DOMAIN_ENVELOPE, DOMAIN_RECORD, KeyPair, signing_input
 from spheroid_p2p.wire.tensors import RawTensor, chunk_digest, tensor_chunks, tensor_header
-from spheroid_p2p.wire.traversal import Hop, InlineTensor, Traverse, TraverseError, TraverseResult
+from spheroid_p2p.wire.traversal import (
+    Hop,
+    InlineTensor,
+    PipeResult,
+    PipeStep,
+    Traverse,
+    TraverseError,
+    TraverseResult,
+)
 
 SPEC_REVISION = "r3"
 OUT_DIR = Path(__file__).resolve().parent.parent / "protocol" / "vectors"
@@ -363,6 +371,23 @@ def message_vectors() -> list[dict[str, Any]]:
                 payload=Z_F16,
             ),
         ),
+        (
+            "pipe-step",
+            "PipeStep to stage 0 with a 6-byte prompt",
+            PipeStep(
+                session_id=9,
+                client=KEY_B.peer_id.digest,
+                reply_addr="127.0.0.1:9000",
+                route=(Hop(KEY_A.peer_id.digest, "127.0.0.1:7000", 0, 0),),
+                hop=0,
+                config_hash="ar-" + "cd" * 20 + "-T128",
+                pos=0,
+                tokens=b"Day 1.",
+                deadline_ms=10_000,
+                hidden=InlineTensor(1, (0,), 0, chunk_digest(b"")),
+            ),
+        ),
+        ("pipe-result", "PipeResult: the next byte", PipeResult(session_id=9, output=b" ")),
         (
             "traverse-result",
             "TraverseResult with one byte and the last hop's time",
