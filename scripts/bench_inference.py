@@ -42,8 +42,9 @@ PROMPT = b"Day 12. Weather: rain from the west.\n"
 
 def _git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -59,8 +60,9 @@ def _start(workdir: Path, name: str, per_node_args: list[list[str]]) -> list[Nod
     nodes: list[NodeProcess] = []
     for i, args in enumerate(per_node_args):
         extra = ["--bootstrap", nodes[0].addr] if nodes else []
-        nodes.append(NodeProcess(workdir, f"{name}{i}", *args, *extra, "--threads", "1",
-                                 verbose=0).start())
+        nodes.append(
+            NodeProcess(workdir, f"{name}{i}", *args, *extra, "--threads", "1", verbose=0).start()
+        )
     wait_for(lambda: _serving(nodes[0], len(per_node_args)), timeout_s=120)
     return nodes
 
@@ -86,9 +88,11 @@ def _measure(addr: str, sizes: list[int], ar: bool) -> dict[str, Any]:
     for n in sizes:
         report = _generate(addr, n, ar)
         out[str(n)] = {
-            "seconds": report.seconds, "traversals": report.traversals,
+            "seconds": report.seconds,
+            "traversals": report.traversals,
             "ms_per_traversal": report.seconds * 1000 / max(1, report.traversals),
-            "bytes_per_second": n / report.seconds, "client_bytes_sent": report.bytes_sent,
+            "bytes_per_second": n / report.seconds,
+            "client_bytes_sent": report.bytes_sent,
             "retries": report.retries,
         }
     return out
@@ -115,18 +119,26 @@ def main(argv: list[str] | None = None) -> int:
             paths.append(path)
         nodes = _start(workdir, f"k{span}-", [["--checkpoint", str(p)] for p in paths])
         try:
-            results[f"blocktrain_K{span_text}"] = {"span": span, **_measure(nodes[0].addr, sizes,
-                                                                            ar=False)}
+            results[f"blocktrain_K{span_text}"] = {
+                "span": span,
+                **_measure(nodes[0].addr, sizes, ar=False),
+            }
         finally:
             for node in nodes:
                 node.stop()
-        print(f"  K={span_text}: {json.dumps(results[f'blocktrain_K{span_text}'])}",
-              file=sys.stderr, flush=True)
+        print(
+            f"  K={span_text}: {json.dumps(results[f'blocktrain_K{span_text}'])}",
+            file=sys.stderr,
+            flush=True,
+        )
     cfg = ModelConfig(context=args.context)
     ar_path = workdir / "ar.safetensors"
     save_ar(ar_path, ARTransformer(cfg, cfg.n_blocks * cfg.layers_per_block))
-    nodes = _start(workdir, "ar-", [["--ar-checkpoint", str(ar_path), "--ar-stage", f"{s}/4"]
-                                    for s in range(4)])
+    nodes = _start(
+        workdir,
+        "ar-",
+        [["--ar-checkpoint", str(ar_path), "--ar-stage", f"{s}/4"] for s in range(4)],
+    )
     try:
         results["ar_pipeline"] = _measure(nodes[0].addr, sizes, ar=True)
     finally:
@@ -135,18 +147,29 @@ def main(argv: list[str] | None = None) -> int:
     for value in results.values():
         for n in sizes:
             value[str(n)]["speedup_vs_ar_pipeline"] = (
-                results["ar_pipeline"][str(n)]["seconds"] / value[str(n)]["seconds"])
-    report = {"benchmark": "bench_inference", "git_commit": _git_commit(),
-              "params": {"sizes": sizes, "context": args.context, "servers": 4,
-                         "config": json.loads(cfg.to_json())},
-              "results": results}
+                results["ar_pipeline"][str(n)]["seconds"] / value[str(n)]["seconds"]
+            )
+    report = {
+        "benchmark": "bench_inference",
+        "git_commit": _git_commit(),
+        "params": {
+            "sizes": sizes,
+            "context": args.context,
+            "servers": 4,
+            "config": json.loads(cfg.to_json()),
+        },
+        "results": results,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     parts = ["bench_inference (4 servers, loopback):"]
     for key, value in results.items():
-        cells = ", ".join(f"{n} B {value[str(n)]['seconds']:.2f} s "
-                          f"({value[str(n)]['traversals']} trav, "
-                          f"x{value[str(n)]['speedup_vs_ar_pipeline']:.1f})" for n in sizes)
+        cells = ", ".join(
+            f"{n} B {value[str(n)]['seconds']:.2f} s "
+            f"({value[str(n)]['traversals']} trav, "
+            f"x{value[str(n)]['speedup_vs_ar_pipeline']:.1f})"
+            for n in sizes
+        )
         parts.append(f"{key}: {cells};")
     parts.append(f"-> {args.out}")
     print(" ".join(parts))

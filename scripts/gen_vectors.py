@@ -44,6 +44,7 @@ from spheroid_p2p.wire.messages import (
     GossipRecords,
     GossipRequest,
     GossipSummary,
+    GossipSuspect,
     Hello,
     HelloAck,
     Message,
@@ -68,7 +69,7 @@ from spheroid_p2p.wire.traversal import (
     TraverseResult,
 )
 
-SPEC_REVISION = "r3"
+SPEC_REVISION = "r4"
 OUT_DIR = Path(__file__).resolve().parent.parent / "protocol" / "vectors"
 
 SEED_A = bytes(range(32))
@@ -388,6 +389,11 @@ def message_vectors() -> list[dict[str, Any]]:
             ),
         ),
         ("pipe-result", "PipeResult: the next byte", PipeResult(session_id=9, output=b" ")),
+        (
+            "gossip-suspect",
+            "GossipSuspect: key B unreachable, records up to seq 9",
+            GossipSuspect(peer=KEY_B.peer_id.digest, seq=9),
+        ),
         (
             "traverse-result",
             "TraverseResult with one byte and the last hop's time",

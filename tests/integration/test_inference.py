@@ -144,8 +144,18 @@ def test_the_autoregressive_pipeline_matches_the_in_process_model(
     save_ar(path, model)
     for stage in range(4):
         extra = ("--bootstrap", nodes[0].addr) if nodes else ()
-        nodes.append(NodeProcess(tmp_path, f"ar{stage}", "--ar-checkpoint", str(path),
-                                 "--ar-stage", f"{stage}/4", *extra, verbose=1).start())
+        nodes.append(
+            NodeProcess(
+                tmp_path,
+                f"ar{stage}",
+                "--ar-checkpoint",
+                str(path),
+                "--ar-stage",
+                f"{stage}/4",
+                *extra,
+                verbose=1,
+            ).start()
+        )
     wait_for(lambda: _serving(nodes[0], 4), timeout_s=30)
     expected = model.generate(b"Hello", 20)
 

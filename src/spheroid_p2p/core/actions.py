@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from spheroid_p2p.wire.messages import Message
 from spheroid_p2p.wire.signing import PeerId
 
-__all__ = ["Action", "Dial", "Send"]
+__all__ = ["Action", "Dial", "Probe", "Send"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,4 +26,12 @@ class Dial:
     addrs: tuple[str, ...]
 
 
-Action = Send | Dial
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """Check whether ``peer`` answers at ``addrs``; report back with ``probe_result``."""
+
+    peer: PeerId
+    addrs: tuple[str, ...]
+
+
+Action = Send | Dial | Probe

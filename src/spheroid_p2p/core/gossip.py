@@ -29,7 +29,7 @@ import logging
 import random
 from dataclasses import dataclass, field
 
-from spheroid_p2p.core.actions import Action, Dial, Send
+from spheroid_p2p.core.actions import Action, Dial, Probe, Send
 from spheroid_p2p.core.ownership import OwnershipTable, RecordKey
 from spheroid_p2p.errors import RemoteProtocolError
 from spheroid_p2p.params import MAX_RECORDS_PER_MESSAGE
@@ -38,6 +38,7 @@ from spheroid_p2p.wire.messages import (
     GossipRecords,
     GossipRequest,
     GossipSummary,
+    GossipSuspect,
     Message,
     RelayedRecord,
 )
@@ -56,7 +57,7 @@ class GossipParams:
     interval_s: float = 1.0
     fanout: int = 3
     push_delay_s: float = 0.1
-    record_ttl_s: float = 30.0
+    record_ttl_s: float = 300.0
     refresh_fraction: float = 1 / 3
     departure_ttl_s: float = 10.0
     tombstone_s: float = 60.0
@@ -119,6 +120,7 @@ class GossipService:
         self._dial_after: dict[PeerId, float] = {}
         self._departed = False
         self._outbox: list[tuple[SignedRecord, PeerId | None]] = []
+        self._probing: set[PeerId] = set()
         self._flush_at: float | None = None
 
     # -- local claims -----------------------------------------------------------------------
@@ -183,9 +185,43 @@ class GossipService:
         self._dial_after.pop(peer, None)
         return [self._send(peer, GossipDigest(entries=self.table.digest()))]
 
-    def peer_disconnected(self, peer: PeerId, now: float) -> None:
+    def peer_disconnected(self, peer: PeerId, now: float) -> list[Action]:
+        """A connection ended: probe the peer, since it may have died (§7.6)."""
         self._peers.discard(peer)
         self._dial_after[peer] = now + self.params.dial_backoff_s
+        return self._probe(peer)
+
+    def _owned(self, peer: PeerId) -> list[OwnershipRecord]:
+        return [e.record for e in self.table.live() if e.record.owner == peer]
+
+    def _probe(self, peer: PeerId) -> list[Action]:
+        records = self._owned(peer)
+        if not records or peer in self._probing or self._departed:
+            return []
+        self._probing.add(peer)
+        return [Probe(peer, records[0].addrs)]
+
+    def probe_result(self, peer: PeerId, alive: bool, now: float) -> list[Action]:
+        """The glue's answer to a :class:`Probe`. A dead peer's records are evicted here and
+        a suspicion is pushed, so the others check for themselves."""
+        self._probing.discard(peer)
+        if alive:
+            return []
+        records = self._owned(peer)
+        if not records:
+            return []
+        top = max(r.seq for r in records)
+        self.table.evict(peer.digest, top, now)
+        self.table.dropped["dead_peer"] += len(records)
+        log.debug(
+            "[%s] %s is unreachable: evicted %d records",
+            self.key.peer_id.short(),
+            peer.short(),
+            len(records),
+        )
+        targets = sorted(self._peers, key=lambda p: p.digest)
+        chosen = self.rng.sample(targets, min(self.params.fanout, len(targets)))
+        return [self._send(t, GossipSuspect(peer=peer.digest, seq=top)) for t in chosen]
 
     @property
     def peers(self) -> frozenset[PeerId]:
@@ -205,7 +241,23 @@ class GossipService:
             return self._records_to(peer, keys, now)
         if isinstance(message, GossipRecords):
             return self._receive_records(peer, message, now)
+        if isinstance(message, GossipSuspect):
+            return self._on_suspect(message, now)
         return []
+
+    def _on_suspect(self, message: GossipSuspect, now: float) -> list[Action]:
+        suspect = PeerId(message.peer)
+        if suspect == self.key.peer_id:
+            # Someone thinks we are dead: re-sign our records (a higher seq beats tombstones).
+            for own in self._own.values():
+                own.signed_at = now
+            return self._push(
+                [self._sign(o.claim, departed=False) for o in self._own.values()], now, exclude=None
+            )
+        held = [r for r in self._owned(suspect) if r.seq <= message.seq]
+        if not held or suspect in self._peers:
+            return []  # nothing to drop, or we are connected to it right now
+        return self._probe(suspect)
 
     def _answer_digest(self, peer: PeerId, digest: GossipDigest, now: float) -> list[Action]:
         theirs = {(e.owner, e.block): e.seq for e in digest.entries}

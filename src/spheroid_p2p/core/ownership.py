@@ -86,6 +86,14 @@ class OwnershipTable:
             del self._tombstones[key]
         return gone
 
+    def evict(self, owner: bytes, up_to_seq: int, now: float) -> list[RecordKey]:
+        """Drop every record of ``owner`` with ``seq <= up_to_seq`` (it was found dead),
+        leaving tombstones so the same records are not accepted again."""
+        gone = [k for k, e in self._entries.items() if k[0] == owner and e.record.seq <= up_to_seq]
+        for key in gone:
+            self._tombstones[key] = (self._entries.pop(key).record.seq, now + self.tombstone_s)
+        return gone
+
     def get(self, key: RecordKey) -> Entry | None:
         return self._entries.get(key)
 

@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING
 
 from spheroid_p2p import __version__
-from spheroid_p2p.core.actions import Action, Dial, Send
+from spheroid_p2p.core.actions import Action, Dial, Probe, Send
 from spheroid_p2p.core.connection import ConnectionLost, FrameSigner
 from spheroid_p2p.core.freshness import initial_seq
 from spheroid_p2p.core.gossip import GossipService, LocalClaim
@@ -31,6 +31,7 @@ from spheroid_p2p.wire.messages import (
     GossipRecords,
     GossipRequest,
     GossipSummary,
+    GossipSuspect,
     Message,
     RecordView,
     StatusRequest,
@@ -55,7 +56,9 @@ __all__ = ["Node"]
 log = logging.getLogger(__name__)
 
 AGENT = f"spheroid_p2p/{__version__}"
-_GOSSIP_TYPES = (GossipSummary, GossipDigest, GossipRecords, GossipRequest)
+_GOSSIP_TYPES = (GossipSummary, GossipDigest, GossipRecords, GossipRequest, GossipSuspect)
+#: How long a probe of a possibly dead peer may take (connect and handshake).
+PROBE_TIMEOUT_S = 3.0
 GOSSIP_CAPABILITY = "gossip/1"
 MAX_PARALLEL_DIALS = 8
 
@@ -205,6 +208,8 @@ class Node:
             ):
                 self._dialing.add(action.peer)
                 self._group.create_task(self._dial(action.addrs[0], action.peer))
+            elif isinstance(action, Probe) and self._group is not None:
+                self._group.create_task(self._probe(action.peer, action.addrs))
         self._wake.set()
 
     async def _bootstrap(self, addr: str) -> None:
@@ -240,8 +245,22 @@ class Node:
             self._apply(self.gossip.peer_connected(peer, time.monotonic()))
 
     def _on_close(self, peer: PeerId, lost: ConnectionLost) -> None:
-        if peer in self.gossip.peers:
-            self.gossip.peer_disconnected(peer, time.monotonic())
+        if peer in self.gossip.peers and not self._stop.is_set():
+            self._apply(self.gossip.peer_disconnected(peer, time.monotonic()))
+
+    async def _probe(self, peer: PeerId, addrs: tuple[str, ...]) -> None:
+        """Is ``peer`` alive? A connection that completes its handshake says yes."""
+        alive = peer in self.peers.connected()
+        for addr in addrs:
+            if alive:
+                break
+            try:
+                async with asyncio.timeout(PROBE_TIMEOUT_S):
+                    await self.peers.dial(addr, expected=peer)
+                alive = True
+            except (DialError, TimeoutError):
+                pass
+        self._apply(self.gossip.probe_result(peer, alive, time.monotonic()))
 
     def _on_message(self, peer: PeerId, envelope: Envelope) -> None:
         message = envelope.message

@@ -36,6 +36,7 @@ __all__ = [
     "GossipRecords",
     "GossipRequest",
     "GossipSummary",
+    "GossipSuspect",
     "Hello",
     "HelloAck",
     "Message",
@@ -72,6 +73,7 @@ class MessageType(IntEnum):
     GOSSIP_REQUEST = 0x43
     STATUS_REQUEST = 0x44
     STATUS_RESPONSE = 0x45
+    GOSSIP_SUSPECT = 0x46
     TRAVERSE = 0x60
     TRAVERSE_RESULT = 0x61
     TRAVERSE_ERROR = 0x62
@@ -552,6 +554,27 @@ class GossipRequest(Message):
     @classmethod
     def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> GossipRequest:
         return cls(keys=tuple((o, b) for o, b in _pairs(_get(body, "k"), "k", 2)))
+
+
+@_register
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GossipSuspect(Message):
+    """ "I cannot reach ``peer``; the newest record of it I held had ``seq``" (§7.6)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.GOSSIP_SUSPECT
+    peer: bytes
+    seq: int
+
+    def __post_init__(self) -> None:
+        _check_bytes("peer", self.peer, 32)
+        _check_uint("seq", self.seq)
+
+    def to_body(self) -> Body:
+        return {"p": self.peer, "seq": self.seq}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> GossipSuspect:
+        return cls(peer=_get(body, "p"), seq=_get(body, "seq"))
 
 
 # -- status (07-ownership-gossip.md §7.8) ------------------------------------------------------

@@ -6,7 +6,7 @@ import itertools
 import random
 from collections import deque
 
-from spheroid_p2p.core.actions import Dial, Send
+from spheroid_p2p.core.actions import Dial, Probe, Send
 from spheroid_p2p.core.gossip import GossipParams, GossipService, LocalClaim
 from spheroid_p2p.core.ownership import OwnershipTable
 from spheroid_p2p.wire.codec import decode_frame, encode_frame
@@ -34,6 +34,7 @@ class SimNet:
         self.links: set[frozenset[PeerId]] = set()
         self.now = 0.0
         self.dials: list[Dial] = []
+        self.probes: list[tuple[PeerId, PeerId, bool]] = []
         self.messages = 0
 
     def connect(self, a: PeerId, b: PeerId) -> None:
@@ -45,7 +46,7 @@ class SimNet:
         for link in [link for link in self.links if peer in link]:
             self.links.discard(link)
             (other,) = link - {peer}
-            self.nodes[other].peer_disconnected(peer, self.now)
+            self.apply(other, self.nodes[other].peer_disconnected(peer, self.now))
 
     def apply(self, src: PeerId, actions: list) -> None:  # type: ignore[type-arg]
         for action in actions:
@@ -55,6 +56,10 @@ class SimNet:
                         encode_frame(self.nodes[src].key, action.message, seq=1, timestamp_ms=0)
                     )
                     self.queue.append((src, action.peer, decode_frame(frame[4:]).message))
+            elif isinstance(action, Probe):
+                alive = action.peer in self.nodes
+                self.probes.append((src, action.peer, alive))
+                self.apply(src, self.nodes[src].probe_result(action.peer, alive, self.now))
             else:
                 self.dials.append(action)
 
@@ -230,3 +235,42 @@ def test_merge_is_idempotent_commutative_and_relays_cannot_extend_life() -> None
     assert table.get(records[0].record.key).expires_at == 5.0  # type: ignore[union-attr]
     table.expire(now=5.0)
     assert not table.offer(records[0], 5000, now=5.1)  # tombstone: does not come back
+
+
+def test_a_killed_neighbour_is_evicted_at_once_and_suspicion_spreads() -> None:
+    """Records live 300 s, yet a dead peer vanishes everywhere within a second: its
+    neighbours probe it when the connection drops, evict it, and tell others, who probe too."""
+    params = GossipParams(interval_s=1.0, fanout=2, record_ttl_s=300.0, target_peers=3)
+    net = SimNet(6, params=params)
+    _ring(net)
+    for i, (peer, node) in enumerate(net.nodes.items()):
+        net.apply(peer, node.publish(LocalClaim(block=i, role="serve"), net.now))
+    net.run(until=2.0)
+    dead = list(net.nodes)[2]
+    del net.nodes[dead]
+    net.disconnect_all(dead)
+    net.run(until=3.0)
+    for node in net.nodes.values():
+        assert all(e.record.owner != dead for e in node.table.live())
+    assert any(probed == dead and not alive for _, probed, alive in net.probes)
+
+
+def test_a_false_suspicion_evicts_nothing_and_the_suspect_refreshes() -> None:
+    """A suspect that answers its probe keeps its records; if told it is suspected, it
+    re-signs its records so any tombstone elsewhere is overridden."""
+    from spheroid_p2p.wire.messages import GossipSuspect
+
+    net = SimNet(3)
+    _ring(net)
+    for i, (peer, node) in enumerate(net.nodes.items()):
+        net.apply(peer, node.publish(LocalClaim(block=i, role="serve"), net.now))
+    net.run(until=1.0)
+    a, b, _ = list(net.nodes)
+    seq_before = max(r.seq for r in net.nodes[b].owners_of(1))
+    actions = net.nodes[b].handle_message(a, GossipSuspect(peer=b.digest, seq=seq_before), 1.0)
+    net.apply(b, actions)
+    net.run(until=2.0)
+    assert max(r.seq for r in net.nodes[a].owners_of(1)) > seq_before
+    net.apply(a, net.nodes[a].peer_disconnected(b, net.now))  # the probe finds b alive
+    assert net.probes[-1] == (a, b, True)
+    assert net.nodes[a].owners_of(1)
