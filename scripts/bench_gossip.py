@@ -5,8 +5,8 @@ bootstrapped to one random earlier node (they find the rest through gossip), wai
 node holds all N records, then lets the swarm run at steady state. From the nodes' own logs it
 measures:
 
-* **propagation**: for every record an owner re-signed at steady state (the periodic refresh
-  is a changed record), the time from its publication to its acceptance by the last node;
+* **propagation**: a new peer joins through one random peer and announces its record (a
+  changed record): the time from its publication to its acceptance by the last node;
 * **traffic**: frames and bytes sent per node per second at steady state.
 
 Writes JSON and prints one summary line. The per-node byte rate is compared with log(N) and N
@@ -14,7 +14,7 @@ Writes JSON and prints one summary line. The per-node byte rate is compared with
 
 Example::
 
-    python scripts/bench_gossip.py --sizes 8,16,32 --steady 20
+    python scripts/bench_gossip.py --sizes 8,16,32 --steady 20 --joins 3
 """
 
 from __future__ import annotations
@@ -69,43 +69,66 @@ def _count(node: NodeProcess) -> int:
         return 0
 
 
-def run_size(n: int, ttl: float, steady_s: float, seed: int) -> dict[str, Any]:
+def _accepted_by_all(logs: dict[str, str], owner: str, n_others: int) -> list[float]:
+    times: dict[str, float] = {}
+    for name, text in logs.items():
+        for stamp, _me, who, _block, _seq in ACCEPTED.findall(text):
+            if who == owner and name not in times:
+                times[name] = _t(stamp)
+    return list(times.values()) if len(times) >= n_others else []
+
+
+def run_size(n: int, steady_s: float, joins: int, seed: int) -> dict[str, Any]:
     rng = random.Random(seed)
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-gossip-{n}-"))
     nodes: list[NodeProcess] = []
-    common = ("--record-ttl", str(ttl), "--gossip-interval", "1.0")
+    common = ("--gossip-interval", "1.0")
+    latencies: list[float] = []
     try:
         for i in range(n):
             extra = ("--bootstrap", rng.choice(nodes).addr) if nodes else ()
             nodes.append(
                 NodeProcess(workdir, f"n{i}", *common, "--serve-block", str(i % 4), *extra).start()
             )
-        start = time.monotonic()
         converge_s = wait_for(
             lambda: all(_count(x) == n for x in nodes), timeout_s=120, interval_s=0.5
         )
+        time.sleep(2.0)  # let the joins' own dials and syncs settle
         steady_from = time.time()
         time.sleep(steady_s)
         steady_to = time.time()
+        # A changed record: a new peer joins (through one random peer) and announces itself.
+        for j in range(joins):
+            joiner = NodeProcess(
+                workdir,
+                f"join{j}",
+                *common,
+                "--serve-block",
+                "0",
+                "--bootstrap",
+                rng.choice(nodes).addr,
+            ).start()
+            nodes.append(joiner)
+            short = joiner.peer_id[:12]
+            others = [x for x in nodes if x is not joiner]
+            wait_for(
+                lambda o=others, s=short: (
+                    len(_accepted_by_all({x.name: x.log() for x in o}, s, len(o))) == len(o)
+                ),
+                timeout_s=30,
+            )
+            published = [
+                _t(stamp) for stamp, owner, *_ in PUBLISHED.findall(joiner.log()) if owner == short
+            ]
+            arrivals = _accepted_by_all({x.name: x.log() for x in others}, short, len(others))
+            latencies.append(max(arrivals) - min(published))
+            time.sleep(1.0)
     finally:
         for node in nodes:
             node.stop()
-    logs = {node.name: node.log() for node in nodes}
-    published: dict[tuple[str, int, int], float] = {}
-    for text in logs.values():
-        for stamp, owner, block, seq in PUBLISHED.findall(text):
-            published[(owner, int(block), int(seq))] = _t(stamp)
-    arrivals: dict[tuple[str, int, int], list[float]] = {}
-    for text in logs.values():
-        for stamp, _me, owner, block, seq in ACCEPTED.findall(text):
-            arrivals.setdefault((owner, int(block), int(seq)), []).append(_t(stamp))
-    latencies = []
-    for key, t0 in published.items():
-        if steady_from <= t0 <= steady_to - 3.0 and len(arrivals.get(key, [])) == n - 1:
-            latencies.append(max(arrivals[key]) - t0)
     frames, byts = [], []
-    for text in logs.values():
-        points = [(_t(s), float(u), int(f), int(b)) for s, u, f, b in TRAFFIC.findall(text)]
+    for node in nodes[:n]:
+        points = [(_t(s), float(u), int(f), int(b)) for s, u, f, b in TRAFFIC.findall(node.log())]
         window = [p for p in points if steady_from <= p[0] <= steady_to]
         if len(window) >= 2:
             (_t1, u1, f1, b1), (_t2, u2, f2, b2) = window[0], window[-1]
@@ -114,16 +137,12 @@ def run_size(n: int, ttl: float, steady_s: float, seed: int) -> dict[str, Any]:
     return {
         "n": n,
         "converge_after_start_s": converge_s,
-        "startup_s": time.monotonic() - start - steady_s - converge_s,
         "propagation_samples": len(latencies),
         "propagation_median_s": statistics.median(latencies) if latencies else None,
-        "propagation_p90_s": statistics.quantiles(latencies, n=10)[-1]
-        if len(latencies) > 9
-        else (max(latencies) if latencies else None),
         "propagation_max_s": max(latencies) if latencies else None,
+        "propagation_all_s": latencies,
         "frames_per_node_s": statistics.mean(frames) if frames else None,
         "bytes_per_node_s": statistics.mean(byts) if byts else None,
-        "record_ttl_s": ttl,
         "steady_s": steady_s,
     }
 
@@ -131,14 +150,14 @@ def run_size(n: int, ttl: float, steady_s: float, seed: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="8,16,32")
-    parser.add_argument("--ttl", type=float, default=6.0, help="record ttl (refresh every ttl/3)")
     parser.add_argument("--steady", type=float, default=20.0, help="seconds at steady state")
+    parser.add_argument("--joins", type=int, default=3, help="joins timed per swarm size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "bench_gossip.json")
     args = parser.parse_args(argv)
     results = []
     for n in (int(v) for v in args.sizes.split(",")):
-        result = run_size(n, args.ttl, args.steady, args.seed)
+        result = run_size(n, args.steady, args.joins, args.seed)
         results.append(result)
         print(f"  N={n}: {json.dumps(result)}", file=sys.stderr, flush=True)
     base = results[0]
