@@ -18,7 +18,6 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -35,15 +34,8 @@ from spheroid_p2p.wire.signing import KeyPair
 from spheroid_p2p.wire.tensors import RawTensor, TensorAssembler, tensor_chunks, tensor_header
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+sys.path.insert(0, str(ROOT / "scripts"))
+from benchlib import git_commit  # noqa: E402
 
 
 def _median_s(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
@@ -130,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     small_dec_s, _ = _median_s(lambda: [decode_frame(small_body) for _ in range(1000)], 3)
     report = {
         "benchmark": "bench_codec",
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "params": {"mib": args.mib, "repeats": args.repeats, "dtype": "float32"},
         "machine": {"python": platform.python_version(), "cpu_count": __import__("os").cpu_count()},
         "plain_copy_s": copy_s,

@@ -25,7 +25,6 @@ import math
 import random
 import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +33,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from benchlib import git_commit  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
 
 from tests.support.swarm import NodeProcess, live_view, wait_for  # noqa: E402
@@ -50,15 +52,6 @@ TRAFFIC = re.compile(STAMP + r".*traffic uptime=([\d.]+) frames_out=(\d+) bytes_
 
 def _t(stamp: str) -> float:
     return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _count(node: NodeProcess) -> int:
@@ -168,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             r["n_ratio"] = r["n"] / base["n"]
     report = {
         "benchmark": "bench_gossip",
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "params": vars(args) | {"out": str(args.out)},
         "results": results,
     }

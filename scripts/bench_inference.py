@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -28,6 +27,9 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from benchlib import git_commit  # noqa: E402
+
 sys.path.insert(0, str(ROOT))
 
 from spheroid_p2p.ml.baselines import ARTransformer  # noqa: E402
@@ -38,15 +40,6 @@ from spheroid_p2p.node.client import GenerationReport, TraversalClient  # noqa: 
 from spheroid_p2p.node.launcher import NodeProcess, wait_for  # noqa: E402
 
 PROMPT = b"Day 12. Weather: rain from the west.\n"
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _serving(node: NodeProcess, count: int) -> bool:
@@ -151,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     report = {
         "benchmark": "bench_inference",
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "params": {
             "sizes": sizes,
             "context": args.context,

@@ -45,15 +45,8 @@ from spheroid_p2p.ml.memory import max_rss_bytes, peak_tensor_memory
 from spheroid_p2p.ml.training import ARTrainer, BlockTrainer, EndToEndTrainer, StepLog
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+sys.path.insert(0, str(ROOT / "scripts"))
+from benchlib import git_commit  # noqa: E402
 
 
 def _log(msg: str) -> None:
@@ -273,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "benchmark": "bench_quality",
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "corpus": name,
         "train_bytes": corpus.train.numel(),
         "eval_bytes": corpus.eval.numel(),
