@@ -88,6 +88,22 @@ def test_chain_of_four_servers_matches_the_in_process_sampler(
     print(f"fp16 transport agreement with fp32: {agreement:.2%}")
     assert len(fp16) == 24
 
+    async def two_at_once() -> list[GenerationReport]:
+        async def one(prompt: bytes) -> GenerationReport:
+            client = TraversalClient(timeout_s=20.0)
+            async with asyncio.TaskGroup() as group:
+                await client.start(group)
+                try:
+                    return await client.generate(nodes[1].addr, prompt, 12, seed=5)
+                finally:
+                    await client.close()
+
+        return list(await asyncio.gather(one(b"Day 1."), one(b"Day 2.")))
+
+    first, second = asyncio.run(two_at_once())  # concurrent traversals share the servers
+    assert first.output == generate(blocks, b"Day 1.", 12, seed=5)
+    assert second.output == generate(blocks, b"Day 2.", 12, seed=5)
+
 
 def test_a_killed_hop_is_routed_around_and_the_output_is_unchanged(
     nodes: list[NodeProcess], tmp_path: Path
