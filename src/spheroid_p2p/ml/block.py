@@ -111,7 +111,7 @@ class BlockDenoiser(nn.Module):
         self.w_in = nn.Linear(cfg.d_z, d)
         self.noise_embed = NoiseEmbedder(cfg.d_cond)
         self.layers = nn.ModuleList(
-            Layer(d, cfg.n_heads, cfg.mlp_ratio, cfg.d_cond, cfg.dropout)
+            Layer(d, cfg.n_heads, cfg.mlp_ratio, cfg.d_cond, cfg.dropout, cfg.gate_offset)
             for _ in range(cfg.layers_per_block)
         )
         self.ada_f = nn.Linear(cfg.d_cond, 2 * d)

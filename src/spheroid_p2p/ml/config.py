@@ -32,6 +32,9 @@ class ModelConfig:
     context: int = 128  # T: bytes of context per window
     vocab: int = 256
     dropout: float = 0.0
+    #: Residual gates start at this value: 0.0 is AdaLN-Zero (DiT), 1.0 starts every layer as
+    #: a plain pre-LN layer with zero modulation.
+    gate_offset: float = 0.0
 
     # -- sequence layout (§7.3, §12.3) --
     #: "S": one stream of T rows, clean byte + noisy code of the next byte (per-byte only).

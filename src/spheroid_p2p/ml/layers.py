@@ -117,9 +117,18 @@ class Layer(nn.Module):
     """Pre-LN attention + MLP, with AdaLN-Zero modulation on selected rows."""
 
     def __init__(
-        self, d: int, n_heads: int, mlp_ratio: int, d_cond: int | None, dropout: float = 0.0
+        self,
+        d: int,
+        n_heads: int,
+        mlp_ratio: int,
+        d_cond: int | None,
+        dropout: float = 0.0,
+        gate_offset: float = 0.0,
     ) -> None:
         super().__init__()
+        #: Residual gate = gate_offset + ada(cond). 0 is AdaLN-Zero (a fresh layer is the
+        #: identity); 1 starts the layer as a plain pre-LN layer, with zero modulation.
+        self.gate_offset = gate_offset
         self.n_heads = n_heads
         self.dropout = dropout
         self.ln1 = nn.LayerNorm(d, elementwise_affine=d_cond is None)
@@ -187,6 +196,8 @@ class Layer(nn.Module):
             return h + self.fc2(F.gelu(self.fc1(self.ln2(h))))
         mod = self.ada(cond)[:, None, :]  # (B, 1, 6D)
         shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)  # (B, 1, D) each
+        if self.gate_offset:
+            gate1, gate2 = gate1 + self.gate_offset, gate2 + self.gate_offset
         if row_mask is not None:
             m = row_mask.to(h.dtype)[None, :, None]  # (1, S, 1)
             shift1, scale1, shift2, scale2 = shift1 * m, scale1 * m, shift2 * m, scale2 * m
