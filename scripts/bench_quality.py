@@ -233,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sigma-max", type=float, default=None)
     parser.add_argument("--layers-per-block", type=int, default=None)
     parser.add_argument("--d-model", type=int, default=None)
+    parser.add_argument("--gate-offset", type=float, default=None,
+                        help="residual gate start (0: AdaLN-Zero, 1: plain pre-LN)")
+    parser.add_argument("--no-loss-weighting", action="store_true")
     parser.add_argument("--baselines", default="A,C", help="subset of A,B,C")
     parser.add_argument("--skip-blocktrain", action="store_true")
     parser.add_argument("--spans", default="", help="train span-K models, e.g. 1,8,32,128")
@@ -254,9 +257,11 @@ def main(argv: list[str] | None = None) -> int:
     corpus = load_corpus(args.corpus)
     name = args.name or corpus.name
     overrides: dict[str, Any] = {"context": args.context}
-    for key in ("sigma_min", "sigma_max", "layers_per_block", "d_model"):
+    for key in ("sigma_min", "sigma_max", "layers_per_block", "d_model", "gate_offset"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
+    if args.no_loss_weighting:
+        overrides["loss_weighting"] = False
     cfg = ModelConfig(**overrides)
     tcfg = TrainConfig(
         batch_size=args.batch, steps=args.block_steps, warmup_steps=min(100, args.block_steps // 10)
