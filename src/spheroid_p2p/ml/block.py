@@ -133,7 +133,10 @@ class BlockDenoiser(nn.Module):
             assert layer.ada is not None
             nn.init.zeros_(layer.ada.weight)
             nn.init.zeros_(layer.ada.bias)
-        for zero in (self.ada_f, self.ada_head, self.head):
+        zeros = [self.ada_f, self.ada_head, self.head]
+        if self.cfg.zero_init_w_in:
+            zeros.append(self.w_in)
+        for zero in zeros:
             nn.init.zeros_(zero.weight)
             nn.init.zeros_(zero.bias)
 

@@ -35,6 +35,11 @@ class ModelConfig:
     #: Residual gates start at this value: 0.0 is AdaLN-Zero (DiT), 1.0 starts every layer as
     #: a plain pre-LN layer with zero modulation.
     gate_offset: float = 0.0
+    #: Zero-initialise W_in, the projection of the noisy code into the residual stream. At
+    #: high sigma, c_in * z is unit-variance noise whose random projection (std ~0.2 per
+    #: coordinate) would drown the 0.02-scale byte embeddings; from zero, a fresh block is a
+    #: pure context model that learns how much to read from z.
+    zero_init_w_in: bool = True
 
     # -- sequence layout (§7.3, §12.3) --
     #: "S": one stream of T rows, clean byte + noisy code of the next byte (per-byte only).
