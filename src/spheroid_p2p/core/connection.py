@@ -94,6 +94,8 @@ class ConnectionLost:
     code: int
     reason: str
     by_peer: bool
+    #: True when the peer said goodbye with a Close frame (so it was alive and chose to go).
+    clean: bool = False
 
     def describe(self) -> str:
         who = "peer closed the connection" if self.by_peer else "closed the connection"
@@ -234,7 +236,7 @@ class PeerConnection:
                 except RemoteProtocolError as exc:
                     events.append(ConnectionLost(int(exc.code), str(exc.args[0]), True))
                     return
-            events.append(ConnectionLost(message.code, message.reason, True))
+            events.append(ConnectionLost(message.code, message.reason, True, clean=True))
             return
         if self.state is ConnectionState.HANDSHAKE:
             for reply in self._handshake.handle(envelope, now):

@@ -62,6 +62,11 @@ class GossipParams:
     departure_ttl_s: float = 10.0
     tombstone_s: float = 60.0
     target_peers: int = 8
+    #: Gossip connections beyond this are refused (OVERLOADED), so per-peer traffic stays
+    #: flat however large the swarm grows.
+    max_peers: int = 12
+    #: How long to wait before dialling again a peer that refused us as overloaded.
+    overloaded_backoff_s: float = 60.0
     dial_backoff_s: float = 5.0
 
 
@@ -185,11 +190,19 @@ class GossipService:
         self._dial_after.pop(peer, None)
         return [self._send(peer, GossipDigest(entries=self.table.digest()))]
 
-    def peer_disconnected(self, peer: PeerId, now: float) -> list[Action]:
-        """A connection ended: probe the peer, since it may have died (§7.6)."""
+    def peer_disconnected(
+        self, peer: PeerId, now: float, *, clean: bool = False, overloaded: bool = False
+    ) -> list[Action]:
+        """A connection ended. Unless the peer closed it cleanly (it is alive), probe it, since
+        it may have died (§7.6)."""
         self._peers.discard(peer)
-        self._dial_after[peer] = now + self.params.dial_backoff_s
-        return self._probe(peer)
+        backoff = self.params.overloaded_backoff_s if overloaded else self.params.dial_backoff_s
+        self._dial_after[peer] = now + backoff
+        return [] if clean else self._probe(peer)
+
+    def has_room(self) -> bool:
+        """Whether another gossip connection is welcome (§7.7)."""
+        return len(self._peers) < self.params.max_peers
 
     def _owned(self, peer: PeerId) -> list[OwnershipRecord]:
         return [e.record for e in self.table.live() if e.record.owner == peer]

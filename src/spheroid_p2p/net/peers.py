@@ -403,6 +403,22 @@ class PeerManager:
             return False
         return True
 
+    def close_peer(self, peer: PeerId, code: ErrorCode, reason: str) -> None:
+        """Close the connection to ``peer`` with a coded Close frame."""
+        link = self._by_peer.get(peer)
+        if link is None:
+            return
+        link.conn.close(code, reason, _wall_ms())
+        link.flush_machine()
+        self._lost(link, ConnectionLost(int(code), reason, False, clean=True))
+        with contextlib.suppress(asyncio.QueueFull):
+            link.queue.put_nowait(None)
+
+    def is_outbound(self, peer: PeerId) -> bool:
+        """Whether we dialled the connection to ``peer``."""
+        link = self._by_peer.get(peer)
+        return link is not None and link.outbound
+
     def connected(self) -> list[PeerId]:
         return sorted(self._by_peer, key=lambda p: p.digest)
 

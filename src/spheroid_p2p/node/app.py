@@ -241,12 +241,23 @@ class Node:
                 self._dialing.discard(expected)
 
     def _on_open(self, peer: PeerId, capabilities: tuple[str, ...]) -> None:
-        if GOSSIP_CAPABILITY in capabilities:
-            self._apply(self.gossip.peer_connected(peer, time.monotonic()))
+        if GOSSIP_CAPABILITY not in capabilities:
+            return
+        if not self.gossip.has_room() and not self.peers.is_outbound(peer):
+            self.peers.close_peer(peer, ErrorCode.OVERLOADED, "gossip peer limit reached")
+            return
+        self._apply(self.gossip.peer_connected(peer, time.monotonic()))
 
     def _on_close(self, peer: PeerId, lost: ConnectionLost) -> None:
         if peer in self.gossip.peers and not self._stop.is_set():
-            self._apply(self.gossip.peer_disconnected(peer, time.monotonic()))
+            self._apply(
+                self.gossip.peer_disconnected(
+                    peer,
+                    time.monotonic(),
+                    clean=lost.clean,
+                    overloaded=lost.code == ErrorCode.OVERLOADED,
+                )
+            )
 
     async def _probe(self, peer: PeerId, addrs: tuple[str, ...]) -> None:
         """Is ``peer`` alive? A connection that completes its handshake says yes."""
