@@ -200,6 +200,11 @@ class GossipService:
         self._dial_after[peer] = now + backoff
         return [] if clean else self._probe(peer)
 
+    def pick_eviction(self) -> PeerId | None:
+        """A random gossip peer to drop when a newcomer needs room (§7.7)."""
+        peers = sorted(self._peers, key=lambda p: p.digest)
+        return self.rng.choice(peers) if peers else None
+
     def has_room(self) -> bool:
         """Whether another gossip connection is welcome (§7.7)."""
         return len(self._peers) < self.params.max_peers

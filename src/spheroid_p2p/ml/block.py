@@ -109,7 +109,7 @@ class BlockDenoiser(nn.Module):
         self.pos = nn.Embedding(cfg.context + 1, d)
         self.noisy_type = nn.Parameter(torch.zeros(d))
         self.w_in = nn.Linear(cfg.d_z, d)
-        self.noise_embed = NoiseEmbedder(cfg.d_cond)
+        self.noise_embed = NoiseEmbedder(cfg.d_cond, max_freq=cfg.noise_max_freq)
         self.layers = nn.ModuleList(
             Layer(d, cfg.n_heads, cfg.mlp_ratio, cfg.d_cond, cfg.dropout, cfg.gate_offset)
             for _ in range(cfg.layers_per_block)

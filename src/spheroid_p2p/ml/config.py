@@ -40,6 +40,8 @@ class ModelConfig:
     #: coordinate) would drown the 0.02-scale byte embeddings; from zero, a fresh block is a
     #: pure context model that learns how much to read from z.
     zero_init_w_in: bool = True
+    #: Highest frequency of the sinusoidal sigma features (see ``NoiseEmbedder``).
+    noise_max_freq: float = 1.0
 
     # -- sequence layout (§7.3, §12.3) --
     #: "S": one stream of T rows, clean byte + noisy code of the next byte (per-byte only).

@@ -243,9 +243,14 @@ class Node:
     def _on_open(self, peer: PeerId, capabilities: tuple[str, ...]) -> None:
         if GOSSIP_CAPABILITY not in capabilities:
             return
-        if not self.gossip.has_room() and not self.peers.is_outbound(peer):
-            self.peers.close_peer(peer, ErrorCode.OVERLOADED, "gossip peer limit reached")
-            return
+        if not self.gossip.has_room():
+            # Make room rather than turn the newcomer away (it may know no one else): drop a
+            # random current gossip peer, which has other connections and will find more.
+            victim = self.gossip.pick_eviction()
+            if victim is not None:
+                self.gossip.peer_disconnected(victim, time.monotonic(), clean=True,
+                                              overloaded=True)
+                self.peers.close_peer(victim, ErrorCode.OVERLOADED, "making room for a new peer")
         self._apply(self.gossip.peer_connected(peer, time.monotonic()))
 
     def _on_close(self, peer: PeerId, lost: ConnectionLost) -> None:
