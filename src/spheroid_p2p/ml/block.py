@@ -133,7 +133,7 @@ class BlockDenoiser(nn.Module):
             assert layer.ada is not None
             nn.init.zeros_(layer.ada.weight)
             nn.init.zeros_(layer.ada.bias)
-        zeros = [self.ada_f, self.ada_head, self.head]
+        zeros = [self.ada_f, self.ada_head] + ([self.head] if self.cfg.zero_init_head else [])
         if self.cfg.zero_init_w_in:
             zeros.append(self.w_in)
         for zero in zeros:

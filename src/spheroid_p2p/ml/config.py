@@ -40,6 +40,10 @@ class ModelConfig:
     #: coordinate) would drown the 0.02-scale byte embeddings; from zero, a fresh block is a
     #: pure context model that learns how much to read from z.
     zero_init_w_in: bool = True
+    #: Zero-initialise the byte head (a fresh block predicts exactly uniformly). Measured: it
+    #: starves the layers of gradient early on (block-local CE 2.76 against 2.40 after 300
+    #: steps on Tiny Shakespeare), so the head starts small and random like the baselines'.
+    zero_init_head: bool = False
     #: Highest frequency of the sinusoidal sigma features (see ``NoiseEmbedder``).
     noise_max_freq: float = 1.0
 

@@ -248,8 +248,7 @@ class Node:
             # random current gossip peer, which has other connections and will find more.
             victim = self.gossip.pick_eviction()
             if victim is not None:
-                self.gossip.peer_disconnected(victim, time.monotonic(), clean=True,
-                                              overloaded=True)
+                self.gossip.peer_disconnected(victim, time.monotonic(), clean=True, overloaded=True)
                 self.peers.close_peer(victim, ErrorCode.OVERLOADED, "making room for a new peer")
         self._apply(self.gossip.peer_connected(peer, time.monotonic()))
 
