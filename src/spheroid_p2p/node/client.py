@@ -25,7 +25,7 @@ from spheroid_p2p.core.routing import NoRouteError, ServerOffer, plan_route
 from spheroid_p2p.errors import ErrorCode, TransportError, code_name
 from spheroid_p2p.net.peers import DialError, PeerManager
 from spheroid_p2p.wire.codec import Envelope
-from spheroid_p2p.wire.messages import StatusRequest, StatusResponse
+from spheroid_p2p.wire.messages import Message, StatusRequest, StatusResponse
 from spheroid_p2p.wire.signing import KeyPair, PeerId
 from spheroid_p2p.wire.tensors import chunk_digest
 from spheroid_p2p.wire.traversal import (
@@ -56,6 +56,7 @@ class GenerationReport:
     bytes_sent: int = 0
     retries: int = 0
     routes: list[tuple[str, ...]] = field(default_factory=list)
+    last_ms: float = 0.0
 
 
 class TraversalClient:
@@ -68,7 +69,7 @@ class TraversalClient:
         self.timeout_s = timeout_s
         self.avoid_s = avoid_s
         self.max_retries = max_retries
-        self._answers: dict[int, asyncio.Future[TraverseResult | TraverseError]] = {}
+        self._answers: dict[int, asyncio.Future[Any]] = {}
         self._status: asyncio.Future[StatusResponse] | None = None
         self._avoid: dict[bytes, float] = {}
         self.manager = PeerManager(
@@ -240,10 +241,6 @@ class TraversalClient:
         report: GenerationReport,
     ) -> TraverseResult | TraverseError | None:
         tid = random.getrandbits(63)
-        future: asyncio.Future[TraverseResult | TraverseError] = (
-            asyncio.get_running_loop().create_future()
-        )
-        self._answers[tid] = future
         request = Traverse(
             traversal_id=tid,
             client=self.key.peer_id.digest,
@@ -260,8 +257,19 @@ class TraversalClient:
             want_logits=False,
             z=InlineTensor(DTYPE_CODES[z_dtype], (0,), 0, chunk_digest(b"")),
         )
+        answer = await self._exchange(route[0], request, tid, report)
+        if isinstance(answer, TraverseResult):
+            report.traversal_ms.append(report.last_ms)
+        return answer  # type: ignore[no-any-return]
+
+    async def _exchange(
+        self, first: Hop, request: Message, key: int, report: GenerationReport
+    ) -> Any:
+        """Send ``request`` to the route's first hop and wait for the answer filed under
+        ``key`` (a result or an error), or None if the hop cannot be reached or it times out."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._answers[key] = future
         started = time.perf_counter()
-        first = route[0]
         try:
             peer = await self.manager.dial(first.addr, expected=PeerId(first.peer))
             before = self.manager.bytes_out
@@ -272,8 +280,8 @@ class TraversalClient:
         except (DialError, TimeoutError):
             return None
         finally:
-            self._answers.pop(tid, None)
-        report.traversal_ms.append((time.perf_counter() - started) * 1000)
+            self._answers.pop(key, None)
+        report.last_ms = (time.perf_counter() - started) * 1000
         return answer
 
     async def _blame(self, route: tuple[Hop, ...], answer: TraverseError | None) -> list[bytes]:
@@ -351,21 +359,7 @@ class TraversalClient:
                 deadline_ms=int(self.timeout_s * 1000),
                 hidden=InlineTensor(1, (0,), 0, chunk_digest(b"")),
             )
-            started = time.perf_counter()
-            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            self._answers[session] = future
-            answer: Any = None
-            try:
-                peer = await self.manager.dial(route[0].addr, expected=PeerId(route[0].peer))
-                before = self.manager.bytes_out
-                self.manager.send(peer, step)
-                async with asyncio.timeout(self.timeout_s):
-                    answer = await future
-                report.bytes_sent += self.manager.bytes_out - before
-            except (DialError, TimeoutError):
-                answer = None
-            finally:
-                self._answers.pop(session, None)
+            answer = await self._exchange(route[0], step, session, report)
             if not isinstance(answer, PipeResult):
                 report.retries += 1
                 if report.retries > self.max_retries:
@@ -374,7 +368,7 @@ class TraversalClient:
                     self._avoid[bad] = time.monotonic() + self.avoid_s
                 session = None  # the caches lived on the failed route: start over
                 continue
-            report.traversal_ms.append((time.perf_counter() - started) * 1000)
+            report.traversal_ms.append(report.last_ms)
             report.traversals += 1
             pos += len(pending)
             pending = answer.output

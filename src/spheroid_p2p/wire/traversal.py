@@ -120,6 +120,27 @@ class Hop:
     last_block: int
 
 
+def _check_route(route: tuple[Hop, ...], hop: int) -> None:
+    if not 1 <= len(route) <= MAX_ROUTE_HOPS:
+        raise _bad(f"a route has 1..{MAX_ROUTE_HOPS} hops")
+    for h in route:
+        _check_bytes("hop peer", h.peer, 32)
+        _check_str("hop addr", h.addr)
+        _check_uint("first block", h.first_block, 0xFFFE)
+        _check_uint("last block", h.last_block, 0xFFFE)
+        if h.last_block < h.first_block:
+            raise _bad("a hop's last block precedes its first")
+    _check_uint("hop", hop, len(route) - 1)
+
+
+def _route_body(route: tuple[Hop, ...]) -> list[list[Any]]:
+    return [[h.peer, h.addr, h.first_block, h.last_block] for h in route]
+
+
+def _route_from(body: Mapping[str, Any]) -> tuple[Hop, ...]:
+    return tuple(Hop(*h) for h in _pairs(_get(body, "route"), "route", 4))
+
+
 @_register
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Traverse(Message):
@@ -147,16 +168,7 @@ class Traverse(Message):
         _check_uint("traversal_id", self.traversal_id)
         _check_bytes("client", self.client, 32)
         _check_str("reply_addr", self.reply_addr)
-        if not 1 <= len(self.route) <= MAX_ROUTE_HOPS:
-            raise _bad(f"a route has 1..{MAX_ROUTE_HOPS} hops")
-        for hop in self.route:
-            _check_bytes("hop peer", hop.peer, 32)
-            _check_str("hop addr", hop.addr)
-            _check_uint("first block", hop.first_block, 0xFFFE)
-            _check_uint("last block", hop.last_block, 0xFFFE)
-            if hop.last_block < hop.first_block:
-                raise _bad("a hop's last block precedes its first")
-        _check_uint("hop", self.hop, len(self.route) - 1)
+        _check_route(self.route, self.hop)
         _check_str("config_hash", self.config_hash)
         _check_uint("steps_per_block", self.steps_per_block, 64)
         if self.steps_per_block < 1:
@@ -180,7 +192,7 @@ class Traverse(Message):
             "tid": self.traversal_id,
             "client": self.client,
             "reply": self.reply_addr,
-            "route": [[h.peer, h.addr, h.first_block, h.last_block] for h in self.route],
+            "route": _route_body(self.route),
             "hop": self.hop,
             "cfg": self.config_hash,
             "m": self.steps_per_block,
@@ -199,7 +211,7 @@ class Traverse(Message):
             traversal_id=_get(body, "tid"),
             client=_get(body, "client"),
             reply_addr=_get(body, "reply"),
-            route=tuple(Hop(*h) for h in _pairs(_get(body, "route"), "route", 4)),
+            route=_route_from(body),
             hop=_get(body, "hop"),
             config_hash=_get(body, "cfg"),
             steps_per_block=_get(body, "m"),
@@ -320,9 +332,7 @@ class PipeStep(Message):
         _check_uint("session_id", self.session_id)
         _check_bytes("client", self.client, 32)
         _check_str("reply_addr", self.reply_addr)
-        if not 1 <= len(self.route) <= MAX_ROUTE_HOPS:
-            raise _bad(f"a route has 1..{MAX_ROUTE_HOPS} hops")
-        _check_uint("hop", self.hop, len(self.route) - 1)
+        _check_route(self.route, self.hop)
         _check_str("config_hash", self.config_hash)
         _check_uint("pos", self.pos, 1 << 20)
         _check_bytes("tokens", self.tokens)
@@ -334,7 +344,7 @@ class PipeStep(Message):
             "sid": self.session_id,
             "client": self.client,
             "reply": self.reply_addr,
-            "route": [[h.peer, h.addr, h.first_block, h.last_block] for h in self.route],
+            "route": _route_body(self.route),
             "hop": self.hop,
             "cfg": self.config_hash,
             "pos": self.pos,
@@ -349,7 +359,7 @@ class PipeStep(Message):
             session_id=_get(body, "sid"),
             client=_get(body, "client"),
             reply_addr=_get(body, "reply"),
-            route=tuple(Hop(*h) for h in _pairs(_get(body, "route"), "route", 4)),
+            route=_route_from(body),
             hop=_get(body, "hop"),
             config_hash=_get(body, "cfg"),
             pos=_get(body, "pos"),
