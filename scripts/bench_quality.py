@@ -233,8 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sigma-max", type=float, default=None)
     parser.add_argument("--layers-per-block", type=int, default=None)
     parser.add_argument("--d-model", type=int, default=None)
-    parser.add_argument("--gate-offset", type=float, default=None,
-                        help="residual gate start (0: AdaLN-Zero, 1: plain pre-LN)")
+    parser.add_argument(
+        "--gate-offset",
+        type=float,
+        default=None,
+        help="residual gate start (0: AdaLN-Zero, 1: plain pre-LN)",
+    )
     parser.add_argument("--no-loss-weighting", action="store_true")
     parser.add_argument("--baselines", default="A,C", help="subset of A,B,C")
     parser.add_argument("--skip-blocktrain", action="store_true")
