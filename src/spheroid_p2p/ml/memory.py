@@ -47,6 +47,17 @@ def peak_tensor_memory(
 
 
 def max_rss_bytes() -> int:
-    """This process's peak resident set size in bytes."""
+    """This process's peak resident set size in bytes.
+
+    On Linux this is ``VmHWM`` from ``/proc/self/status``: ``ru_maxrss`` survives ``exec``, so
+    a child started by a large parent would report the parent's peak instead of its own.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss if sys.platform == "darwin" else rss * 1024
