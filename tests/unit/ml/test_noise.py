@@ -22,7 +22,8 @@ def test_intervals_hold_equal_mass_and_block_zero_is_highest() -> None:
     part = NoisePartition(ModelConfig())
     masses = [part.u(part.interval(b)[1]) - part.u(part.interval(b)[0]) for b in range(4)]
     assert max(masses) - min(masses) < 1e-9
-    assert part.interval(0)[1] == pytest.approx(80.0) and part.interval(3)[0] == pytest.approx(3.0)
+    low = ModelConfig().sigma_min
+    assert part.interval(0)[1] == pytest.approx(80.0) and part.interval(3)[0] == pytest.approx(low)
 
 
 def test_samples_stay_in_the_widened_interval() -> None:
@@ -43,7 +44,7 @@ def test_schedule_points_fall_in_their_blocks_interval(m: int) -> None:
     assert [b for b, _ in schedule] == [b for b in range(4) for _ in range(m)]
     sigmas = [s for _, s in schedule]
     assert sigmas == sorted(sigmas, reverse=True)
-    assert sigmas[0] == 80.0 and sigmas[-1] == 3.0
+    assert sigmas[0] == 80.0 and sigmas[-1] == ModelConfig().sigma_min
     for b, s in schedule:
         lo, hi = part.interval(b)
         assert lo - 1e-9 <= s <= hi + 1e-9
