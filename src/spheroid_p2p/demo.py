@@ -35,12 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="text file or WikiText folder ('embedded': generated, default)",
     )
     parser.add_argument("--blocks", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=300, help="training steps per block")
+    parser.add_argument("--steps", type=int, default=500, help="training steps per block")
     parser.add_argument("--context", type=int, default=64)
     parser.add_argument("--d-model", type=int, default=128)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--prompt", default="Day 12. Weather: ")
     parser.add_argument("--bytes", type=int, default=160, help="bytes to generate")
+    parser.add_argument("--temperature", type=float, default=0.8,
+                        help="sampling temperature (0: argmax; seeded, so runs repeat)")
     parser.add_argument("--workdir", type=Path, help="keep keys, logs and checkpoints here")
     parser.add_argument("--timeout", type=float, default=1800.0, help="give up after (s)")
     return parser
@@ -99,7 +101,7 @@ def _score(workdir: Path, blocks: int, corpus_name: str, context: int) -> float:
     return evaluate_sampler(model, windows, seeds=(0,)).ce_sampler
 
 
-async def _generate(addr: str, prompt: str, n: int) -> None:
+async def _generate(addr: str, prompt: str, n: int, temperature: float) -> None:
     from spheroid_p2p.node.client import TraversalClient
 
     client = TraversalClient(timeout_s=30.0)
@@ -111,7 +113,8 @@ async def _generate(addr: str, prompt: str, n: int) -> None:
     async with asyncio.TaskGroup() as group:
         await client.start(group)
         try:
-            report = await client.generate(addr, prompt.encode(), n, on_bytes=show)
+            report = await client.generate(addr, prompt.encode(), n, temperature=temperature,
+                                           on_bytes=show)
         finally:
             await client.close()
     per = sum(report.traversal_ms) / max(1, len(report.traversal_ms))
@@ -168,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{ce:.3f} nats/byte ({ce / 0.6931:.2f} bits/byte; uniform is 5.545)",
             flush=True,
         )
-        asyncio.run(_generate(nodes[0].addr, args.prompt, args.bytes))
+        asyncio.run(_generate(nodes[0].addr, args.prompt, args.bytes, args.temperature))
     finally:
         for node in nodes:
             node.stop()
