@@ -41,8 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--prompt", default="Day 12. Weather: ")
     parser.add_argument("--bytes", type=int, default=160, help="bytes to generate")
-    parser.add_argument("--temperature", type=float, default=0.8,
-                        help="sampling temperature (0: argmax; seeded, so runs repeat)")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=0.8,
+        help="sampling temperature (0: argmax; seeded, so runs repeat)",
+    )
     parser.add_argument("--workdir", type=Path, help="keep keys, logs and checkpoints here")
     parser.add_argument("--timeout", type=float, default=1800.0, help="give up after (s)")
     return parser
@@ -113,8 +117,9 @@ async def _generate(addr: str, prompt: str, n: int, temperature: float) -> None:
     async with asyncio.TaskGroup() as group:
         await client.start(group)
         try:
-            report = await client.generate(addr, prompt.encode(), n, temperature=temperature,
-                                           on_bytes=show)
+            report = await client.generate(
+                addr, prompt.encode(), n, temperature=temperature, on_bytes=show
+            )
         finally:
             await client.close()
     per = sum(report.traversal_ms) / max(1, len(report.traversal_ms))

@@ -45,6 +45,19 @@ log = logging.getLogger(__name__)
 DTYPE_CODES = {"float32": 1, "float16": 2, "bfloat16": 3}
 
 
+@dataclass(frozen=True)
+class _Spec:
+    """What one traversal asks for (everything but the route)."""
+
+    config: str
+    prefix: bytes
+    steps: int
+    seed: int
+    temperature: float
+    z_dtype: str
+    span: int
+
+
 @dataclass
 class GenerationReport:
     """What a generation cost: traversals, time, bytes on the wire, retries."""
@@ -154,19 +167,10 @@ class TraversalClient:
         out = b""
         traversal = 0
         while len(out) < n_bytes:
-            piece = await self._one(
-                offers,
-                n_blocks,
-                config,
-                prompt + out,
-                steps_per_block,
-                seed + traversal,
-                temperature,
-                z_dtype,
-                span,
-                report,
-                addr,
+            spec = _Spec(
+                config, prompt + out, steps_per_block, seed + traversal, temperature, z_dtype, span
             )
+            piece = await self._one(offers, n_blocks, spec, report, addr)
             out += piece
             traversal += 1
             if on_bytes is not None:
@@ -180,16 +184,11 @@ class TraversalClient:
         self,
         offers: list[ServerOffer],
         n_blocks: int,
-        config: str,
-        prefix: bytes,
-        steps: int,
-        seed: int,
-        temperature: float,
-        z_dtype: str,
-        span: int,
+        spec: _Spec,
         report: GenerationReport,
         addr: str,
     ) -> bytes:
+        """One traversal, re-routed around failing servers (§10.5)."""
         for attempt in range(self.max_retries + 1):
             now = time.monotonic()
             exclude = {p for p, until in self._avoid.items() if until > now}
@@ -204,9 +203,7 @@ class TraversalClient:
                 continue
             self.last_route = tuple(PeerId(h.peer).short() for h in route)
             report.routes.append(self.last_route)
-            answer = await self._send(
-                route, config, prefix, steps, seed, temperature, z_dtype, span, report
-            )
+            answer = await self._send(route, spec, report)
             if isinstance(answer, TraverseResult):
                 return answer.output
             if (
@@ -229,16 +226,7 @@ class TraversalClient:
         raise TransportError(f"traversal failed after {self.max_retries} retries")
 
     async def _send(
-        self,
-        route: tuple[Hop, ...],
-        config: str,
-        prefix: bytes,
-        steps: int,
-        seed: int,
-        temperature: float,
-        z_dtype: str,
-        span: int,
-        report: GenerationReport,
+        self, route: tuple[Hop, ...], spec: _Spec, report: GenerationReport
     ) -> TraverseResult | TraverseError | None:
         tid = random.getrandbits(63)
         request = Traverse(
@@ -247,15 +235,15 @@ class TraversalClient:
             reply_addr=self.reply_addr,
             route=route,
             hop=0,
-            config_hash=config,
-            steps_per_block=steps,
-            prefix=prefix[-4096:],
-            span=span,
-            seed=seed,
-            temperature=temperature,
+            config_hash=spec.config,
+            steps_per_block=spec.steps,
+            prefix=spec.prefix[-4096:],
+            span=spec.span,
+            seed=spec.seed,
+            temperature=spec.temperature,
             deadline_ms=int(self.timeout_s * 1000),
             want_logits=False,
-            z=InlineTensor(DTYPE_CODES[z_dtype], (0,), 0, chunk_digest(b"")),
+            z=InlineTensor(DTYPE_CODES[spec.z_dtype], (0,), 0, chunk_digest(b"")),
         )
         answer = await self._exchange(route[0], request, tid, report)
         if isinstance(answer, TraverseResult):
