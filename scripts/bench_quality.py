@@ -42,7 +42,14 @@ from spheroid_p2p.ml.evaluate import (
     nats_report,
 )
 from spheroid_p2p.ml.memory import max_rss_bytes, peak_tensor_memory
-from spheroid_p2p.ml.training import ARTrainer, BlockTrainer, EndToEndTrainer, StepLog
+from spheroid_p2p.ml.training import (
+    ARTrainer,
+    BlockTrainer,
+    EndToEndTrainer,
+    StepLog,
+    block_trainers,
+    train_blocktrain,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -74,7 +81,7 @@ class Curve:
             )
 
 
-def train_blocktrain(
+def train_blocktrain_curve(
     cfg: ModelConfig,
     tcfg: TrainConfig,
     corpus: ByteCorpus,
@@ -83,21 +90,22 @@ def train_blocktrain(
     seed: int,
     name: str,
 ) -> tuple[list[BlockTrainer], Curve]:
-    trainers = [BlockTrainer(cfg, tcfg, b, seed=seed * 7919 + b) for b in range(cfg.n_blocks)]
+    """The reference run of :func:`train_blocktrain`, with an eval curve on ``probe``."""
+    trainers = block_trainers(cfg, tcfg, seed)
     blocks = [t.block for t in trainers]
+    total = steps * cfg.n_blocks
     curve = Curve(
         name,
         lambda: evaluate_sampler(blocks, probe, seeds=(0,)).ce_sampler,
-        max(1, steps * cfg.n_blocks // 10),
+        max(1, total // 10),
     )
-    pick = torch.Generator().manual_seed(seed)
-    data = torch.Generator().manual_seed(seed + 1)
-    total = steps * cfg.n_blocks
-    for i in range(total):
-        b = int(torch.randint(0, cfg.n_blocks, (1,), generator=pick))
-        curve.after_step(
-            i + 1, trainers[b].step(corpus.batch(tcfg.batch_size, cfg.context, data)), total
-        )
+    train_blocktrain(
+        trainers,
+        corpus,
+        total,
+        seed,
+        on_step=lambda i, _b, entry: curve.after_step(i, entry, total),
+    )
     return trainers, curve
 
 
@@ -294,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.skip_blocktrain:
         start = time.perf_counter()
-        trainers, curve = train_blocktrain(
+        trainers, curve = train_blocktrain_curve(
             cfg, tcfg, corpus, args.block_steps, probe, args.seed, "BlockTrain (4 blocks)"
         )
         curves.append(curve)
@@ -350,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         table = {}
         for k in spans:
             span_cfg = cfg.replace(layout="P", span=k)
-            trainers, curve = train_blocktrain(
+            trainers, curve = train_blocktrain_curve(
                 span_cfg, tcfg, corpus, args.block_steps, probe, args.seed, f"span K={k} (layout P)"
             )
             ev = evaluate_sampler([t.block for t in trainers], windows)

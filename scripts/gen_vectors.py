@@ -13,6 +13,7 @@ deterministic (RFC 8032), and zstd payloads are built by hand from raw and RLE b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import struct
 import sys
@@ -328,46 +329,14 @@ def message_vectors() -> list[dict[str, Any]]:
         (
             "traverse-start",
             "Traverse to hop 0: no codes yet, the first hop draws them",
-            Traverse(
-                traversal_id=7,
-                client=KEY_B.peer_id.digest,
-                reply_addr="127.0.0.1:9000",
-                route=(
-                    Hop(KEY_A.peer_id.digest, "127.0.0.1:7000", 0, 1),
-                    Hop(KEY_B.peer_id.digest, "127.0.0.1:7001", 2, 3),
-                ),
-                hop=0,
-                config_hash="ab" * 32,
-                steps_per_block=1,
-                prefix=b"Day 1.",
-                span=0,
-                seed=5,
-                temperature=0.0,
-                deadline_ms=10_000,
-                want_logits=False,
-                z=InlineTensor(1, (0,), 0, chunk_digest(b"")),
-            ),
+            TRAVERSE_0,
         ),
         (
             "traverse-forward",
             "Traverse to hop 1 carrying 2x2 float16 codes",
-            Traverse(
-                traversal_id=7,
-                client=KEY_B.peer_id.digest,
-                reply_addr="127.0.0.1:9000",
-                route=(
-                    Hop(KEY_A.peer_id.digest, "127.0.0.1:7000", 0, 1),
-                    Hop(KEY_B.peer_id.digest, "127.0.0.1:7001", 2, 3),
-                ),
+            dataclasses.replace(
+                TRAVERSE_0,
                 hop=1,
-                config_hash="ab" * 32,
-                steps_per_block=1,
-                prefix=b"Day 1.",
-                span=0,
-                seed=5,
-                temperature=0.0,
-                deadline_ms=10_000,
-                want_logits=False,
                 z=InlineTensor(2, (2, 2), 0, chunk_digest(Z_F16), Z_F16),
                 payload=Z_F16,
             ),
@@ -949,6 +918,25 @@ def _record(
 
 RECORD_A = _record(KEY_A, seq=100)
 Z_F16 = struct.pack("<4e", 0.5, -1.0, 2.0, 0.25)
+TRAVERSE_0 = Traverse(
+    traversal_id=7,
+    client=KEY_B.peer_id.digest,
+    reply_addr="127.0.0.1:9000",
+    route=(
+        Hop(KEY_A.peer_id.digest, "127.0.0.1:7000", 0, 1),
+        Hop(KEY_B.peer_id.digest, "127.0.0.1:7001", 2, 3),
+    ),
+    hop=0,
+    config_hash="ab" * 32,
+    steps_per_block=1,
+    prefix=b"Day 1.",
+    span=0,
+    seed=5,
+    temperature=0.0,
+    deadline_ms=10_000,
+    want_logits=False,
+    z=InlineTensor(1, (0,), 0, chunk_digest(b"")),
+)
 
 
 def ownership_vectors() -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,14 @@ from spheroid_p2p.ml.data import ByteCorpus
 from spheroid_p2p.ml.noise import NoisePartition, loss_weight
 from spheroid_p2p.ml.sampler import block_points, euler_step, initial_noise
 
-__all__ = ["ARTrainer", "BlockTrainer", "EndToEndTrainer", "StepLog", "train_blocktrain"]
+__all__ = [
+    "ARTrainer",
+    "BlockTrainer",
+    "EndToEndTrainer",
+    "StepLog",
+    "block_trainers",
+    "train_blocktrain",
+]
 
 
 def _adamw(params: list[torch.nn.Parameter], tcfg: TrainConfig) -> torch.optim.AdamW:
@@ -177,37 +184,28 @@ class EndToEndTrainer:
         return StepLog(self.step_count, float(loss.detach()), lr, time.perf_counter() - start)
 
 
-@dataclass
-class RunLog:
-    """Training curve: (elapsed seconds, total steps, loss) points and per-block step counts."""
-
-    points: list[tuple[float, int, float]] = field(default_factory=list)
-    block_steps: list[int] = field(default_factory=list)
+def block_trainers(cfg: ModelConfig, tcfg: TrainConfig, seed: int = 0) -> list[BlockTrainer]:
+    """One trainer per block, each with its own AdamW and noise stream, derived from ``seed``."""
+    return [BlockTrainer(cfg, tcfg, b, seed=seed * 7919 + b) for b in range(cfg.n_blocks)]
 
 
 def train_blocktrain(
-    cfg: ModelConfig,
-    tcfg: TrainConfig,
+    trainers: list[BlockTrainer],
     corpus: ByteCorpus,
     total_block_steps: int,
     seed: int = 0,
-    on_step: Callable[[int, StepLog], None] | None = None,
-) -> tuple[list[BlockTrainer], RunLog]:
+    on_step: Callable[[int, int, StepLog], None] | None = None,
+) -> None:
     """The single-process reference run (§9): each step trains one block chosen at random.
 
-    Every block has its own trainer (its own AdamW and noise stream); data comes from one
-    shared generator so the run is reproducible from ``seed``.
+    Data comes from one shared generator so the run is reproducible from ``seed``.
+    ``on_step(step, block, log)`` is called after every step (step counts from 1).
     """
-    trainers = [BlockTrainer(cfg, tcfg, b, seed=seed * 7919 + b) for b in range(cfg.n_blocks)]
+    cfg, tcfg = trainers[0].cfg, trainers[0].tcfg
     pick = torch.Generator().manual_seed(seed)
     data_gen = torch.Generator().manual_seed(seed + 1)
-    log = RunLog(block_steps=[0] * cfg.n_blocks)
-    start = time.perf_counter()
     for i in range(total_block_steps):
         b = int(torch.randint(0, cfg.n_blocks, (1,), generator=pick))
         entry = trainers[b].step(corpus.batch(tcfg.batch_size, cfg.context, data_gen))
-        log.block_steps[b] += 1
-        log.points.append((time.perf_counter() - start, i + 1, entry.loss))
         if on_step is not None:
-            on_step(b, entry)
-    return trainers, log
+            on_step(i + 1, b, entry)
