@@ -52,6 +52,8 @@ class ErrorCode(IntEnum):
     BLOCK_NOT_SERVED = 21
     ROUND_CLOSED = 22
     CLOCK_SKEW = 23
+    VERSION_UNKNOWN = 24
+    DELTA_REJECTED = 25
 
 
 def code_name(code: int) -> str:

@@ -14,20 +14,26 @@ __all__ = [
     "FRAME_HEADER_BYTES",
     "HANDSHAKE_NONCE_BYTES",
     "HANDSHAKE_TIMEOUT_S",
+    "INT8_BLOCK_ELEMS",
     "MAX_ARRAY_LEN",
     "MAX_BIN_LEN",
+    "MAX_CHUNKS_PER_REQUEST",
     "MAX_CLOCK_SKEW_MS",
     "MAX_FRAME_BYTES",
+    "MAX_MANIFEST_BYTES",
     "MAX_MAP_LEN",
     "MAX_MSGPACK_DEPTH",
     "MAX_RECORDS_PER_MESSAGE",
     "MAX_RECORD_TTL_MS",
+    "MAX_REPORT_ENTRIES",
     "MAX_ROUTE_HOPS",
     "MAX_SIGNED_BYTES",
     "MAX_STR_LEN",
     "MAX_TENSOR_BYTES",
     "MAX_TENSOR_CHUNKS",
     "MAX_TENSOR_DIMS",
+    "MAX_VERSION_CHUNKS",
+    "MAX_VERSION_TENSORS",
     "PROTOCOL_VERSION",
     "PUBLIC_KEY_BYTES",
     "SIGNATURE_BYTES",
@@ -80,6 +86,22 @@ HANDSHAKE_TIMEOUT_S: Final = 10.0
 MAX_RECORD_TTL_MS: Final = 300_000
 #: Records in one GOSSIP_RECORDS message (the rest goes in the next message).
 MAX_RECORDS_PER_MESSAGE: Final = 256
+
+# --- 08-checkpoints.md -----------------------------------------------------------------------
+#: Chunks in one block version or delta (1 GiB of raw bytes at most).
+MAX_VERSION_CHUNKS: Final = 1024
+#: Tensors in one block version or delta.
+MAX_VERSION_TENSORS: Final = 512
+#: Largest signed manifest; it fits one msgpack bin field (MAX_BIN_LEN).
+MAX_MANIFEST_BYTES: Final = 48 * 1024
+#: Chunks one CHUNK_GET may ask for.
+MAX_CHUNKS_PER_REQUEST: Final = 32
+
+# --- 09-averaging.md -------------------------------------------------------------------------
+#: Peers named in one round report (contributors, rejected and late together).
+MAX_REPORT_ENTRIES: Final = 256
+#: Elements that share one float32 scale in the int8 delta encoding.
+INT8_BLOCK_ELEMS: Final = 256
 
 # --- 10-traversal.md -------------------------------------------------------------------------
 #: Hops in one route (a chain of at most this many servers).

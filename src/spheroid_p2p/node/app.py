@@ -21,9 +21,12 @@ from spheroid_p2p.core.actions import Action, Dial, Probe, Send
 from spheroid_p2p.core.connection import ConnectionLost, FrameSigner
 from spheroid_p2p.core.freshness import initial_seq
 from spheroid_p2p.core.gossip import GossipService, LocalClaim
+from spheroid_p2p.core.rounds import RoundParams
 from spheroid_p2p.errors import ErrorCode
 from spheroid_p2p.net.peers import DialError, PeerManager, parse_addr
 from spheroid_p2p.node.config import NodeConfig
+from spheroid_p2p.node.store import VersionStore
+from spheroid_p2p.node.transfer import ReceivedDelta, Transfers
 from spheroid_p2p.wire.codec import Envelope
 from spheroid_p2p.wire.messages import (
     ConnView,
@@ -39,9 +42,14 @@ from spheroid_p2p.wire.messages import (
 )
 from spheroid_p2p.wire.signing import KeyPair, PeerId
 from spheroid_p2p.wire.tensors import chunk_digest
+from spheroid_p2p.wire.versions import SignedManifest
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from spheroid_p2p.node.compute import ArStageRuntime, BlockRuntime
+    from spheroid_p2p.node.replica import BlockReplica
+    from spheroid_p2p.node.trainer import TrainingJob
 from spheroid_p2p.wire.traversal import (
     InlineTensor,
     PipeResult,
@@ -102,6 +110,13 @@ class Node:
                 torch.set_num_threads(config.threads)
             self.runtime = BlockRuntime(config.checkpoints)
         self.traversals_served = 0
+        self.store = VersionStore(config.data_dir / "versions")
+        self.transfers = Transfers(
+            key, self.peers, self.store, self.tag, compression=config.compression
+        )
+        self.transfers.on_delta = self._on_delta
+        self.transfers.on_manifest = self._on_manifest
+        self.replicas: dict[int, BlockReplica] = {}
         self.ar_stage: ArStageRuntime | None = None
         if config.ar_checkpoint is not None:
             from spheroid_p2p.node.compute import ArStageRuntime, BlockRuntime
@@ -253,6 +268,7 @@ class Node:
         self._apply(self.gossip.peer_connected(peer, time.monotonic()))
 
     def _on_close(self, peer: PeerId, lost: ConnectionLost) -> None:
+        self.transfers.lost(peer, lost.code)
         if peer in self.gossip.peers and not self._stop.is_set():
             self._apply(
                 self.gossip.peer_disconnected(
@@ -279,6 +295,8 @@ class Node:
 
     def _on_message(self, peer: PeerId, envelope: Envelope) -> None:
         message = envelope.message
+        if self.transfers.handle(peer, message):
+            return
         if isinstance(message, _GOSSIP_TYPES) and peer in self.gossip.peers:
             self._apply(self.gossip.handle_message(peer, message, time.monotonic()))
         elif isinstance(message, StatusRequest):
@@ -310,6 +328,60 @@ class Node:
             runtime.config_hash[:12],
         )
 
+    # -- versions and rounds (08, 09) -------------------------------------------------------
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def announce_version(self, block: int, version: int, weights: bytes) -> None:
+        """Gossip that we hold ``version`` (weights hash ``weights``) of a block we train."""
+        model = self.config.model
+        claim = LocalClaim(
+            block=block,
+            role="train",
+            version=version,
+            content_hash=weights,
+            n_blocks=model.n_blocks,
+            config_hash=model.config_hash(),
+        )
+        self._apply(self.gossip.publish(claim, time.monotonic()))
+
+    async def connect_all(self, peers: list[PeerId]) -> list[PeerId]:
+        """Connect to each peer (addresses from its gossiped records); the ones we reach."""
+        addrs: dict[PeerId, tuple[str, ...]] = {}
+        for entry in self.gossip.table.live():
+            addrs.setdefault(entry.record.owner, entry.record.addrs)
+
+        async def one(peer: PeerId) -> PeerId | None:
+            if peer in self.peers.connected():
+                return peer
+            for addr in addrs.get(peer, ()):
+                try:
+                    async with asyncio.timeout(PROBE_TIMEOUT_S):
+                        await self.peers.dial(addr, expected=peer)
+                    return peer
+                except (DialError, TimeoutError) as exc:
+                    log.info("[%s] cannot reach %s at %s: %s", self.tag, peer.short(), addr, exc)
+            return None
+
+        unique = list(dict.fromkeys(p for p in peers if p != self.key.peer_id))
+        reached = await asyncio.gather(*(one(p) for p in unique))
+        return [p for p in reached if p is not None]
+
+    def _on_delta(self, delta: ReceivedDelta) -> None:
+        replica = self.replicas.get(delta.header.block)
+        if replica is None:
+            self.transfers.ack(
+                delta, ErrorCode.DELTA_REJECTED, f"block {delta.header.block} is not trained here"
+            )
+            return
+        replica.on_delta(delta)
+
+    def _on_manifest(self, peer: PeerId, signed: SignedManifest) -> None:
+        replica = self.replicas.get(signed.manifest.block)
+        if replica is not None:
+            replica.on_manifest(peer, signed)
+
     # -- training ---------------------------------------------------------------------------
     async def _train(self, block: int) -> None:
         """Train ``block`` to the end of its budget, then serve it."""
@@ -335,11 +407,43 @@ class Node:
             seed,
             self.tag,
         )
-        path = await job.run(self.runtime.pool)
+        if self.config.round_steps > 0:
+            path = await self._train_in_rounds(job)
+            if path is None:
+                return
+        else:
+            path = await job.run(self.runtime.pool)
         if self._stop.is_set():
             return
         await asyncio.to_thread(self.runtime.add, path)
         self._announce_served(time.monotonic())
+
+    async def _train_in_rounds(self, job: TrainingJob) -> Path | None:
+        """Train ``job``'s block as one replica among others, averaging every round."""
+        from spheroid_p2p.node.replica import BlockReplica, RoundSettings
+
+        assert self.runtime is not None
+        cfg = self.config
+        job.pool = self.runtime.pool
+        settings = RoundSettings(
+            round_steps=cfg.round_steps,
+            encoding=cfg.delta_encoding,
+            params=RoundParams(
+                period_s=cfg.round_period_s,
+                grace_s=cfg.round_grace_s,
+                norm_ratio=cfg.norm_ratio,
+                max_relative_norm=cfg.max_relative_norm,
+            ),
+        )
+        replica = BlockReplica(self, job, settings)
+        self.replicas[job.block] = replica
+        await replica.run(cfg.train_steps)
+        if self._stop.is_set() or replica.base is None:
+            return None
+        # Serve the swarm's version (the average), not our local weights.
+        await asyncio.to_thread(job.trainer.block.load_state_dict, replica.base.tensors)
+        await asyncio.to_thread(replica.save_final, job.block_path)
+        return job.block_path
 
     # -- traversals (10-traversal.md) --------------------------------------------------------
     async def _send_to(self, peer: bytes, addr: str, message: Message) -> str | None:

@@ -109,6 +109,37 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--gossip-interval", type=float, help="seconds between anti-entropy rounds")
     run.add_argument("--fanout", type=int, help="peers each change is pushed to")
     run.add_argument("--protocol-versions", type=_blocks, help=argparse.SUPPRESS)
+    rounds = run.add_argument_group("averaging rounds (several replicas of one block)")
+    rounds.add_argument(
+        "--round-steps", type=int, help="local steps per averaging round (0: train alone)"
+    )
+    rounds.add_argument(
+        "--round-period",
+        dest="round_period_s",
+        type=float,
+        help="seconds from one version to the next round's deadline",
+    )
+    rounds.add_argument(
+        "--round-grace",
+        dest="round_grace_s",
+        type=float,
+        help="seconds before the next aggregator in line takes over",
+    )
+    rounds.add_argument(
+        "--delta-encoding",
+        choices=("float32", "float16", "bfloat16", "int8"),
+        help="how deltas travel (lossy ones use error feedback)",
+    )
+    rounds.add_argument(
+        "--compression",
+        choices=("auto", "none", "zstd", "shuffle"),
+        help="bulk transfer compression (auto: chosen from the measured link rate)",
+    )
+    rounds.add_argument(
+        "--norm-ratio",
+        type=float,
+        help="reject a delta whose norm is over this many times the median of the others",
+    )
 
     status = commands.add_parser("status", help="print a running peer's view of the swarm")
     status.add_argument("--peer", required=True, help="HOST:PORT of the peer to ask")
@@ -163,6 +194,12 @@ def node_config(args: argparse.Namespace) -> Any:
         "threads",
         "ar_checkpoint",
         "ar_stage",
+        "round_steps",
+        "round_period_s",
+        "round_grace_s",
+        "delta_encoding",
+        "compression",
+        "norm_ratio",
     ):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)

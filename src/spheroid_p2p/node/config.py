@@ -50,6 +50,16 @@ class NodeConfig:
     seed: int = 0
     threads: int = 0  # 0: torch's default
     max_connections: int = 64
+    #: Averaging (09): local steps per round (0: train alone, no rounds), seconds from a
+    #: version to the next deadline, grace per aggregator hand-over, delta encoding,
+    #: compression of bulk transfers (auto: by measured link rate), rejection bounds.
+    round_steps: int = 0
+    round_period_s: float = 30.0
+    round_grace_s: float = 5.0
+    delta_encoding: str = "bfloat16"
+    compression: str = "auto"
+    norm_ratio: float = 10.0
+    max_relative_norm: float = 1.0
     gossip: GossipParams = field(default_factory=GossipParams)
     versions: tuple[int, ...] = (1,)
 
@@ -63,6 +73,14 @@ class NodeConfig:
         for block in (*self.serve_blocks, *self.train_blocks):
             if not 0 <= block < 0xFFFF:
                 raise ConfigError(f"block index {block} out of range")
+        if self.delta_encoding not in ("float32", "float16", "bfloat16", "int8"):
+            raise ConfigError(
+                f"delta encoding {self.delta_encoding!r}: float32, float16, bfloat16 or int8"
+            )
+        if self.compression not in ("auto", "none", "zstd", "shuffle"):
+            raise ConfigError(f"compression {self.compression!r}: auto, none, zstd or shuffle")
+        if self.round_steps < 0 or self.round_period_s <= 0 or self.round_grace_s <= 0:
+            raise ConfigError("round steps must be >= 0, round period and grace > 0")
 
 
 def load_toml(path: Path) -> dict[str, Any]:

@@ -80,6 +80,7 @@ class TrainingJob:
         # the batches it already trained on.
         self.data = torch.Generator().manual_seed(seed * 1_000_003 + self.trainer.step_count)
         self.losses: list[float] = []
+        self.pool: ThreadPoolExecutor | None = None
 
     @property
     def done(self) -> bool:
@@ -102,6 +103,49 @@ class TrainingJob:
             sum(recent) / max(1, len(recent)),
             time.perf_counter() - start,
         )
+
+    def _slice_until(self, steps: int, stop_at_wall: float) -> tuple[int, float]:
+        done = 0
+        losses: list[float] = []
+        while done < steps and time.time() < stop_at_wall:
+            batch = self.corpus.batch(self.tcfg.batch_size, self.cfg.context, self.data)
+            losses.append(self.trainer.step(batch).loss)
+            done += 1
+        self.losses.extend(losses)
+        if self.trainer.step_count % self.checkpoint_every < done or done == 0:
+            save_trainer(self.state_path, self.trainer)
+        return done, sum(losses) / max(1, len(losses))
+
+    async def train_for(
+        self,
+        steps: int,
+        stop_at_wall: float,
+        pool: ThreadPoolExecutor | None = None,
+        slice_steps: int = 10,
+    ) -> tuple[int, float]:
+        """Up to ``steps`` steps, stopping early at wall time ``stop_at_wall`` (but doing at
+        least one step); returns (steps done, mean loss). Checkpoints as it goes."""
+        loop = asyncio.get_running_loop()
+        pool = pool or self.pool
+        done, total = 0, 0.0
+        while done < steps:
+            n = min(slice_steps, steps - done)
+            until = stop_at_wall if done else max(stop_at_wall, time.time() + 1e-3)
+            k, loss = await loop.run_in_executor(pool, self._slice_until, n, until)
+            done += k
+            total += loss * k
+            if k:
+                log.info(
+                    "[%s] block %d step %d/%d loss %.3f",
+                    self.tag,
+                    self.block,
+                    self.trainer.step_count,
+                    self.tcfg.steps,
+                    sum(self.losses[-20:]) / max(1, len(self.losses[-20:])),
+                )
+            if k < n:
+                break
+        return done, total / max(1, done)
 
     async def run(self, pool: ThreadPoolExecutor, slice_steps: int = 10) -> Path:
         """Train to the end on ``pool``; returns the path of the finished block."""

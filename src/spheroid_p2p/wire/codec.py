@@ -31,6 +31,7 @@ from spheroid_p2p.params import (
     SUPPORTED_VERSIONS,
 )
 from spheroid_p2p.wire import msgpack_profile
+from spheroid_p2p.wire import versions as _versions  # noqa: F401  (registers 08/09 types)
 from spheroid_p2p.wire.compression import decode_payload
 from spheroid_p2p.wire.framing import Buffer, frame_header
 from spheroid_p2p.wire.messages import Message, TensorChunk, TensorHeader, message_from_body

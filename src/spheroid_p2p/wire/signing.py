@@ -30,6 +30,7 @@ from spheroid_p2p.params import PUBLIC_KEY_BYTES, SIGNATURE_BYTES
 __all__ = [
     "DOMAINS",
     "DOMAIN_ENVELOPE",
+    "DOMAIN_MANIFEST",
     "DOMAIN_RECORD",
     "KeyPair",
     "PeerId",
@@ -39,9 +40,11 @@ __all__ = [
 
 #: Signs the ``signed`` section of every frame (03-messages.md).
 DOMAIN_ENVELOPE: Final = b"spheroid/v1/envelope"
-#: Signs records that third parties relay (ownership records, manifests; 07, 08).
+#: Signs ownership records, which third parties relay (07).
 DOMAIN_RECORD: Final = b"spheroid/v1/record"
-DOMAINS: Final = (DOMAIN_ENVELOPE, DOMAIN_RECORD)
+#: Signs block-version manifests, which any peer relays and stores (08-checkpoints.md).
+DOMAIN_MANIFEST: Final = b"spheroid/v1/manifest"
+DOMAINS: Final = (DOMAIN_ENVELOPE, DOMAIN_RECORD, DOMAIN_MANIFEST)
 
 _PEER_ID_PREFIX: Final = "sp1"
 _PEER_ID_TEXT_LEN: Final = len(_PEER_ID_PREFIX) + 52  # 32 bytes -> 52 base32 characters

@@ -1,0 +1,305 @@
+"""A node's content-addressed store of block versions and updates (08-checkpoints.md §8.6).
+
+Layout under ``<data_dir>/versions/``::
+
+    <content hex>.blob       the tensors' raw bytes end to end (chunk g = a slice)
+    <content hex>.manifest   msgpack [signed manifest bytes, signature]; written last
+    partial/<content hex>.part   a fetch in progress, preallocated, filled at chunk offsets
+
+A tensor set is present iff its ``.manifest`` file exists: the blob is renamed into place
+first, then the manifest is written to a temporary file and renamed (both atomic on POSIX),
+so a crash leaves either nothing or a complete set. Loading re-hashes every chunk, so a blob
+corrupted on disk is found and thrown away, never loaded. An interrupted fetch keeps its
+``.part`` file; the next fetch hashes the chunks already there and asks only for the rest.
+
+Chunks are served from a read-only memory map of the blob.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import mmap
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from spheroid_p2p.wire import msgpack_profile
+from spheroid_p2p.wire.dtypes import DTYPES, dtype_by_name
+from spheroid_p2p.wire.signing import KeyPair
+from spheroid_p2p.wire.tensors import RawTensor, chunk_digest
+from spheroid_p2p.wire.versions import (
+    KIND_FULL,
+    ChunkSpan,
+    Manifest,
+    RoundReport,
+    SignedManifest,
+    TensorEntry,
+    chunk_spans,
+    tensor_entry,
+    weights_hash,
+)
+
+__all__ = ["StoredSet", "VersionStore", "raw_of", "tensor_of"]
+
+log = logging.getLogger(__name__)
+
+_TORCH_TO_WIRE = {
+    torch.float32: "float32",
+    torch.float16: "float16",
+    torch.bfloat16: "bfloat16",
+    torch.float64: "float64",
+    torch.int8: "int8",
+    torch.uint8: "uint8",
+    torch.int16: "int16",
+    torch.int32: "int32",
+    torch.int64: "int64",
+    torch.bool: "bool",
+}
+_WIRE_TO_TORCH = {v: k for k, v in _TORCH_TO_WIRE.items()}
+
+
+def raw_of(t: torch.Tensor) -> RawTensor:
+    """The wire view of a CPU tensor (no copy when it is contiguous)."""
+    t = t.detach().contiguous()
+    data = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b""
+    return RawTensor(dtype_by_name(_TORCH_TO_WIRE[t.dtype]), tuple(t.shape), memoryview(data))
+
+
+def tensor_of(entry: TensorEntry, data: memoryview | bytes) -> torch.Tensor:
+    """A torch tensor (a copy) of ``entry``'s bytes."""
+    dtype = _WIRE_TO_TORCH[DTYPES[entry.dtype].name]
+    if entry.raw_len == 0:
+        return torch.empty(entry.shape, dtype=dtype)
+    flat = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    return flat.view(dtype).reshape(entry.shape)
+
+
+@dataclass
+class StoredSet:
+    """One tensor set on disk, mapped for serving."""
+
+    signed: SignedManifest
+    blob: Path
+    spans: list[ChunkSpan]
+    _map: mmap.mmap | None = None
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.signed.manifest
+
+    def view(self) -> memoryview:
+        if self._map is None:
+            size = self.blob.stat().st_size
+            if size == 0:
+                return memoryview(b"")
+            with open(self.blob, "rb") as f:
+                self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        return memoryview(self._map)
+
+    def chunk(self, index: int) -> memoryview:
+        span = self.spans[index]
+        return self.view()[span.offset : span.offset + span.length]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        view = self.view()
+        out: dict[str, torch.Tensor] = {}
+        offset = 0
+        for entry in self.manifest.tensors:
+            out[entry.name] = tensor_of(entry, view[offset : offset + entry.raw_len])
+            offset += entry.raw_len
+        return out
+
+    def close(self) -> None:
+        if self._map is not None:
+            with contextlib.suppress(BufferError):
+                self._map.close()
+            self._map = None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class VersionStore:
+    """Tensor sets by content hash, and each block's newest full version."""
+
+    def __init__(self, root: Path, keep: int = 4) -> None:
+        self.root = root
+        self.partial_dir = root / "partial"
+        self.partial_dir.mkdir(parents=True, exist_ok=True)
+        self.keep = keep
+        self.sets: dict[bytes, StoredSet] = {}
+        self._load_all()
+
+    # -- loading -------------------------------------------------------------------------------
+    def _load_all(self) -> None:
+        for path in sorted(self.root.glob("*.manifest")):
+            try:
+                data, sig = msgpack_profile.unpack(path.read_bytes())
+                signed = SignedManifest.decode(data, sig)
+                stored = StoredSet(
+                    signed, path.with_suffix(".blob"), chunk_spans(signed.manifest.tensors)
+                )
+                bad = self._bad_chunks(stored)
+                if bad:
+                    raise ValueError(f"{len(bad)} chunks do not match their hashes")
+            except Exception as exc:  # a torn or corrupt entry: drop it, never load it
+                log.warning("version store: discarding %s: %s", path.name, exc)
+                path.unlink(missing_ok=True)
+                path.with_suffix(".blob").unlink(missing_ok=True)
+                continue
+            self.sets[signed.manifest.content] = stored
+
+    @staticmethod
+    def _bad_chunks(stored: StoredSet) -> list[int]:
+        expected = sum(s.length for s in stored.spans)
+        if stored.blob.stat().st_size != expected:
+            return [s.index for s in stored.spans] or [0]
+        view = stored.view()
+        return [
+            s.index
+            for s in stored.spans
+            if chunk_digest(view[s.offset : s.offset + s.length]) != s.digest
+        ]
+
+    # -- queries -------------------------------------------------------------------------------
+    def get(self, content: bytes) -> StoredSet | None:
+        return self.sets.get(content)
+
+    def full(self, block: int, weights: bytes = b"") -> StoredSet | None:
+        """The full set of ``block`` with these weights (or the newest full set)."""
+        best: StoredSet | None = None
+        for s in self.sets.values():
+            m = s.manifest
+            if m.block != block or m.kind != KIND_FULL:
+                continue
+            if weights and m.content != weights:
+                continue
+            if best is None or m.version > best.manifest.version:
+                best = s
+        return best
+
+    # -- writing -------------------------------------------------------------------------------
+    def _paths(self, content: bytes) -> tuple[Path, Path]:
+        stem = self.root / content.hex()
+        return stem.with_suffix(".blob"), stem.with_suffix(".manifest")
+
+    def _commit(self, signed: SignedManifest, blob_tmp: Path) -> StoredSet:
+        content = signed.manifest.content
+        blob, manifest_path = self._paths(content)
+        os.replace(blob_tmp, blob)
+        tmp = manifest_path.with_suffix(".manifest.tmp")
+        with open(tmp, "wb") as f:
+            f.write(msgpack_profile.pack([signed.data, signed.signature]))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, manifest_path)
+        _fsync_dir(self.root)
+        old = self.sets.get(content)
+        if old is not None:
+            old.close()
+        stored = StoredSet(signed, blob, chunk_spans(signed.manifest.tensors))
+        self.sets[content] = stored
+        self._prune(signed.manifest.block)
+        return stored
+
+    def put(
+        self,
+        key: KeyPair,
+        tensors: Mapping[str, torch.Tensor],
+        *,
+        block: int,
+        version: int,
+        parent: bytes,
+        config_hash: str,
+        kind: int = KIND_FULL,
+        encoding: int = 0,
+        result: bytes = b"",
+        created_ms: int = 0,
+        next_deadline_ms: int = 0,
+        report: RoundReport | None = None,
+    ) -> StoredSet:
+        """Write ``tensors`` as a new set (blob, then signed manifest) and return it."""
+        names = list(tensors)
+        raws = [raw_of(tensors[n]) for n in names]
+        entries = tuple(tensor_entry(n, r) for n, r in zip(names, raws, strict=True))
+        content = weights_hash(entries)
+        manifest = Manifest(
+            signer_key=key.public_key,
+            block=block,
+            version=version,
+            parent=parent,
+            config_hash=config_hash,
+            kind=kind,
+            encoding=encoding,
+            result=result or content,
+            tensors=entries,
+            created_ms=created_ms,
+            next_deadline_ms=next_deadline_ms,
+            report=report or RoundReport(),
+        )
+        signed = manifest.sign(key)
+        tmp = self.partial_dir / f"{content.hex()}.put"
+        with open(tmp, "wb") as f:
+            for raw in raws:
+                f.write(raw.data)
+            f.flush()
+            os.fsync(f.fileno())
+        return self._commit(signed, tmp)
+
+    def adopt(self, signed: SignedManifest) -> StoredSet | None:
+        """Store someone else's manifest for a set we already hold the bytes of (the same
+        tensors under another signer): nothing to download."""
+        return self.sets.get(signed.manifest.content)
+
+    # -- partial fetches -----------------------------------------------------------------------
+    def begin_partial(self, signed: SignedManifest) -> tuple[Path, set[int]]:
+        """Open (or resume) the partial file of a fetch; returns it and the chunks already
+        there and verified."""
+        m = signed.manifest
+        path = self.partial_dir / f"{m.content.hex()}.part"
+        spans = chunk_spans(m.tensors)
+        size = sum(s.length for s in spans)
+        have: set[int] = set()
+        if path.exists() and path.stat().st_size == size:
+            with open(path, "rb") as f:
+                for s in spans:
+                    f.seek(s.offset)
+                    if chunk_digest(f.read(s.length)) == s.digest:
+                        have.add(s.index)
+        else:
+            with open(path, "wb") as f:
+                f.truncate(size)
+        return path, have
+
+    def finish_partial(self, signed: SignedManifest, path: Path) -> StoredSet:
+        """Install a completed fetch (every chunk was verified as it arrived)."""
+        with open(path, "rb+") as f:
+            os.fsync(f.fileno())
+        return self._commit(signed, path)
+
+    def _prune(self, block: int) -> None:
+        """Keep the newest ``keep`` sets of ``block`` (full and update alike)."""
+        mine = sorted(
+            (s for s in self.sets.values() if s.manifest.block == block),
+            key=lambda s: (s.manifest.version, s.manifest.kind == KIND_FULL),
+        )
+        for old in mine[: max(0, len(mine) - self.keep)]:
+            content = old.manifest.content
+            old.close()
+            blob, manifest_path = self._paths(content)
+            manifest_path.unlink(missing_ok=True)
+            blob.unlink(missing_ok=True)
+            del self.sets[content]
+
+    def close(self) -> None:
+        for s in self.sets.values():
+            s.close()

@@ -1,0 +1,634 @@
+"""Block versions, chunk transfers and deltas (spec: 08-checkpoints.md, 09-averaging.md).
+
+A *block version* is a signed :class:`Manifest` plus the raw bytes of its tensors. The
+manifest names every tensor (name, dtype, shape, content hash, chunk hashes), so each 1 MiB
+chunk can be fetched from any peer that holds the version and checked the moment it arrives.
+The chunks of a version are numbered globally, tensor after tensor, and the version's bytes
+are the tensors' raw bytes laid end to end (the *blob*); chunk ``g`` is a slice of it.
+
+A *delta* is a stream of tensors opened by a signed :class:`DeltaHeader` that names its block,
+round, base version and encoding; its chunks are ``TENSOR_CHUNK`` frames with the header's
+stream id. The header's signature covers every byte of the delta through the chunk hashes.
+
+Stream ids of ``TENSOR_CHUNK`` frames: a chunk answering a ``CHUNK_GET`` carries the request's
+id, which has bit 63 set (:data:`REQUEST_ID_BIT`); a stream its sender opens (a delta) has an
+id with bit 63 clear. The two kinds can never collide on one connection.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final
+
+import blake3
+
+from spheroid_p2p.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from spheroid_p2p.params import (
+    CONTENT_HASH_BYTES,
+    MAX_CHUNKS_PER_REQUEST,
+    MAX_MANIFEST_BYTES,
+    MAX_REPORT_ENTRIES,
+    MAX_VERSION_CHUNKS,
+    MAX_VERSION_TENSORS,
+    PUBLIC_KEY_BYTES,
+    SIGNATURE_BYTES,
+    TENSOR_CHUNK_BYTES,
+)
+from spheroid_p2p.wire import msgpack_profile
+from spheroid_p2p.wire.dtypes import DTYPES, Codec
+from spheroid_p2p.wire.messages import (
+    Body,
+    Message,
+    MessageType,
+    _as_tuple,
+    _check_bytes,
+    _check_str,
+    _check_uint,
+    _get,
+    _register,
+    tensor_layout,
+)
+from spheroid_p2p.wire.signing import DOMAIN_MANIFEST, KeyPair, PeerId, verify
+from spheroid_p2p.wire.tensors import RawTensor, chunk_digest, content_hash
+
+__all__ = [
+    "ENCODINGS",
+    "KIND_FULL",
+    "KIND_UPDATE",
+    "REQUEST_ID_BIT",
+    "ChunkGet",
+    "ChunkSpan",
+    "DeltaAck",
+    "DeltaHeader",
+    "Manifest",
+    "RoundReport",
+    "SignedManifest",
+    "TensorEntry",
+    "TransferError",
+    "VersionGet",
+    "VersionInfo",
+    "chunk_spans",
+    "tensor_entry",
+    "weights_hash",
+]
+
+REQUEST_ID_BIT: Final = 1 << 63
+_WEIGHTS_DOMAIN: Final = b"spheroid/v1/weights"
+#: Manifest kinds (08 §8.2).
+KIND_FULL: Final = 0
+KIND_UPDATE: Final = 1
+#: Delta encodings (09 §9.4): code -> name.
+ENCODINGS: Final = {0: "float32", 1: "float16", 2: "bfloat16", 3: "int8"}
+
+
+def _bad(msg: str, code: ErrorCode = ErrorCode.MALFORMED_MESSAGE) -> LocalProtocolError:
+    return LocalProtocolError(msg, code)
+
+
+# -- tensor lists ------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class TensorEntry:
+    """One tensor of a version or delta: name, dtype, shape and hashes (05 §5.4)."""
+
+    name: str
+    dtype: int
+    shape: tuple[int, ...]
+    content_hash: bytes
+    chunk_hashes: bytes
+
+    def __post_init__(self) -> None:
+        _check_str("tensor name", self.name)
+        if not 0 < len(self.name.encode()) <= 256:
+            raise _bad("tensor names are 1..256 bytes of UTF-8")
+        _check_uint("dtype", self.dtype, 0xFF)
+        dtype = DTYPES.get(self.dtype)
+        if dtype is None:
+            raise _bad(f"unknown dtype code {self.dtype}", ErrorCode.UNKNOWN_DTYPE)
+        if not isinstance(self.shape, tuple):
+            raise _bad("shape must be an array")
+        for dim in self.shape:
+            _check_uint("dimension", dim, 2**40)
+        _check_bytes("content hash", self.content_hash, CONTENT_HASH_BYTES)
+        _check_bytes("chunk hashes", self.chunk_hashes)
+        _, n_chunks = tensor_layout(dtype, self.shape)
+        if len(self.chunk_hashes) != n_chunks * CONTENT_HASH_BYTES:
+            raise _bad(
+                f"tensor {self.name!r}: {n_chunks} chunks need {n_chunks * 32} bytes of hashes",
+                ErrorCode.TENSOR_SHAPE_MISMATCH,
+            )
+
+    @property
+    def raw_len(self) -> int:
+        return tensor_layout(DTYPES[self.dtype], self.shape)[0]
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self.chunk_hashes) // CONTENT_HASH_BYTES
+
+    def check(self) -> TensorEntry:
+        """Raise ``HASH_MISMATCH`` unless the content hash matches dtype, shape and chunks."""
+        if content_hash(self.dtype, self.shape, self.chunk_hashes) != self.content_hash:
+            raise RemoteProtocolError(
+                f"tensor {self.name!r}: content hash does not match its chunk hashes",
+                ErrorCode.HASH_MISMATCH,
+            )
+        return self
+
+    def to_wire(self) -> list[Any]:
+        return [self.name, self.dtype, list(self.shape), self.content_hash, self.chunk_hashes]
+
+    @classmethod
+    def from_wire(cls, item: object) -> TensorEntry:
+        if not isinstance(item, list | tuple) or len(item) != 5:
+            raise _bad("a tensor entry is an array of 5: name, dtype, shape, hash, chunk hashes")
+        name, dtype, shape, digest, hashes = item
+        return cls(name, dtype, _as_tuple(shape, "shape"), digest, hashes).check()
+
+
+def tensor_entry(name: str, tensor: RawTensor) -> TensorEntry:
+    """Hash ``tensor`` chunk by chunk (one pass) and describe it."""
+    view = memoryview(tensor.data).cast("B")
+    hashes = b"".join(
+        chunk_digest(view[i : i + TENSOR_CHUNK_BYTES])
+        for i in range(0, len(view), TENSOR_CHUNK_BYTES)
+    )
+    digest = content_hash(tensor.dtype.code, tensor.shape, hashes)
+    return TensorEntry(name, tensor.dtype.code, tensor.shape, digest, hashes)
+
+
+def weights_hash(entries: Sequence[TensorEntry]) -> bytes:
+    """The name of a set of tensors (08 §8.2): BLAKE3 over names and content hashes, in order."""
+    hasher = blake3.blake3(_WEIGHTS_DOMAIN)
+    hasher.update(struct.pack(">I", len(entries)))
+    for entry in entries:
+        name = entry.name.encode()
+        hasher.update(struct.pack(">H", len(name)) + name + entry.content_hash)
+    return hasher.digest()
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkSpan:
+    """Where global chunk ``index`` lies: its tensor, its byte range in the blob, its hash."""
+
+    index: int
+    tensor: int
+    offset: int
+    length: int
+    digest: bytes
+
+
+def chunk_spans(entries: Sequence[TensorEntry]) -> list[ChunkSpan]:
+    """Number the chunks of ``entries`` globally and place them in the blob (08 §8.3)."""
+    spans: list[ChunkSpan] = []
+    offset = 0
+    for t, entry in enumerate(entries):
+        raw_len = entry.raw_len
+        for i in range(entry.n_chunks):
+            start = i * TENSOR_CHUNK_BYTES
+            length = min(TENSOR_CHUNK_BYTES, raw_len - start)
+            digest = entry.chunk_hashes[i * 32 : (i + 1) * 32]
+            spans.append(ChunkSpan(len(spans), t, offset + start, length, digest))
+        offset += raw_len
+    return spans
+
+
+def _check_entries(entries: tuple[TensorEntry, ...], what: str) -> None:
+    if not 0 < len(entries) <= MAX_VERSION_TENSORS:
+        raise _bad(f"{what} lists 1..{MAX_VERSION_TENSORS} tensors, got {len(entries)}")
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names):
+        raise _bad(f"{what} names a tensor twice")
+    chunks = sum(e.n_chunks for e in entries)
+    if chunks > MAX_VERSION_CHUNKS:
+        raise _bad(
+            f"{what} has {chunks} chunks, more than MAX_VERSION_CHUNKS={MAX_VERSION_CHUNKS}",
+            ErrorCode.TENSOR_LIMIT,
+        )
+
+
+def _entries_from(value: object) -> tuple[TensorEntry, ...]:
+    return tuple(TensorEntry.from_wire(item) for item in _as_tuple(value, "tensors"))
+
+
+# -- manifests ---------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class RoundReport:
+    """What the round that produced a version did (09 §9.6); empty for version 0.
+
+    ``contributors``: (peer id, weight, local steps, staleness); ``rejected``: (peer id, error
+    code, reason); ``late``: peer ids whose delta missed the deadline (carried or dropped).
+    """
+
+    contributors: tuple[tuple[bytes, float, int, int], ...] = ()
+    rejected: tuple[tuple[bytes, int, str], ...] = ()
+    late: tuple[bytes, ...] = ()
+    bytes_in: int = 0
+
+    def to_wire(self) -> Body:
+        return {
+            "c": [list(c) for c in self.contributors],
+            "x": [list(r) for r in self.rejected],
+            "l": list(self.late),
+            "bi": self.bytes_in,
+        }
+
+    @classmethod
+    def from_wire(cls, value: object) -> RoundReport:
+        if not isinstance(value, dict):
+            raise _bad("round report must be a map")
+        contributors = []
+        for item in _as_tuple(value.get("c", []), "contributors"):
+            if not isinstance(item, list) or len(item) != 4:
+                raise _bad("a contributor is [peer, weight, steps, staleness]")
+            peer, weight, steps, stale = item
+            _check_bytes("contributor", peer, 32)
+            if not isinstance(weight, int | float) or not 0 <= weight <= 1:
+                raise _bad("contributor weight must be in 0..1")
+            _check_uint("steps", steps)
+            _check_uint("staleness", stale, 1)
+            contributors.append((peer, float(weight), steps, stale))
+        rejected = []
+        for item in _as_tuple(value.get("x", []), "rejected"):
+            if not isinstance(item, list) or len(item) != 3:
+                raise _bad("a rejection is [peer, code, reason]")
+            peer, code, reason = item
+            _check_bytes("rejected peer", peer, 32)
+            _check_uint("code", code, 0xFFFF)
+            _check_str("reason", reason)
+            rejected.append((peer, code, reason))
+        late = _as_tuple(value.get("l", []), "late")
+        for peer in late:
+            _check_bytes("late peer", peer, 32)
+        if len(contributors) + len(rejected) + len(late) > MAX_REPORT_ENTRIES:
+            raise _bad(f"a round report lists at most {MAX_REPORT_ENTRIES} peers")
+        bytes_in = value.get("bi", 0)
+        _check_uint("bytes in", bytes_in)
+        return cls(tuple(contributors), tuple(rejected), tuple(late), bytes_in)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Manifest:
+    """A signed description of one version of one block (08 §8.2)."""
+
+    signer_key: bytes
+    block: int
+    version: int
+    parent: bytes  # weights hash of version - 1; empty for version 0
+    config_hash: str
+    #: KIND_FULL: ``tensors`` are the weights. KIND_UPDATE: ``tensors`` are the round's
+    #: averaged update in ``encoding``, to be added to the parent's weights (09 §9.6).
+    kind: int
+    encoding: int
+    #: Weights hash of the version's weights (for KIND_FULL, that of ``tensors``).
+    result: bytes
+    tensors: tuple[TensorEntry, ...]
+    created_ms: int
+    next_deadline_ms: int
+    report: RoundReport = RoundReport()
+
+    def __post_init__(self) -> None:
+        _check_bytes("signer key", self.signer_key, PUBLIC_KEY_BYTES)
+        _check_uint("block", self.block, 0xFFFE)
+        _check_uint("version", self.version)
+        if self.version == 0:
+            _check_bytes("parent", self.parent, 0)
+        else:
+            _check_bytes("parent", self.parent, CONTENT_HASH_BYTES)
+        _check_str("config hash", self.config_hash)
+        if len(self.config_hash) > 64:
+            raise _bad("config hash is at most 64 characters")
+        if self.kind not in (KIND_FULL, KIND_UPDATE):
+            raise _bad(f"unknown manifest kind {self.kind}")
+        if self.encoding not in ENCODINGS or (self.kind == KIND_FULL and self.encoding != 0):
+            raise _bad(f"encoding {self.encoding} does not fit kind {self.kind}")
+        if self.kind == KIND_UPDATE and self.version == 0:
+            raise _bad("version 0 is always full weights")
+        _check_bytes("result", self.result, CONTENT_HASH_BYTES)
+        _check_entries(self.tensors, "a manifest")
+        if self.kind == KIND_FULL and self.result != self.content:
+            raise _bad(
+                "a full manifest's result must be its tensors' hash", ErrorCode.HASH_MISMATCH
+            )
+        _check_uint("created", self.created_ms)
+        _check_uint("next deadline", self.next_deadline_ms)
+
+    @property
+    def signer(self) -> PeerId:
+        return PeerId.from_public_key(self.signer_key)
+
+    @property
+    def content(self) -> bytes:
+        """The hash of the tensors this manifest lists: what CHUNK_GET names."""
+        return weights_hash(self.tensors)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(e.raw_len for e in self.tensors)
+
+    @property
+    def n_chunks(self) -> int:
+        return sum(e.n_chunks for e in self.tensors)
+
+    def encode(self) -> bytes:
+        return msgpack_profile.pack(
+            {
+                "pk": self.signer_key,
+                "b": self.block,
+                "ver": self.version,
+                "par": self.parent,
+                "cfg": self.config_hash,
+                "kind": self.kind,
+                "enc": self.encoding,
+                "res": self.result,
+                "ts": [e.to_wire() for e in self.tensors],
+                "at": self.created_ms,
+                "next": self.next_deadline_ms,
+                "rep": self.report.to_wire(),
+            }
+        )
+
+    def sign(self, key: KeyPair) -> SignedManifest:
+        if key.public_key != self.signer_key:
+            raise LocalProtocolError("a manifest is signed by the key it names")
+        data = self.encode()
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise _bad(
+                f"manifest of {len(data)} bytes exceeds MAX_MANIFEST_BYTES={MAX_MANIFEST_BYTES}",
+                ErrorCode.TENSOR_LIMIT,
+            )
+        return SignedManifest(data, key.sign(DOMAIN_MANIFEST, data), self)
+
+
+@dataclass(frozen=True, slots=True)
+class SignedManifest:
+    """A manifest as stored and relayed: exact signed bytes, signature, decoded manifest."""
+
+    data: bytes
+    signature: bytes
+    manifest: Manifest
+
+    @classmethod
+    def decode(cls, data: bytes, signature: bytes) -> SignedManifest:
+        """Parse and verify; raises ``RemoteProtocolError`` only."""
+        if len(data) > MAX_MANIFEST_BYTES:
+            raise RemoteProtocolError(
+                f"manifest of {len(data)} bytes exceeds {MAX_MANIFEST_BYTES}",
+                ErrorCode.TENSOR_LIMIT,
+            )
+        if len(signature) != SIGNATURE_BYTES:
+            raise RemoteProtocolError(
+                "manifest signature must be 64 bytes", ErrorCode.BAD_SIGNATURE
+            )
+        fields = msgpack_profile.unpack(data)
+        if not isinstance(fields, dict):
+            raise RemoteProtocolError("manifest is not a map", ErrorCode.MALFORMED_MESSAGE)
+        try:
+            manifest = Manifest(
+                signer_key=_get(fields, "pk"),
+                block=_get(fields, "b"),
+                version=_get(fields, "ver"),
+                parent=_get(fields, "par"),
+                config_hash=_get(fields, "cfg"),
+                kind=_get(fields, "kind"),
+                encoding=_get(fields, "enc"),
+                result=_get(fields, "res"),
+                tensors=_entries_from(_get(fields, "ts")),
+                created_ms=_get(fields, "at"),
+                next_deadline_ms=_get(fields, "next"),
+                report=RoundReport.from_wire(fields.get("rep", {})),
+            )
+        except LocalProtocolError as exc:
+            raise RemoteProtocolError(f"manifest: {exc.args[0]}", exc.code) from exc
+        except (TypeError, ValueError) as exc:
+            raise RemoteProtocolError(f"manifest: {exc}", ErrorCode.MALFORMED_MESSAGE) from exc
+        verify(manifest.signer_key, signature, DOMAIN_MANIFEST, data)
+        return cls(data, signature, manifest)
+
+
+# -- messages ----------------------------------------------------------------------------------
+def _check_request_id(value: object) -> None:
+    _check_uint("request id", value)
+    assert isinstance(value, int)
+    if not value & REQUEST_ID_BIT:
+        raise _bad("request ids have bit 63 set (08 §8.4)")
+
+
+@_register
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VersionGet(Message):
+    """Ask for a full manifest of ``block`` whose weights hash is ``weights`` (empty: the
+    newest the peer holds). The answer may be signed by any holder: the hash is what counts."""
+
+    TYPE: ClassVar[MessageType] = MessageType.VERSION_GET
+    request_id: int
+    block: int
+    weights: bytes = b""
+
+    def __post_init__(self) -> None:
+        _check_request_id(self.request_id)
+        _check_uint("block", self.block, 0xFFFE)
+        _check_bytes("weights", self.weights)
+        if len(self.weights) not in (0, CONTENT_HASH_BYTES):
+            raise _bad("weights is empty or a 32-byte hash")
+
+    def to_body(self) -> Body:
+        return {"id": self.request_id, "b": self.block, "w": self.weights}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> VersionGet:
+        return cls(request_id=_get(body, "id"), block=_get(body, "b"), weights=_get(body, "w"))
+
+
+@_register
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VersionInfo(Message):
+    """A signed manifest: the answer to ``VERSION_GET`` (``request_id``), or pushed (0)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.VERSION_INFO
+    request_id: int
+    manifest: SignedManifest
+
+    def __post_init__(self) -> None:
+        _check_uint("request id", self.request_id)
+
+    def to_body(self) -> Body:
+        return {"id": self.request_id, "m": self.manifest.data, "s": self.manifest.signature}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> VersionInfo:
+        data, sig = _get(body, "m"), _get(body, "s")
+        _check_bytes("manifest", data)
+        _check_bytes("signature", sig)
+        try:
+            manifest = SignedManifest.decode(data, sig)
+        except RemoteProtocolError as exc:
+            raise LocalProtocolError(str(exc.args[0]), exc.code) from exc
+        return cls(request_id=_get(body, "id"), manifest=manifest)
+
+
+@_register
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChunkGet(Message):
+    """Ask for chunks of the version ``weights``; answered by ``TENSOR_CHUNK`` frames whose
+    stream id is ``request_id`` and whose index is the global chunk index, in any order."""
+
+    TYPE: ClassVar[MessageType] = MessageType.CHUNK_GET
+    request_id: int
+    weights: bytes
+    indices: tuple[int, ...]
+    codec: int = Codec.NONE
+
+    def __post_init__(self) -> None:
+        _check_request_id(self.request_id)
+        _check_bytes("weights", self.weights, CONTENT_HASH_BYTES)
+        if not isinstance(self.indices, tuple) or not 0 < len(self.indices) <= (
+            MAX_CHUNKS_PER_REQUEST
+        ):
+            raise _bad(f"a request names 1..{MAX_CHUNKS_PER_REQUEST} chunks")
+        for index in self.indices:
+            _check_uint("chunk index", index, MAX_VERSION_CHUNKS - 1)
+        if self.codec not in {c.value for c in Codec}:
+            raise _bad(f"unknown codec id {self.codec}", ErrorCode.UNKNOWN_CODEC)
+
+    def to_body(self) -> Body:
+        return {"id": self.request_id, "w": self.weights, "ix": list(self.indices), "c": self.codec}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> ChunkGet:
+        return cls(
+            request_id=_get(body, "id"),
+            weights=_get(body, "w"),
+            indices=_as_tuple(_get(body, "ix"), "ix"),
+            codec=body.get("c", 0),
+        )
+
+
+@_register
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransferError(Message):
+    """A ``VERSION_GET`` or ``CHUNK_GET`` cannot be served (``VERSION_UNKNOWN``, ``OVERLOADED``)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.TRANSFER_ERROR
+    request_id: int
+    code: int
+    reason: str
+
+    def __post_init__(self) -> None:
+        _check_uint("request id", self.request_id)
+        _check_uint("code", self.code, 0xFFFF)
+        _check_str("reason", self.reason)
+
+    def to_body(self) -> Body:
+        return {"id": self.request_id, "code": self.code, "why": self.reason}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> TransferError:
+        return cls(request_id=_get(body, "id"), code=_get(body, "code"), reason=_get(body, "why"))
+
+
+@_register
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeltaHeader(Message):
+    """Opens a delta stream for round ``round`` of ``block`` (09 §9.4)."""
+
+    TYPE: ClassVar[MessageType] = MessageType.DELTA_HEADER
+    stream_id: int
+    block: int
+    round: int
+    base: bytes
+    base_version: int
+    steps: int
+    loss: float
+    encoding: int
+    tensors: tuple[TensorEntry, ...]
+
+    def __post_init__(self) -> None:
+        _check_uint("stream id", self.stream_id, REQUEST_ID_BIT - 1)
+        _check_uint("block", self.block, 0xFFFE)
+        _check_uint("round", self.round)
+        if self.round < 1:
+            raise _bad("round 0 has no deltas; rounds start at 1")
+        _check_bytes("base", self.base, CONTENT_HASH_BYTES)
+        _check_uint("base version", self.base_version)
+        if self.base_version >= self.round:
+            raise _bad("a delta's base version precedes its round")
+        _check_uint("steps", self.steps, 2**32 - 1)
+        if not isinstance(self.loss, float) or not math.isfinite(self.loss):
+            raise _bad("loss must be a finite float")
+        if self.encoding not in ENCODINGS:
+            raise _bad(f"unknown delta encoding {self.encoding}")
+        _check_entries(self.tensors, "a delta")
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(e.raw_len for e in self.tensors)
+
+    def to_body(self) -> Body:
+        return {
+            "id": self.stream_id,
+            "b": self.block,
+            "r": self.round,
+            "base": self.base,
+            "bv": self.base_version,
+            "st": self.steps,
+            "loss": self.loss,
+            "enc": self.encoding,
+            "ts": [e.to_wire() for e in self.tensors],
+        }
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> DeltaHeader:
+        loss = _get(body, "loss")
+        return cls(
+            stream_id=_get(body, "id"),
+            block=_get(body, "b"),
+            round=_get(body, "r"),
+            base=_get(body, "base"),
+            base_version=_get(body, "bv"),
+            steps=_get(body, "st"),
+            loss=float(loss) if isinstance(loss, int | float) else loss,
+            encoding=_get(body, "enc"),
+            tensors=_entries_from(_get(body, "ts")),
+        )
+
+
+@_register
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeltaAck(Message):
+    """The aggregator's answer to a delta: taken (code 0) or refused, and why."""
+
+    TYPE: ClassVar[MessageType] = MessageType.DELTA_ACK
+    stream_id: int
+    block: int
+    round: int
+    code: int
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        _check_uint("stream id", self.stream_id, REQUEST_ID_BIT - 1)
+        _check_uint("block", self.block, 0xFFFE)
+        _check_uint("round", self.round)
+        _check_uint("code", self.code, 0xFFFF)
+        _check_str("reason", self.reason)
+
+    def to_body(self) -> Body:
+        return {
+            "id": self.stream_id,
+            "b": self.block,
+            "r": self.round,
+            "code": self.code,
+            "why": self.reason,
+        }
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> DeltaAck:
+        return cls(
+            stream_id=_get(body, "id"),
+            block=_get(body, "b"),
+            round=_get(body, "r"),
+            code=_get(body, "code"),
+            reason=body.get("why", ""),
+        )
