@@ -69,8 +69,20 @@ from spheroid_p2p.wire.traversal import (
     TraverseError,
     TraverseResult,
 )
+from spheroid_p2p.wire.versions import (
+    KIND_FULL,
+    ChunkGet,
+    DeltaAck,
+    DeltaHeader,
+    Manifest,
+    TransferError,
+    VersionGet,
+    VersionInfo,
+    tensor_entry,
+    weights_hash,
+)
 
-SPEC_REVISION = "r4"
+SPEC_REVISION = "r5"
 OUT_DIR = Path(__file__).resolve().parent.parent / "protocol" / "vectors"
 
 SEED_A = bytes(range(32))
@@ -288,6 +300,39 @@ def framing_vectors() -> list[dict[str, Any]]:
     ]
 
 
+_ENTRY = tensor_entry("w", RawTensor(dtype_by_name("float32"), (2, 2), bytes(range(16))))
+MANIFEST = Manifest(
+    signer_key=KEY_B.public_key,
+    block=2,
+    version=0,
+    parent=b"",
+    config_hash="cfg0",
+    kind=KIND_FULL,
+    encoding=0,
+    result=weights_hash((_ENTRY,)),
+    tensors=(_ENTRY,),
+    created_ms=TS,
+    next_deadline_ms=TS + 30_000,
+).sign(KEY_B)
+VERSION_GET = VersionGet(request_id=2**63 + 1, block=2)
+VERSION_INFO = VersionInfo(request_id=2**63 + 1, manifest=MANIFEST)
+CHUNK_GET = ChunkGet(
+    request_id=2**63 + 2, weights=MANIFEST.manifest.content, indices=(0, 1), codec=2
+)
+_DELTA_ENTRY = tensor_entry("w", RawTensor(dtype_by_name("bfloat16"), (2, 2), bytes(8)))
+DELTA = DeltaHeader(
+    stream_id=5,
+    block=2,
+    round=3,
+    base=MANIFEST.manifest.content,
+    base_version=2,
+    steps=50,
+    loss=0.75,
+    encoding=2,
+    tensors=(_DELTA_ENTRY,),
+)
+
+
 def message_vectors() -> list[dict[str, Any]]:
     ack = HelloAck(
         version=1, capabilities=("gossip/1",), nonce=NONCE_B, recipient=KEY_B.peer_id.digest
@@ -362,6 +407,20 @@ def message_vectors() -> list[dict[str, Any]]:
             "gossip-suspect",
             "GossipSuspect: key B unreachable, records up to seq 9",
             GossipSuspect(peer=KEY_B.peer_id.digest, seq=9),
+        ),
+        ("version-get", "VersionGet: the newest version of block 2", VERSION_GET),
+        ("version-info", "VersionInfo: a full manifest of block 2 signed by key B", VERSION_INFO),
+        ("chunk-get", "ChunkGet: chunks 0 and 1 of a set, shuffle+zstd wanted", CHUNK_GET),
+        (
+            "transfer-error",
+            "TransferError: the set is not held",
+            TransferError(request_id=2**63 + 1, code=24, reason="not held here"),
+        ),
+        ("delta-header", "DeltaHeader: a bfloat16 delta for round 3 on version 2", DELTA),
+        (
+            "delta-ack",
+            "DeltaAck: refused as late",
+            DeltaAck(stream_id=5, block=2, round=3, code=22, reason="round 3 closed"),
         ),
         (
             "traverse-result",
