@@ -135,7 +135,8 @@ class Aggregation:
         verdict = self._judge(delta)
         if verdict[0] == 0:
             self.accepted[delta.sender] = delta
-        elif verdict[0] != ErrorCode.ROUND_CLOSED:
+        elif verdict[0] != ErrorCode.ROUND_CLOSED and delta.sender not in self.accepted:
+            # (a second delta from a contributor is refused without undoing its first)
             self.rejected[delta.sender] = verdict
         return verdict
 
