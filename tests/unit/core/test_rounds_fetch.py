@@ -62,9 +62,7 @@ def test_refusals_are_coded_and_reported() -> None:
     agg = _agg(set(PEERS[:4]))
     assert agg.offer(_offer(outsider), 1.0)[0] == ErrorCode.DELTA_REJECTED
     assert agg.offer(_offer(PEERS[0], base_version=2), 1.0)[0] == ErrorCode.ROUND_CLOSED
-    assert agg.offer(_offer(PEERS[0], base_hash=b"\x07" * 32), 1.0)[0] == (
-        ErrorCode.DELTA_REJECTED
-    )
+    assert agg.offer(_offer(PEERS[0], base_hash=b"\x07" * 32), 1.0)[0] == (ErrorCode.DELTA_REJECTED)
     code, why = agg.offer(_offer(PEERS[1], problem="non-finite values (NaN or Inf) in w"), 1.0)
     assert code == ErrorCode.DELTA_REJECTED and "NaN" in why
     assert agg.offer(_offer(PEERS[2]), 1.0)[0] == 0

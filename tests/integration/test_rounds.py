@@ -1,0 +1,177 @@
+"""Averaging rounds between real trainer processes: a straggler, a dead aggregator, and a
+poisoned delta from a replica that sends NaN."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from spheroid_p2p.core.rounds import aggregator_order
+from spheroid_p2p.errors import ErrorCode
+from spheroid_p2p.identity import load_or_create_identity
+from spheroid_p2p.ml.config import ModelConfig
+from spheroid_p2p.node.app import Node
+from spheroid_p2p.node.config import NodeConfig
+from spheroid_p2p.node.store import raw_of
+from spheroid_p2p.wire.signing import PeerId
+from tests.support.swarm import NodeProcess, wait_for
+
+pytestmark = pytest.mark.integration
+MODEL = ("--context", "16", "--d-model", "32", "--layers-per-block", "1")
+REPLICA = (
+    "--corpus",
+    "embedded",
+    *MODEL,
+    "--batch",
+    "4",
+    "--threads",
+    "1",
+    "--train-block",
+    "0",
+    "--train-steps",
+    "100000",
+    "--round-steps",
+    "5",
+    "--round-period",
+    "6",
+    "--round-grace",
+    "2",
+)
+
+
+def _reports(tmp: Path, names: list[str]) -> list[dict]:
+    out = []
+    for name in names:
+        path = tmp / name / "block-0.rounds.jsonl"
+        if path.exists():
+            out += [json.loads(line) for line in path.read_text().splitlines() if line]
+    return out
+
+
+def test_straggler_closes_at_deadline_and_dead_aggregator_hands_over(tmp_path: Path) -> None:
+    names = ["r0", "r1", "r2"]
+    first = NodeProcess(tmp_path, "r0", *REPLICA, verbose=1).start()
+    procs = [first] + [
+        NodeProcess(
+            tmp_path, n, *REPLICA, "--bootstrap", first.addr, "--seed", str(i), verbose=1
+        ).start()
+        for i, n in enumerate(names[1:], 1)
+    ]
+    try:
+        wait_for(
+            lambda: any(r["closed"] == "barrier" for r in _reports(tmp_path, names)), timeout_s=90
+        )
+        # (the first round may close at its deadline while replicas are still starting)
+        assert any(r["closed"] == "barrier" for r in _reports(tmp_path, names))
+        # Straggler: stop r2 (SIGSTOP) for longer than a round period.
+        os.kill(procs[2].proc.pid, signal.SIGSTOP)
+        try:
+            wait_for(
+                lambda: any(
+                    r["closed"] == "deadline" and r["late"] for r in _reports(tmp_path, names)
+                ),
+                timeout_s=60,
+            )
+        finally:
+            os.kill(procs[2].proc.pid, signal.SIGCONT)
+        late = [r for r in _reports(tmp_path, names) if r["late"]]
+        assert PeerId.from_text(procs[2].peer_id).short() in late[0]["late"]
+        # Dead aggregator: kill the first-ranked peer of the next round as soon as it starts.
+        done = {r["round"] for r in _reports(tmp_path, names)}
+        nxt = max(done) + 1
+        ids = [PeerId.from_text(p.peer_id) for p in procs]
+        order = aggregator_order(0, nxt + 1, ids)
+        victim = next(p for p in procs if PeerId.from_text(p.peer_id) == order[0])
+        wait_for(lambda: nxt in {r["round"] for r in _reports(tmp_path, names)}, timeout_s=60)
+        victim.kill9()
+        survivors = [n for n, p in zip(names, procs, strict=True) if p is not victim]
+        wait_for(
+            lambda: any(r["round"] >= nxt + 2 for r in _reports(tmp_path, survivors)),
+            timeout_s=90,
+        )
+        after = [r for r in _reports(tmp_path, survivors) if r["round"] == nxt + 1]
+        assert after and after[0]["aggregator"] != order[0].short()
+    finally:
+        for p in procs:
+            p.stop()
+
+
+def test_poisoned_delta_is_rejected_and_the_round_completes(tmp_path: Path) -> None:
+    first = NodeProcess(tmp_path, "r0", *REPLICA, verbose=1).start()
+    second = NodeProcess(
+        tmp_path, "r1", *REPLICA, "--bootstrap", first.addr, "--seed", "1", verbose=1
+    ).start()
+    honest = [first, second]
+    model = ModelConfig(context=16, d_model=32, layers_per_block=1)
+
+    async def main() -> None:
+        cfg = NodeConfig(
+            data_dir=tmp_path / "bad",
+            key=tmp_path / "bad.key",
+            bootstrap=(first.addr,),
+            train_blocks=(0,),
+            model=model,
+        )
+        node = Node(cfg, load_or_create_identity(cfg.key)[0])
+        asyncio.get_running_loop().create_task(node.run())
+        await node.ready.wait()
+        try:
+            deadline = time.monotonic() + 60
+            newest = None
+            while time.monotonic() < deadline:
+                recs = [r for r in node.gossip.owners_of(0) if r.content_hash and r.version >= 1]
+                if recs:
+                    newest = max(recs, key=lambda r: r.version)
+                    break
+                await asyncio.sleep(0.2)
+            assert newest is not None
+            await node.connect_all([newest.owner])
+            signed = await node.transfers.get_manifest(newest.owner, 0, newest.content_hash)
+            base = (await node.transfers.fetch(signed, [newest.owner])).stored.tensors()
+            poison = {
+                k: torch.full_like(v, float("nan")).to(torch.bfloat16) for k, v in base.items()
+            }
+            r = signed.manifest.version + 1
+            replicas = [PeerId.from_text(p.peer_id) for p in honest] + [node.key.peer_id]
+            agg = next(p for p in aggregator_order(0, r, replicas) if p != node.key.peer_id)
+            await node.connect_all([agg])
+            ack = await node.transfers.send_delta(
+                agg,
+                block=0,
+                round_=r,
+                base=newest.content_hash,
+                base_version=r - 1,
+                steps=5,
+                loss=1.0,
+                encoding=2,
+                tensors={k: raw_of(v) for k, v in poison.items()},
+                timeout_s=30,
+            )
+            assert ack.code in (ErrorCode.DELTA_REJECTED, ErrorCode.ROUND_CLOSED), ack
+            if ack.code == ErrorCode.DELTA_REJECTED:
+                assert "NaN" in ack.reason
+        finally:
+            node.stop()
+            await asyncio.sleep(0.3)
+
+    try:
+        asyncio.run(main())
+        wait_for(lambda: len(_reports(tmp_path, ["r0", "r1"])) >= 3, timeout_s=90)
+        reports = _reports(tmp_path, ["r0", "r1"])
+        rejected = [x for r in reports for x in r["rejected"]]
+        assert any("NaN" in x["reason"] for x in rejected), reports
+        for r in reports:
+            assert len(r["contributors"]) >= 1
+        # the versions stay finite: the honest replicas still serve finite weights
+        for p in honest:
+            assert "non-finite" not in p.log() or "refused" in p.log()
+    finally:
+        for p in honest:
+            p.stop()
