@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from spheroid_p2p.core.fetch import FetchParams, Fetcher
+from spheroid_p2p.core.fetch import Fetcher, FetchParams
 from spheroid_p2p.core.linkrate import LinkRates, choose_codec, should_compress
 from spheroid_p2p.core.rounds import (
     Aggregation,
@@ -112,12 +112,12 @@ def test_fetch_spreads_over_holders_and_requeues_on_failure() -> None:
     by = {}
     for act in asked:
         by.setdefault(act.holder, []).extend(act.indices)
-    assert set(by) == {a, b, c} and sorted(sum(by.values(), [])) == list(range(12))
+    assert set(by) == {a, b, c} and sorted(i for ixs in by.values() for i in ixs) == list(range(12))
     lost = by[b]
     f.holder_failed(b, "connection closed")
     again = [i for act in f.poll(1.0) for i in act.indices]
     assert sorted(again) == sorted(lost)
-    for act in asked + []:
+    for act in asked:
         for i in act.indices:
             if act.holder != b:
                 f.chunk_received(act.holder, i, bytes([i]) * 32)
