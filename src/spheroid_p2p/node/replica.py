@@ -467,20 +467,19 @@ class BlockReplica:
         store = self.node.store
         key = self.node.key
 
+        common = {
+            "block": self.block,
+            "version": r,
+            "parent": base.weights,
+            "config_hash": self.config_hash,
+            "created_ms": int(now * 1000),
+            "next_deadline_ms": int(next_deadline * 1000),
+            "report": report,
+        }
+
         def build() -> tuple[StoredSet, StoredSet | None]:
             if not deltas:
-                full = store.put(
-                    key,
-                    base.tensors,
-                    block=self.block,
-                    version=r,
-                    parent=base.weights,
-                    config_hash=self.config_hash,
-                    created_ms=int(now * 1000),
-                    next_deadline_ms=int(next_deadline * 1000),
-                    report=report,
-                )
-                return full, None
+                return store.put(key, base.tensors, **common), None
             mean = apply_average(
                 {k: torch.zeros_like(v, dtype=torch.float32) for k, v in base.tensors.items()},
                 deltas,
@@ -488,31 +487,14 @@ class BlockReplica:
             update = self.update_encoder.encode(mean)
             applied, problem = decode_delta(update, self.settings.encoding, base.tensors)
             assert problem is None
-            new = apply_average(base.tensors, [(applied, 1.0)])
-            full = store.put(
-                key,
-                new,
-                block=self.block,
-                version=r,
-                parent=base.weights,
-                config_hash=self.config_hash,
-                created_ms=int(now * 1000),
-                next_deadline_ms=int(next_deadline * 1000),
-                report=report,
-            )
+            full = store.put(key, apply_average(base.tensors, [(applied, 1.0)]), **common)
             upd = store.put(
                 key,
                 update,
-                block=self.block,
-                version=r,
-                parent=base.weights,
-                config_hash=self.config_hash,
                 kind=KIND_UPDATE,
                 encoding=enc_code,
                 result=full.manifest.content,
-                created_ms=int(now * 1000),
-                next_deadline_ms=int(next_deadline * 1000),
-                report=report,
+                **common,
             )
             return full, upd
 
@@ -526,12 +508,9 @@ class BlockReplica:
         for peer in self.live_replicas():
             if peer != me:
                 self.node.transfers.push_manifest(peer, announce)
-        self._install_local(full)
+        self._set_base(full.signed, full)
         for key_ in [k for k in self._decoded if k[0] <= r]:
             del self._decoded[key_]
-
-    def _install_local(self, full: StoredSet) -> None:
-        self._set_base(full.signed, full)
 
     def _log_report(self, r: int, outcome: Outcome, full: StoredSet) -> None:
         entry = {

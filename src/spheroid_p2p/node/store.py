@@ -255,11 +255,6 @@ class VersionStore:
             os.fsync(f.fileno())
         return self._commit(signed, tmp)
 
-    def adopt(self, signed: SignedManifest) -> StoredSet | None:
-        """Store someone else's manifest for a set we already hold the bytes of (the same
-        tensors under another signer): nothing to download."""
-        return self.sets.get(signed.manifest.content)
-
     # -- partial fetches -----------------------------------------------------------------------
     def begin_partial(self, signed: SignedManifest) -> tuple[Path, set[int]]:
         """Open (or resume) the partial file of a fetch; returns it and the chunks already
