@@ -63,14 +63,13 @@ def _start(workdir: Path, name: str, per_node_args: list[list[str]]) -> list[Nod
 def _generate(addr: str, n: int, ar: bool) -> GenerationReport:
     async def run() -> GenerationReport:
         client = TraversalClient(timeout_s=60.0)
-        async with asyncio.TaskGroup() as group:
-            await client.start(group)
-            try:
-                if ar:
-                    return await client.generate_ar(addr, PROMPT, n)
-                return await client.generate(addr, PROMPT, n)
-            finally:
-                await client.close()
+        await client.start()
+        try:
+            if ar:
+                return await client.generate_ar(addr, PROMPT, n)
+            return await client.generate(addr, PROMPT, n)
+        finally:
+            await client.close()
 
     return asyncio.run(run())
 

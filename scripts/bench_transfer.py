@@ -34,6 +34,7 @@ from benchlib import git_commit
 from spheroid_p2p.identity import load_or_create_identity
 from spheroid_p2p.ml.averaging import DeltaEncoder, apply_average, decode_delta
 from spheroid_p2p.node.app import Node
+from spheroid_p2p.node.cli import run_async
 from spheroid_p2p.node.config import NodeConfig
 from spheroid_p2p.node.launcher import NodeProcess
 from spheroid_p2p.node.store import VersionStore, raw_of
@@ -194,7 +195,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         for mib in (int(s) for s in args.sizes.split(",")):
-            ours, nbytes = asyncio.run(stream(tmp, mib, args.repeats))
+            ours, nbytes = run_async(stream(tmp, mib, args.repeats))
             theirs = gloo(mib, args.repeats, "sendrecv")
             results["streams"].append(
                 {  # type: ignore[union-attr]
@@ -208,7 +209,7 @@ def main() -> int:
             )
         allreduce = gloo(96, args.repeats, "allreduce")
         for encoding in ("float32", "bfloat16"):
-            r = asyncio.run(exchange(tmp, encoding, args.repeats))
+            r = run_async(exchange(tmp, encoding, args.repeats))
             r.update(
                 encoding=encoding,
                 gloo_allreduce_s=allreduce,

@@ -114,14 +114,13 @@ async def _generate(addr: str, prompt: str, n: int, temperature: float) -> None:
     def show(piece: bytes) -> None:
         print(piece.decode("utf-8", errors="replace"), end="", flush=True)
 
-    async with asyncio.TaskGroup() as group:
-        await client.start(group)
-        try:
-            report = await client.generate(
-                addr, prompt.encode(), n, temperature=temperature, on_bytes=show
-            )
-        finally:
-            await client.close()
+    await client.start()
+    try:
+        report = await client.generate(
+            addr, prompt.encode(), n, temperature=temperature, on_bytes=show
+        )
+    finally:
+        await client.close()
     per = sum(report.traversal_ms) / max(1, len(report.traversal_ms))
     print(
         f"\n\n[{report.traversals} traversals through "

@@ -57,22 +57,21 @@ async def _run(args: argparse.Namespace) -> int:
         sys.stdout.write(piece.decode("utf-8", errors="replace"))
         sys.stdout.flush()
 
-    async with asyncio.TaskGroup() as group:
-        await client.start(group)
-        try:
-            report = await client.generate(
-                args.peer,
-                args.prompt.encode(),
-                args.bytes,
-                steps_per_block=args.steps,
-                seed=args.seed,
-                temperature=args.temperature,
-                z_dtype=args.transport,
-                span=args.span,
-                on_bytes=show,
-            )
-        finally:
-            await client.close()
+    await client.start()
+    try:
+        report = await client.generate(
+            args.peer,
+            args.prompt.encode(),
+            args.bytes,
+            steps_per_block=args.steps,
+            seed=args.seed,
+            temperature=args.temperature,
+            z_dtype=args.transport,
+            span=args.span,
+            on_bytes=show,
+        )
+    finally:
+        await client.close()
     per = statistics.median(report.traversal_ms) if report.traversal_ms else 0.0
     print(
         f"\n--- {len(report.output)} bytes in {report.traversals} traversals, "

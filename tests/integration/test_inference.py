@@ -58,14 +58,11 @@ def _remote(
 ) -> GenerationReport:
     async def run() -> GenerationReport:
         client = TraversalClient(timeout_s=10.0, max_retries=6)
-        async with asyncio.TaskGroup() as group:
-            await client.start(group)
-            try:
-                return await client.generate(
-                    addr, prompt, n, seed=5, z_dtype=dtype, on_bytes=on_bytes
-                )  # type: ignore[arg-type]
-            finally:
-                await client.close()
+        await client.start()
+        try:
+            return await client.generate(addr, prompt, n, seed=5, z_dtype=dtype, on_bytes=on_bytes)  # type: ignore[arg-type]
+        finally:
+            await client.close()
 
     return asyncio.run(run())
 
@@ -91,12 +88,11 @@ def test_chain_of_four_servers_matches_the_in_process_sampler(
     async def two_at_once() -> list[GenerationReport]:
         async def one(prompt: bytes) -> GenerationReport:
             client = TraversalClient(timeout_s=20.0)
-            async with asyncio.TaskGroup() as group:
-                await client.start(group)
-                try:
-                    return await client.generate(nodes[1].addr, prompt, 12, seed=5)
-                finally:
-                    await client.close()
+            await client.start()
+            try:
+                return await client.generate(nodes[1].addr, prompt, 12, seed=5)
+            finally:
+                await client.close()
 
         return list(await asyncio.gather(one(b"Day 1."), one(b"Day 2.")))
 
@@ -131,12 +127,11 @@ def test_a_killed_hop_is_routed_around_and_the_output_is_unchanged(
                 victim.kill9()
                 killed.append(victim.name)
 
-        async with asyncio.TaskGroup() as group:
-            await client.start(group)
-            try:
-                return await client.generate(nodes[0].addr, b"Day 7.", 30, seed=5, on_bytes=watch)
-            finally:
-                await client.close()
+        await client.start()
+        try:
+            return await client.generate(nodes[0].addr, b"Day 7.", 30, seed=5, on_bytes=watch)
+        finally:
+            await client.close()
 
     report = asyncio.run(run())
     assert killed, "the kill never happened"
@@ -177,12 +172,11 @@ def test_the_autoregressive_pipeline_matches_the_in_process_model(
 
     async def run() -> GenerationReport:
         client = TraversalClient(timeout_s=10.0)
-        async with asyncio.TaskGroup() as group:
-            await client.start(group)
-            try:
-                return await client.generate_ar(nodes[0].addr, b"Hello", 20)
-            finally:
-                await client.close()
+        await client.start()
+        try:
+            return await client.generate_ar(nodes[0].addr, b"Hello", 20)
+        finally:
+            await client.close()
 
     report = asyncio.run(run())
     assert report.output == expected

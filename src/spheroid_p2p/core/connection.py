@@ -29,7 +29,7 @@ from spheroid_p2p.core.handshake import Handshake, HandshakeResult
 from spheroid_p2p.errors import ErrorCode, LocalProtocolError, RemoteProtocolError, code_name
 from spheroid_p2p.params import HANDSHAKE_TIMEOUT_S, MAX_CLOCK_SKEW_MS, SUPPORTED_VERSIONS
 from spheroid_p2p.wire.codec import Envelope, decode_frame, encode_frame
-from spheroid_p2p.wire.framing import Buffer, FrameDecoder
+from spheroid_p2p.wire.framing import BodyPool, Buffer, FrameDecoder
 from spheroid_p2p.wire.messages import Close, Hello, HelloAck, Message, Ping, Pong
 from spheroid_p2p.wire.signing import KeyPair, PeerId
 
@@ -53,6 +53,9 @@ class ConnectionParams:
     ping_interval_s: float = 5.0
     idle_timeout_s: float = 20.0
     max_skew_ms: int = MAX_CLOCK_SKEW_MS
+    #: Hash tensor chunks while decoding (True), or leave that to the receiver, which then
+    #: runs ``wire.codec.verify_chunk`` itself (off the event loop) before using a chunk.
+    verify_chunks: bool = True
 
 
 class FrameSigner:
@@ -120,11 +123,12 @@ class PeerConnection:
         agent: str = "",
         versions: tuple[int, ...] = SUPPORTED_VERSIONS,
         expected_peer: PeerId | None = None,
+        pool: BodyPool | None = None,
     ) -> None:
         self.params = params or ConnectionParams()
         self.state = ConnectionState.HANDSHAKE
         self._signer = signer
-        self._decoder = FrameDecoder()
+        self._decoder = FrameDecoder(pool=pool)
         self._guard = SequenceGuard(self.params.max_skew_ms)
         self._handshake = Handshake(
             local_id=signer.key.peer_id,
@@ -147,6 +151,7 @@ class PeerConnection:
         self.unknown_dropped = 0
         self.bytes_in = 0
         self.frames_in = 0
+        self._discard = bytearray(4096)
 
     @property
     def peer_id(self) -> PeerId | None:
@@ -187,9 +192,34 @@ class PeerConnection:
         if self.state is ConnectionState.CLOSED:
             return []
         self.bytes_in += len(data)
-        events: list[Event] = []
         try:
             self._decoder.feed(data)
+        except RemoteProtocolError as exc:
+            return [self._fail(exc, wall_ms)]
+        return self._drain_frames(now, wall_ms)
+
+    def get_buffer(self) -> memoryview:
+        """Where the transport should put the next received bytes (``BufferedProtocol``):
+        straight into a large frame body in progress, else a scratch buffer. After the
+        connection closed, a throwaway buffer (what arrives then is ignored)."""
+        if self.state is ConnectionState.CLOSED or self._decoder.broken:
+            return memoryview(self._discard)
+        return self._decoder.get_buffer()
+
+    def buffer_updated(self, nbytes: int, now: float, wall_ms: int) -> list[Event]:
+        """``nbytes`` were written into the view from :meth:`get_buffer`; returns events."""
+        if self.state is ConnectionState.CLOSED or self._decoder.broken:
+            return []
+        self.bytes_in += nbytes
+        try:
+            self._decoder.buffer_updated(nbytes)
+        except RemoteProtocolError as exc:
+            return [self._fail(exc, wall_ms)]
+        return self._drain_frames(now, wall_ms)
+
+    def _drain_frames(self, now: float, wall_ms: int) -> list[Event]:
+        events: list[Event] = []
+        try:
             while self.state is not ConnectionState.CLOSED:
                 body = self._decoder.next_frame()
                 if body is None:
@@ -212,9 +242,9 @@ class PeerConnection:
         self.state = ConnectionState.CLOSED
         return [ConnectionLost(int(ErrorCode.NO_ERROR), "peer closed the TCP connection", True)]
 
-    def _on_frame(self, body: bytearray, now: float, wall_ms: int, events: list[Event]) -> None:
+    def _on_frame(self, body: Buffer, now: float, wall_ms: int, events: list[Event]) -> None:
         try:
-            envelope = decode_frame(body)
+            envelope = decode_frame(body, verify_chunks=self.params.verify_chunks)
         except RemoteProtocolError as exc:
             if exc.code is ErrorCode.UNKNOWN_MESSAGE_TYPE and self.state is ConnectionState.OPEN:
                 self.unknown_dropped += 1

@@ -3,15 +3,18 @@
 This module moves bytes and arms timers; it decides nothing about the protocol. It owns:
 
 * the listener and outbound dials (with errors that say which address failed and why);
-* one :class:`_Link` per TCP connection: a read loop feeding the state machine, a writer task
-  draining a bounded queue (``write`` then ``drain`` for back-pressure), and the machine's one
-  timer;
+* one :class:`_Link` per TCP connection: an ``asyncio.BufferedProtocol`` whose transport
+  receives straight into the state machine's frame buffer (a megabyte tensor chunk is never
+  copied on its way in), the machine's one timer, and the transport's write side;
 * the registry of open connections by peer id, with the rule that keeps exactly one
   connection per pair of peers when both dial at once (the one dialled by the lower peer id);
 * a cap on connections (extra inbound connections are refused with ``OVERLOADED``).
 
-Every task is owned by a ``TaskGroup`` held by :meth:`PeerManager.run`; closing a link
-cancels its tasks and closes its socket in ``finally``.
+Writing (01 §1.4): control messages (:meth:`PeerManager.send`) go to the transport at once;
+bulk messages (:meth:`PeerManager.send_bulk`, tensor chunks) wait until the transport holds
+less than ``WRITE_HIGH_BYTES`` unsent, so a control frame queues behind at most about one
+chunk. A connection holding more than ``MAX_UNSENT_BYTES`` unsent has a peer that stopped
+reading; it is closed with ``OVERLOADED``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from spheroid_p2p.core.connection import (
     ConnectionLost,
@@ -34,9 +38,9 @@ from spheroid_p2p.core.connection import (
     PeerConnection,
 )
 from spheroid_p2p.errors import ErrorCode, TransportError
-from spheroid_p2p.params import SUPPORTED_VERSIONS
+from spheroid_p2p.params import SUPPORTED_VERSIONS, TENSOR_CHUNK_BYTES
 from spheroid_p2p.wire.codec import Envelope
-from spheroid_p2p.wire.framing import Buffer
+from spheroid_p2p.wire.framing import BodyPool, Buffer
 from spheroid_p2p.wire.messages import Close, Message
 from spheroid_p2p.wire.signing import PeerId
 
@@ -44,9 +48,12 @@ __all__ = ["DialError", "LinkInfo", "PeerManager", "parse_addr"]
 
 log = logging.getLogger(__name__)
 
-#: Frames queued for one connection before it is considered stuck and closed (OVERLOADED).
-MAX_QUEUED_FRAMES = 4096
-READ_BYTES = 256 * 1024
+#: Bulk senders wait while the transport holds more than this unsent (about one chunk) ...
+WRITE_HIGH_BYTES = 2 * TENSOR_CHUNK_BYTES
+#: ... until it is back under this.
+WRITE_LOW_BYTES = TENSOR_CHUNK_BYTES
+#: A connection with this much unsent has a peer that is not reading: closed (OVERLOADED).
+MAX_UNSENT_BYTES = 64 * 1024 * 1024
 
 
 class DialError(TransportError):
@@ -80,38 +87,154 @@ class LinkInfo:
     idle_ms: int
 
 
-class _Link:
-    """One TCP connection: its state machine, socket, queue and tasks."""
+class _Link(asyncio.BufferedProtocol):
+    """One TCP connection: its state machine, transport and timer."""
 
-    def __init__(
-        self,
-        conn: PeerConnection,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        outbound: bool,
-        addr: str,
-    ) -> None:
-        self.conn = conn
-        self.reader = reader
-        self.writer = writer
+    def __init__(self, manager: PeerManager, expected: PeerId | None, outbound: bool) -> None:
+        self.manager = manager
+        self.conn = manager._new_machine(expected)
         self.outbound = outbound
-        self.addr = addr
-        self.queue: asyncio.Queue[list[Buffer] | None] = asyncio.Queue(MAX_QUEUED_FRAMES)
-        self.opened: asyncio.Future[PeerId] = asyncio.get_running_loop().create_future()
+        self.addr = "?"
+        self.transport: asyncio.Transport | None = None
+        loop = asyncio.get_running_loop()
+        self.opened: asyncio.Future[PeerId] = loop.create_future()
         self.closed = asyncio.Event()
+        self.writable = asyncio.Event()
+        self.writable.set()
         self.lost: ConnectionLost | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._refused = False
 
-    def push(self, buffers: list[Buffer]) -> bool:
-        if not buffers:
-            return True
+    # -- asyncio.BufferedProtocol --------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, but have its methods
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if not self.outbound:
+            self.addr = f"{peer[0]}:{peer[1]}" if peer else "?"
+        transport.set_write_buffer_limits(high=WRITE_HIGH_BYTES, low=WRITE_LOW_BYTES)
+        manager = self.manager
+        if not self.outbound and len(manager._links) >= manager.max_connections:
+            log.warning(
+                "refusing connection from %s: %d connections open (the cap)",
+                self.addr,
+                len(manager._links),
+            )
+            self._refused = True
+            frames = manager.signer.encode(
+                Close(code=int(ErrorCode.OVERLOADED), reason="connection cap reached"), _wall_ms()
+            )
+            self._write(frames)
+            transport.close()
+            return
+        manager._links.add(self)
+        self.conn.start(_wall_ms())
+        self.flush_machine()
+        self._arm_timer()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.conn.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._handle(self.conn.buffer_updated(nbytes, time.monotonic(), _wall_ms()))
+
+    def eof_received(self) -> bool:
+        self._handle(self.conn.eof(time.monotonic(), _wall_ms()))
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._refused:
+            return
+        if exc is not None:
+            lost = ConnectionLost(int(ErrorCode.NO_ERROR), f"socket error: {exc}", True)
+        else:
+            lost = ConnectionLost(int(ErrorCode.NO_ERROR), "peer closed the TCP connection", True)
+        self.manager._lost(self, lost)
+        if self._timer is not None:
+            self._timer.cancel()
+        self.manager._links.discard(self)
+        self.writable.set()  # wake bulk senders: they see the link is gone
+        if not self.opened.done():
+            lost = self.lost or lost
+            verb = "rejected" if lost.code else "closed"
+            self.opened.set_exception(
+                DialError(f"dial {self.addr} failed: handshake {verb}: {lost.describe()}")
+            )
+            self.opened.exception()  # mark retrieved; the dialler re-raises it
+        self.closed.set()
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _handle(self, events: list[object]) -> None:
         try:
-            self.queue.put_nowait(buffers)
-        except asyncio.QueueFull:
-            return False
-        return True
+            self.manager._events(self, events)
+        except Exception:  # a bug: close this connection only, never the whole node
+            log.exception(
+                "[%s] internal error on the connection with %s", self.manager.me.short(), self.addr
+            )
+            self.conn.close(ErrorCode.INTERNAL_ERROR, "internal error", _wall_ms())
+            self.flush_machine()
+            self.manager._lost(
+                self, ConnectionLost(int(ErrorCode.INTERNAL_ERROR), "internal error", False)
+            )
+        if self.conn.state is ConnectionState.CLOSED:
+            self.close_transport()
+        else:
+            self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        """Keep one timer at or before the machine's deadline (re-armed lazily when it fires
+        early, so a busy connection does not reschedule it on every read)."""
+        deadline = self.conn.get_timer()
+        if deadline is None:
+            return
+        if self._timer is not None and self._timer_at <= deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._timer_at = deadline
+        self._timer = loop.call_at(loop.time() + max(0.0, deadline - time.monotonic()), self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        deadline = self.conn.get_timer()
+        if deadline is None:
+            return
+        now = time.monotonic()
+        if now < deadline:
+            self._arm_timer()
+            return
+        self._handle(self.conn.handle_timer(now, _wall_ms()))
+
+    def _write(self, buffers: list[Buffer]) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        for buf in buffers:  # one write per buffer: the payload is never joined (copied)
+            transport.write(buf)
+        self.manager.frames_out += 1
+        self.manager.bytes_out += sum(len(b) for b in buffers)
 
     def flush_machine(self) -> None:
-        self.push(self.conn.take_outgoing())
+        out = self.conn.take_outgoing()
+        if out:
+            self._write(out)
+
+    def unsent(self) -> int:
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
+    def close_transport(self) -> None:
+        """Close once what is queued (a Close frame included) is written."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
 
 
 class PeerManager:
@@ -145,23 +268,21 @@ class PeerManager:
         self.dial_timeout_s = dial_timeout_s
         self._links: set[_Link] = set()
         self._by_peer: dict[PeerId, _Link] = {}
-        self._group: asyncio.TaskGroup | None = None
         self._server: asyncio.Server | None = None
         self.bytes_out = 0
         self.frames_out = 0
+        #: receive buffers for large frames, shared by this node's connections
+        self.pool = BodyPool()
 
     @property
     def me(self) -> PeerId:
         return self.signer.key.peer_id
 
     # -- lifecycle --------------------------------------------------------------------------
-    def attach(self, group: asyncio.TaskGroup) -> None:
-        """Give the manager the TaskGroup that owns its connection tasks."""
-        self._group = group
-
     async def listen(self, host: str, port: int) -> tuple[str, int]:
         """Start accepting connections; returns the bound (host, port) (port 0 = any)."""
-        self._server = await asyncio.start_server(self._accept, host, port)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Link(self, None, False), host, port)
         sockname = self._server.sockets[0].getsockname()
         return sockname[0], sockname[1]
 
@@ -171,20 +292,21 @@ class PeerManager:
         reason: str = "shutting down",
         flush_s: float = 1.0,
     ) -> None:
-        """Send Close on every connection, give the writers ``flush_s`` to drain, close all."""
+        """Send Close on every connection, give the transports ``flush_s`` to drain, close all."""
         if self._server is not None:
             self._server.close()
-        for link in list(self._links):
+        links = list(self._links)
+        for link in links:
             link.conn.close(code, reason, _wall_ms())
             link.flush_machine()
-            with contextlib.suppress(asyncio.QueueFull):
-                link.queue.put_nowait(None)
+            link.close_transport()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(flush_s):
-                for link in list(self._links):
+                for link in links:
                     await link.closed.wait()
-        for link in list(self._links):
-            link.writer.close()
+        for link in links:
+            if link.transport is not None:
+                link.transport.abort()
 
     # -- connections ------------------------------------------------------------------------
     def _new_machine(self, expected: PeerId | None) -> PeerConnection:
@@ -198,25 +320,8 @@ class PeerManager:
             agent=self.agent,
             versions=self.versions,
             expected_peer=expected,
+            pool=self.pool,
         )
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        addr = f"{peer[0]}:{peer[1]}" if peer else "?"
-        if len(self._links) >= self.max_connections:
-            log.warning(
-                "refusing connection from %s: %d connections open (the cap)", addr, len(self._links)
-            )
-            frames = self.signer.encode(
-                Close(code=int(ErrorCode.OVERLOADED), reason="connection cap reached"), _wall_ms()
-            )
-            writer.writelines(frames)
-            with contextlib.suppress(ConnectionError):
-                await writer.drain()
-            writer.close()
-            return
-        link = _Link(self._new_machine(None), reader, writer, outbound=False, addr=addr)
-        await self._drive(link)
 
     async def dial(self, addr: str, expected: PeerId | None = None) -> PeerId:
         """Connect to ``addr`` and complete the handshake; returns the peer's id.
@@ -228,9 +333,12 @@ class PeerManager:
         if expected is not None and expected in self._by_peer:
             return expected
         host, port = parse_addr(addr)
+        loop = asyncio.get_running_loop()
+        link = _Link(self, expected, True)
+        link.addr = addr
         try:
             async with asyncio.timeout(self.dial_timeout_s):
-                reader, writer = await asyncio.open_connection(host, port)
+                await loop.create_connection(lambda: link, host, port)
         except ConnectionRefusedError:
             raise DialError(
                 f"dial {addr} failed: connection refused (is a node listening there?)"
@@ -241,76 +349,12 @@ class PeerManager:
             ) from None
         except OSError as exc:
             raise DialError(f"dial {addr} failed: {exc.strerror or exc}") from exc
-        link = _Link(self._new_machine(expected), reader, writer, outbound=True, addr=addr)
-        if self._group is None:
-            raise RuntimeError("PeerManager.attach() was not called")
-        self._group.create_task(self._drive(link))
         try:
             async with asyncio.timeout(self.params.handshake_timeout_s + 1):
                 return await link.opened
         except TimeoutError:
+            link.close_transport()
             raise DialError(f"dial {addr} failed: handshake did not finish") from None
-
-    async def _drive(self, link: _Link) -> None:
-        """Own one connection until it closes: read loop, writer task, timer."""
-        self._links.add(link)
-        writer_task = asyncio.create_task(self._write_loop(link))
-        try:
-            link.conn.start(_wall_ms())
-            link.flush_machine()
-            await self._read_loop(link)
-        except (ConnectionError, OSError) as exc:
-            self._lost(link, ConnectionLost(int(ErrorCode.NO_ERROR), f"socket error: {exc}", True))
-        except Exception:  # a bug: close this connection only, never the whole node
-            log.exception(
-                "[%s] internal error on the connection with %s", self.me.short(), link.addr
-            )
-            link.conn.close(ErrorCode.INTERNAL_ERROR, "internal error", _wall_ms())
-            link.flush_machine()
-            self._lost(link, ConnectionLost(int(ErrorCode.INTERNAL_ERROR), "internal error", False))
-        finally:
-            with contextlib.suppress(asyncio.QueueFull):
-                link.queue.put_nowait(None)
-            with contextlib.suppress(TimeoutError, ConnectionError, OSError):
-                async with asyncio.timeout(1.0):
-                    await writer_task
-            writer_task.cancel()
-            link.writer.close()
-            self._links.discard(link)
-            if not link.opened.done():
-                lost = link.lost or ConnectionLost(int(ErrorCode.NO_ERROR), "closed", True)
-                verb = "rejected" if lost.code else "closed"
-                link.opened.set_exception(
-                    DialError(f"dial {link.addr} failed: handshake {verb}: {lost.describe()}")
-                )
-                link.opened.exception()  # mark retrieved; the dialler re-raises it
-            link.closed.set()
-
-    async def _read_loop(self, link: _Link) -> None:
-        conn = link.conn
-        while link.lost is None:
-            deadline = conn.get_timer()
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                async with asyncio.timeout(timeout):
-                    data = await link.reader.read(READ_BYTES)
-            except TimeoutError:
-                self._events(link, conn.handle_timer(time.monotonic(), _wall_ms()))
-                continue
-            if not data:
-                self._events(link, conn.eof(time.monotonic(), _wall_ms()))
-                break
-            self._events(link, conn.receive_data(data, time.monotonic(), _wall_ms()))
-
-    async def _write_loop(self, link: _Link) -> None:
-        while True:
-            buffers = await link.queue.get()
-            if buffers is None:
-                return
-            link.writer.writelines(buffers)
-            self.frames_out += 1
-            self.bytes_out += sum(len(b) for b in buffers)
-            await link.writer.drain()
 
     def _events(self, link: _Link, events: list[object]) -> None:
         link.flush_machine()
@@ -342,8 +386,7 @@ class PeerManager:
             loser.conn.close(ErrorCode.NO_ERROR, "duplicate connection", _wall_ms())
             loser.flush_machine()
             loser.lost = ConnectionLost(0, "duplicate connection", False)
-            with contextlib.suppress(asyncio.QueueFull):
-                loser.queue.put_nowait(None)
+            loser.close_transport()
             if not keep_new:
                 if not link.opened.done():
                     link.opened.set_result(peer)
@@ -384,24 +427,41 @@ class PeerManager:
             )
 
     # -- sending ----------------------------------------------------------------------------
-    def send(self, peer: PeerId, message: Message) -> bool:
-        """Queue ``message`` for ``peer``; False if not connected. A peer whose queue is full
-        (it stopped reading) is disconnected with OVERLOADED."""
+    def _open_link(self, peer: PeerId) -> _Link | None:
         link = self._by_peer.get(peer)
         if link is None or link.lost is not None or link.conn.state is not ConnectionState.OPEN:
+            return None
+        return link
+
+    def send(self, peer: PeerId, message: Message) -> bool:
+        """Write ``message`` to ``peer`` now; False if not connected. A peer with more than
+        ``MAX_UNSENT_BYTES`` waiting (it stopped reading) is disconnected with OVERLOADED."""
+        link = self._open_link(peer)
+        if link is None:
             return False
-        if not link.push(link.conn.send(message, _wall_ms())):
+        if link.unsent() > MAX_UNSENT_BYTES:
             log.warning(
-                "[%s] %s is not reading (%d frames queued); disconnecting",
+                "[%s] %s is not reading (%d MiB unsent); disconnecting",
                 self.me.short(),
                 peer.short(),
-                MAX_QUEUED_FRAMES,
+                link.unsent() >> 20,
             )
-            link.conn.close(ErrorCode.OVERLOADED, "send queue full", _wall_ms())
-            self._lost(link, ConnectionLost(int(ErrorCode.OVERLOADED), "send queue full", False))
-            link.writer.close()
+            link.conn.close(ErrorCode.OVERLOADED, "peer not reading", _wall_ms())
+            self._lost(link, ConnectionLost(int(ErrorCode.OVERLOADED), "peer not reading", False))
+            if link.transport is not None:
+                link.transport.abort()
             return False
+        link._write(link.conn.send(message, _wall_ms()))
         return True
+
+    async def send_bulk(self, peer: PeerId, message: Message) -> bool:
+        """Write a bulk message (a tensor chunk) once the connection has room, so control
+        messages never queue behind more than about one chunk (01 §1.4)."""
+        link = self._open_link(peer)
+        while link is not None and not link.writable.is_set():
+            await link.writable.wait()
+            link = self._open_link(peer)
+        return link is not None and self.send(peer, message)
 
     def close_peer(self, peer: PeerId, code: ErrorCode, reason: str) -> None:
         """Close the connection to ``peer`` with a coded Close frame."""
@@ -411,8 +471,7 @@ class PeerManager:
         link.conn.close(code, reason, _wall_ms())
         link.flush_machine()
         self._lost(link, ConnectionLost(int(code), reason, False, clean=True))
-        with contextlib.suppress(asyncio.QueueFull):
-            link.queue.put_nowait(None)
+        link.close_transport()
 
     def is_outbound(self, peer: PeerId) -> bool:
         """Whether we dialled the connection to ``peer``."""

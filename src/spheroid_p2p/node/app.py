@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from spheroid_p2p import __version__
 from spheroid_p2p.core.actions import Action, Dial, Probe, Send
-from spheroid_p2p.core.connection import ConnectionLost, FrameSigner
+from spheroid_p2p.core.connection import ConnectionLost, ConnectionParams, FrameSigner
 from spheroid_p2p.core.freshness import initial_seq
 from spheroid_p2p.core.gossip import GossipService, LocalClaim
 from spheroid_p2p.core.rounds import RoundParams
@@ -93,6 +93,8 @@ class Node:
             capabilities=(GOSSIP_CAPABILITY,),
             max_connections=config.max_connections,
             versions=config.versions,
+            # tensor chunks are hashed on the transfer worker thread, not while decoding
+            params=ConnectionParams(verify_chunks=False),
         )
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
@@ -138,7 +140,6 @@ class Node:
         """Run until :meth:`stop`. Propagates failures of node-wide tasks."""
         async with asyncio.TaskGroup() as group:
             self._group = group
-            self.peers.attach(group)
             host, port = parse_addr(self.config.listen, allow_any_port=True)
             self.bound_address = await self.peers.listen(host, port)
             advertised = self.config.advertise or f"{self.bound_address[0]}:{self.bound_address[1]}"
@@ -178,6 +179,7 @@ class Node:
             await self._timer_loop()
             self._apply(self.gossip.depart(time.monotonic()))
             await self.peers.close()
+            self.transfers.close()
             self._log_traffic()
             log.info("[%s] stopped", self.tag)
 

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Coroutine
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from spheroid_p2p import __version__
 from spheroid_p2p.core.gossip import GossipParams
@@ -26,6 +26,8 @@ from spheroid_p2p.identity import load_or_create_identity
 from spheroid_p2p.ml.config import ModelConfig
 
 __all__ = ["build_parser", "main"]
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +157,8 @@ def _configure_logging(verbosity: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _run_async(coro: Coroutine[Any, Any, int]) -> int:
-    """Run on uvloop where it is installed, the standard event loop otherwise."""
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run on uvloop where it is installed (nodes do), the standard event loop otherwise."""
     try:
         import uvloop
     except ImportError:
@@ -276,9 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "id":
             return _cmd_id(args)
         if args.command == "run":
-            return _run_async(_cmd_run(args))
+            return run_async(_cmd_run(args))
         if args.command == "status":
-            return _run_async(_cmd_status(args))
+            return run_async(_cmd_status(args))
     except (ConfigError, TransportError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

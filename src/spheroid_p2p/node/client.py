@@ -113,8 +113,7 @@ class TraversalClient:
     def _on_close(self, peer: PeerId, lost: ConnectionLost) -> None:
         pass
 
-    async def start(self, group: asyncio.TaskGroup) -> None:
-        self.manager.attach(group)
+    async def start(self) -> None:
         host, port = await self.manager.listen("127.0.0.1", 0)
         self.reply_addr = f"{host}:{port}"
 
@@ -288,14 +287,12 @@ class TraversalClient:
                 dial_timeout_s=2.0,
             )
             try:
-                async with asyncio.TaskGroup() as group:
-                    probe.attach(group)
-                    try:
-                        await probe.dial(hop.addr, expected=PeerId(hop.peer))
-                    except DialError:
-                        dead.append(hop.peer)
-                    finally:
-                        await probe.close(flush_s=0.2)
+                try:
+                    await probe.dial(hop.addr, expected=PeerId(hop.peer))
+                except DialError:
+                    dead.append(hop.peer)
+                finally:
+                    await probe.close(flush_s=0.2)
             except Exception as exc:
                 log.debug("probe of %s failed: %s", hop.addr, exc)
                 dead.append(hop.peer)

@@ -39,19 +39,17 @@ async def fetch_status(addr: str, timeout_s: float = 10.0) -> StatusResponse:
     )
     result: StatusResponse | None = None
     error: Exception | None = None
-    async with asyncio.TaskGroup() as group:
-        manager.attach(group)
-        try:
-            peer = await manager.dial(addr)
-            manager.send(peer, StatusRequest(request_id=1))
-            async with asyncio.timeout(timeout_s):
-                result = await answer
-        except TimeoutError:
-            error = TransportError(f"{addr} did not answer the status request in {timeout_s} s")
-        except TransportError as exc:
-            error = exc
-        finally:
-            await manager.close(reason="status done", flush_s=0.5)
+    try:
+        peer = await manager.dial(addr)
+        manager.send(peer, StatusRequest(request_id=1))
+        async with asyncio.timeout(timeout_s):
+            result = await answer
+    except TimeoutError:
+        error = TransportError(f"{addr} did not answer the status request in {timeout_s} s")
+    except TransportError as exc:
+        error = exc
+    finally:
+        await manager.close(reason="status done", flush_s=0.5)
     if result is None:
         raise error or TransportError(f"no status from {addr}")
     return result

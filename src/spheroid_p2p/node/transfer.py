@@ -9,6 +9,9 @@ Thin asyncio glue around the sans-I/O :class:`~spheroid_p2p.core.fetch.Fetcher` 
   blob's memory map, compressed on a worker thread when the requester asked for it.
 * Fetching: :meth:`Transfers.fetch` pulls a set from several holders at once into a partial
   file, resumes one, and installs the result atomically.
+* Received chunks are hashed and written (to the partial file, or into a delta's buffer) on a
+  worker thread, so the event loop only receives frames and checks their signatures; the
+  connections of a node decode frames with ``verify_chunks=False`` for this.
 * Deltas: :meth:`Transfers.send_delta` streams ``DELTA_HEADER`` and its chunks and waits for
   the ``DELTA_ACK``; received delta streams are assembled and handed to ``on_delta``.
 """
@@ -16,6 +19,7 @@ Thin asyncio glue around the sans-I/O :class:`~spheroid_p2p.core.fetch.Fetcher` 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import logging
 import os
@@ -26,8 +30,9 @@ from typing import TYPE_CHECKING
 
 from spheroid_p2p.core.fetch import Fetcher, FetchParams
 from spheroid_p2p.core.linkrate import LinkRates, choose_codec
-from spheroid_p2p.errors import ErrorCode, SpheroidError, code_name
+from spheroid_p2p.errors import ErrorCode, RemoteProtocolError, SpheroidError, code_name
 from spheroid_p2p.params import MAX_CHUNKS_PER_REQUEST
+from spheroid_p2p.wire.codec import verify_chunk
 from spheroid_p2p.wire.compression import encode_payload
 from spheroid_p2p.wire.dtypes import DTYPES, Codec
 from spheroid_p2p.wire.messages import Message, TensorChunk
@@ -96,6 +101,9 @@ class _Fetch:
     bytes_by: dict[PeerId, int] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     on_chunk: Callable[[int], None] | None = None
+    #: chunks being hashed and written on the worker thread
+    pending: dict[int, asyncio.Future[None]] = field(default_factory=dict)
+    error: BaseException | None = None
 
 
 @dataclass
@@ -105,6 +113,7 @@ class _DeltaIn:
     buffer: bytearray
     spans: list
     have: set[int] = field(default_factory=set)
+    pending: set[int] = field(default_factory=set)
     wire_bytes: int = 0
 
 
@@ -139,6 +148,15 @@ class Transfers:
         self.bytes_delta_out = 0
         self.bytes_delta_in = 0
         self._codec_probe: tuple[float, float] | None = None  # (bytes/s, ratio)
+        self._probing: set[asyncio.Task[None]] = set()
+        # one thread: chunk hashing and writing overlap the network, in arrival order
+        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="chunks")
+
+    def close(self) -> None:
+        """Stop the worker thread (queued chunk jobs are dropped)."""
+        self._worker.shutdown(wait=False, cancel_futures=True)
+        for task in self._probing:
+            task.cancel()
 
     def _rid(self) -> int:
         return REQUEST_ID_BIT | next(self._ids)
@@ -250,7 +268,7 @@ class Transfers:
                 elem_size=elem if codec == Codec.SHUFFLE_ZSTD else 1,
                 payload=payload,
             )
-            if not self.peers.send(peer, msg):
+            if not await self.peers.send_bulk(peer, msg):
                 return
             self.bytes_served += len(payload)
 
@@ -321,6 +339,10 @@ class Transfers:
         try:
             async with asyncio.timeout(timeout_s):
                 while not fetcher.done:
+                    if fetch.error is not None:
+                        raise FetchError(
+                            f"block {m.block} v{m.version}: writing a chunk failed: {fetch.error}"
+                        ) from fetch.error
                     now = time.monotonic()
                     for action in fetcher.poll(now):
                         self._send_chunk_get(fetch, action.holder, action.indices)
@@ -349,10 +371,14 @@ class Transfers:
             self._fetches.remove(fetch)
             for rid in [r for r, (t, _) in self._requests.items() if t is fetch]:
                 del self._requests[rid]
+            if fetch.pending:  # never close the file under a write still queued
+                await asyncio.wait(list(fetch.pending.values()))
             os.close(fd)
         stored = await asyncio.to_thread(self.store.finish_partial, signed, path)
-        if self._codec_probe is None and stored.spans:
-            self._codec_probe = await asyncio.to_thread(_probe_codec, stored)
+        if self._codec_probe is None and stored.spans and not self._probing:
+            task = asyncio.get_running_loop().create_task(self._probe(stored))
+            self._probing.add(task)
+            task.add_done_callback(self._probing.discard)
         seconds = time.monotonic() - fetch.started
         total = sum(fetch.bytes_by.values())
         self.bytes_fetched += total
@@ -387,17 +413,46 @@ class Transfers:
                 fetch.wake.set()
                 return
 
+    async def _probe(self, stored: StoredSet) -> None:
+        """Measure shuffle+zstd on a chunk we hold, for the next ``auto`` codec choice."""
+        self._codec_probe = await asyncio.to_thread(_probe_codec, stored)
+
     def _fetched_chunk(self, peer: PeerId, chunk: TensorChunk) -> None:
         entry = self._requests.get(chunk.stream_id)
         if entry is None or not isinstance(entry[0], _Fetch) or entry[1] != peer:
             return  # an answer to a request we gave up on
         fetch = entry[0]
-        if fetch.fetcher.chunk_received(peer, chunk.index, chunk.chunk_hash):
-            span = fetch.fetcher.spans[chunk.index]
-            os.pwrite(fetch.fd, chunk.data, span.offset)
+        spans = fetch.fetcher.spans
+        index = chunk.index
+        if index >= len(spans) or chunk.chunk_hash != spans[index].digest:
+            fetch.fetcher.chunk_received(peer, index, chunk.chunk_hash)  # bans the holder
+            fetch.wake.set()
+            return
+        if index in fetch.fetcher.have or index in fetch.pending:
+            return  # an endgame duplicate
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(
+            self._worker, _check_and_write, chunk, fetch.fd, spans[index].offset
+        )
+        fetch.pending[index] = job
+        job.add_done_callback(lambda done: self._chunk_written(fetch, peer, chunk, done))
+
+    def _chunk_written(
+        self, fetch: _Fetch, peer: PeerId, chunk: TensorChunk, job: asyncio.Future[None]
+    ) -> None:
+        fetch.pending.pop(chunk.index, None)
+        if job.cancelled() or fetch not in self._fetches:
+            return
+        exc = job.exception()
+        if isinstance(exc, RemoteProtocolError):  # the payload does not match its hash
+            self.peers.close_peer(peer, exc.code, str(exc.args[0]))
+            fetch.fetcher.holder_failed(peer, str(exc.args[0]), ban=True)
+        elif exc is not None:  # our disk: the fetch cannot go on
+            fetch.error = exc
+        elif fetch.fetcher.chunk_received(peer, chunk.index, chunk.chunk_hash):
             fetch.bytes_by[peer] = fetch.bytes_by.get(peer, 0) + len(chunk.payload)
             if fetch.on_chunk is not None:
-                fetch.on_chunk(span.length)
+                fetch.on_chunk(chunk.raw_len)
         fetch.wake.set()
 
     # -- deltas -------------------------------------------------------------------------------
@@ -446,7 +501,7 @@ class Transfers:
                     encoded = await asyncio.to_thread(encode_payload, piece, codec, elem, 1)
                     if len(encoded) < len(piece):
                         chosen, payload = codec, encoded
-                ok = self.peers.send(
+                ok = await self.peers.send_bulk(
                     peer,
                     TensorChunk(
                         stream_id=sid,
@@ -461,8 +516,6 @@ class Transfers:
                 if not ok:
                     raise FetchError(f"{peer.short()} disconnected while sending a delta")
                 self.bytes_delta_out += len(payload)
-                if span.index % 16 == 15:
-                    await asyncio.sleep(0)
             async with asyncio.timeout(timeout_s):
                 return await fut
         finally:
@@ -499,8 +552,32 @@ class Transfers:
             del self._deltas_in[key]
             self._ack(peer, state.header, ErrorCode.HASH_MISMATCH, "chunk not in the header")
             return
-        span = state.spans[chunk.index]
-        state.buffer[span.offset : span.offset + span.length] = chunk.data
+        if chunk.index in state.have or chunk.index in state.pending:
+            return
+        state.pending.add(chunk.index)
+        job = asyncio.get_running_loop().run_in_executor(
+            self._worker, _check_and_copy, chunk, state.buffer, state.spans[chunk.index].offset
+        )
+        job.add_done_callback(lambda done: self._delta_chunk_placed(key, state, chunk, done))
+
+    def _delta_chunk_placed(
+        self,
+        key: tuple[PeerId, int],
+        state: _DeltaIn,
+        chunk: TensorChunk,
+        job: asyncio.Future[None],
+    ) -> None:
+        state.pending.discard(chunk.index)
+        if job.cancelled() or self._deltas_in.get(key) is not state:
+            return
+        exc = job.exception()
+        if exc is not None:
+            del self._deltas_in[key]
+            if isinstance(exc, RemoteProtocolError):
+                self.peers.close_peer(state.sender, exc.code, str(exc.args[0]))
+            else:
+                log.error("[%s] placing a delta chunk failed: %s", self.tag, exc)
+            return
         state.have.add(chunk.index)
         state.wire_bytes += len(chunk.payload)
         self.bytes_delta_in += len(chunk.payload)
@@ -538,6 +615,19 @@ class Transfers:
 
     def push_manifest(self, peer: PeerId, signed: SignedManifest) -> bool:
         return self.peers.send(peer, VersionInfo(request_id=0, manifest=signed))
+
+
+def _check_and_write(chunk: TensorChunk, fd: int, offset: int) -> None:
+    """Worker thread: verify a fetched chunk against its hash, then write it in place."""
+    data = verify_chunk(chunk).data
+    if os.pwrite(fd, data, offset) != len(data):
+        raise OSError(f"short write of chunk {chunk.index}")
+
+
+def _check_and_copy(chunk: TensorChunk, buffer: bytearray, offset: int) -> None:
+    """Worker thread: verify a delta chunk against its hash, then copy it into the delta."""
+    data = verify_chunk(chunk).data
+    memoryview(buffer)[offset : offset + len(data)] = data
 
 
 def _measure_codec(sample: memoryview, itemsize: int) -> tuple[float, float]:

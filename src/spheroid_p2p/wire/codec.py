@@ -39,7 +39,14 @@ from spheroid_p2p.wire.signing import DOMAIN_ENVELOPE, KeyPair, PeerId, verify
 from spheroid_p2p.wire.tensors import check_header, chunk_digest
 from spheroid_p2p.wire.traversal import PipeStep, Traverse, TraverseResult, verify_inline
 
-__all__ = ["Envelope", "decode_frame", "encode_frame", "encode_signed", "frame_body_parts"]
+__all__ = [
+    "Envelope",
+    "decode_frame",
+    "encode_frame",
+    "encode_signed",
+    "frame_body_parts",
+    "verify_chunk",
+]
 
 _ARRAY3: Final = 0x93
 _U64: Final = 2**64 - 1
@@ -164,11 +171,12 @@ def _map_field(fields: dict[str, object], key: str) -> dict[str, object]:
     return value
 
 
-def _verify_content(message: Message) -> Message:
+def _verify_content(message: Message, verify_chunks: bool = True) -> Message:
     """Check what a message says about tensor content (§5.4).
 
     A header's content hash must match its chunk hashes; a chunk's payload is decoded
-    (bounded by its declared length) and must hash to its signed chunk hash.
+    (bounded by its declared length) and must hash to its signed chunk hash, unless the
+    caller defers that to :func:`verify_chunk` (``verify_chunks=False``).
     """
     if isinstance(message, TensorHeader):
         return check_header(message)
@@ -178,8 +186,16 @@ def _verify_content(message: Message) -> Message:
         return dataclasses.replace(message, hidden=verify_inline(message.hidden))
     if isinstance(message, TraverseResult) and message.logits is not None:
         return dataclasses.replace(message, logits=verify_inline(message.logits))
-    if not isinstance(message, TensorChunk):
-        return message
+    if isinstance(message, TensorChunk) and verify_chunks:
+        return verify_chunk(message)
+    return message
+
+
+def verify_chunk(message: TensorChunk) -> TensorChunk:
+    """Decode a chunk's payload and check it against its chunk hash; the result carries the
+    raw bytes in ``data``. Raises ``RemoteProtocolError`` (``HASH_MISMATCH``, or the codec's
+    error). A receiver that hashes on a worker thread decodes frames with
+    ``verify_chunks=False`` and calls this before using the chunk."""
     raw = decode_payload(message.payload, message.codec, message.raw_len, message.elem_size)
     if chunk_digest(raw) != message.chunk_hash:
         raise RemoteProtocolError(
@@ -198,8 +214,11 @@ def _verify_content(message: Message) -> Message:
     )
 
 
-def decode_frame(body: Buffer) -> Envelope:
+def decode_frame(body: Buffer, *, verify_chunks: bool = True) -> Envelope:
     """Decode and verify one frame body (no length prefix). Raises ``RemoteProtocolError`` only.
+
+    With ``verify_chunks=False`` a ``TensorChunk``'s payload is not yet decoded or hashed
+    (its ``data`` is empty): the caller must pass it through :func:`verify_chunk`.
 
     Checks run in the order of §3.4, so every malformed input has exactly one error code:
     outer structure, signed-section msgpack, envelope fields, version, signature, message
@@ -250,7 +269,12 @@ def decode_frame(body: Buffer) -> Envelope:
         )
     signature = bytes(signature_view)
     verify(public_key, signature, DOMAIN_ENVELOPE, signed)
-    message = message_from_body(type_code, message_body, payload, post=_verify_content)
+    message = message_from_body(
+        type_code,
+        message_body,
+        payload,
+        post=lambda m: _verify_content(m, verify_chunks),
+    )
     return Envelope(
         version=version,
         sender_key=public_key,

@@ -8,7 +8,7 @@ import pytest
 
 from spheroid_p2p.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from spheroid_p2p.params import MAX_FRAME_BYTES
-from spheroid_p2p.wire.framing import FrameDecoder, frame_header
+from spheroid_p2p.wire.framing import DIRECT_READ_MIN, FrameDecoder, frame_header
 
 
 def _frame(body: bytes) -> bytes:
@@ -35,21 +35,33 @@ def test_errors_are_sticky() -> None:
         assert info.value.code is ErrorCode.MALFORMED_FRAME
 
 
-def test_buffered_protocol_path_receives_in_place() -> None:
-    """get_buffer/buffer_updated deliver the same frames as feed, writing into the frame buffer."""
-    stream = _frame(b"abc") + _frame(b"x" * 1000)
+@pytest.mark.parametrize("read_size", [1, 7, 4096, DIRECT_READ_MIN, 10**6])
+def test_buffered_protocol_path_gives_the_same_frames(read_size: int) -> None:
+    """get_buffer/buffer_updated deliver the same frames as feed, however reads are sized."""
+    big = bytes(range(256)) * (3 * DIRECT_READ_MIN // 256 + 5)
+    stream = _frame(b"abc") + _frame(big) + _frame(b"x" * 1000) + _frame(big[::-1])
     decoder = FrameDecoder()
     pos = 0
     while pos < len(stream):
         target = decoder.get_buffer()
-        n = min(len(target), 7, len(stream) - pos)
+        n = min(len(target), read_size, len(stream) - pos)
         target[:n] = stream[pos : pos + n]
         decoder.buffer_updated(n)
         pos += n
-    assert decoder.next_frame() == b"abc"
-    assert decoder.next_frame() == b"x" * 1000
-    assert decoder.next_frame() is None
+    assert [decoder.next_frame() for _ in range(5)] == [b"abc", big, b"x" * 1000, big[::-1], None]
     decoder.eof()
+
+
+def test_large_bodies_are_received_in_place() -> None:
+    """Once a big frame's header is in, get_buffer hands out the body itself (no copy)."""
+    big = b"y" * (2 * DIRECT_READ_MIN)
+    decoder = FrameDecoder()
+    decoder.feed(_frame(big)[:100])
+    target = decoder.get_buffer()
+    assert len(target) == len(big) - 96  # exactly the rest of this frame's body
+    target[:] = big[96:]
+    decoder.buffer_updated(len(target))
+    assert decoder.next_frame() == big
 
 
 def test_custom_limit_applies() -> None:
