@@ -1,13 +1,18 @@
 """The main job: a local swarm on loopback trains a BlockTrain model, then generates text.
 
-``python -m spheroid_p2p.demo`` starts one node process per block on 127.0.0.1. Each node
-trains only its own block (its own optimizer, its own data order) on the project's generated
-corpus, shows its progress, and once done serves its block; the nodes find each other by
-gossip. The demo then scores the composed model (CE of the one-traversal sampler on held-out
-windows) and generates text from a prompt through the chain of servers, one traversal per
-byte, printing it as it arrives. Everything stops cleanly at the end.
+``python -m spheroid_p2p.demo`` starts one node process per block on 127.0.0.1, plus extra
+replicas (by default one more trainer of block 0, the highest-noise block). Each node trains
+only its own block (its own optimizer, its own data order) on the project's generated corpus
+and takes part in that block's averaging rounds (09): replicas of one block send bf16 deltas
+to the round's aggregator, which publishes the averaged version. An evaluator process
+assembles the current model from the swarm every few seconds (the newest version of every
+block, fetched over the network) and the demo prints its CE as it falls, under one progress
+bar per node. Once training ends, every node serves its block; the demo scores the final
+model and generates text from a prompt through the chain of servers, one traversal per byte,
+printing it as it arrives. Everything stops cleanly at the end.
 
-Flags choose the corpus, block count, steps and output length; ``--help`` lists them.
+Flags choose the corpus, block count, replicas, steps (the duration) and output length;
+``--help`` lists them.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +29,14 @@ from pathlib import Path
 __all__ = ["main"]
 
 PROGRESS = re.compile(r"block (\d+) step (\d+)/(\d+) loss ([\d.]+)")
+EVAL_LINE = re.compile(r"^eval t=.*$", re.M)
+
+
+def _replicas(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of block indices: {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="text file or WikiText folder ('embedded': generated, default)",
     )
     parser.add_argument("--blocks", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=500, help="training steps per block")
+    parser.add_argument(
+        "--replicas",
+        type=_replicas,
+        default=[0],
+        help="blocks that get one extra trainer each, e.g. 0,1 ('' for none; default 0)",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=500, help="training steps per trainer (the duration)"
+    )
+    parser.add_argument("--round-steps", type=int, default=50, help="local steps per round")
+    parser.add_argument(
+        "--eval-every", type=float, default=20.0, help="seconds between CE scores (0: none)"
+    )
     parser.add_argument("--context", type=int, default=64)
     parser.add_argument("--d-model", type=int, default=128)
     parser.add_argument("--batch", type=int, default=16)
@@ -52,40 +78,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _progress_bars(nodes: list, blocks: int, timeout_s: float) -> None:  # type: ignore[type-arg]
-    """Follow each node's log and draw one progress bar per block until all are served."""
+def _progress_bars(
+    nodes: list,  # type: ignore[type-arg]
+    labels: list[str],
+    timeout_s: float,
+    eval_log: Path | None,
+) -> None:
+    """Follow each node's log: one progress bar per node until all serve; print each CE
+    score the evaluator writes meanwhile."""
     from tqdm import tqdm
 
     bars = [
         tqdm(
             total=1,
-            desc=f"block {b}",
-            position=b,
+            desc=label,
+            position=i,
             unit="step",
             leave=True,
             dynamic_ncols=True,
             file=sys.stderr,
         )
-        for b in range(blocks)
+        for i, label in enumerate(labels)
     ]
+    shown = 0
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
             done = 0
-            for b, node in enumerate(nodes):
+            for i, node in enumerate(nodes):
                 if not node.alive():
-                    raise RuntimeError(f"node for block {b} exited; log:\n{node.log()[-2000:]}")
+                    raise RuntimeError(f"node {labels[i]} exited; log:\n{node.log()[-2000:]}")
                 text = node.log()
                 matches = PROGRESS.findall(text)
                 if matches:
                     _, step, total, loss = matches[-1]
-                    bars[b].total = int(total)
-                    bars[b].n = int(step)
-                    bars[b].set_postfix_str(f"loss {float(loss):.3f}", refresh=False)
-                    bars[b].refresh()
+                    bars[i].total = int(total)
+                    bars[i].n = int(step)
+                    bars[i].set_postfix_str(f"loss {float(loss):.3f}", refresh=False)
+                    bars[i].refresh()
                 if "serving blocks" in text:
                     done += 1
-            if done == blocks:
+            if eval_log is not None and eval_log.exists():
+                lines = EVAL_LINE.findall(eval_log.read_text())
+                for line in lines[shown:]:
+                    tqdm.write(f"swarm model {line}", file=sys.stderr)
+                shown = len(lines)
+            if done == len(nodes):
                 return
             time.sleep(0.5)
         raise TimeoutError(f"training did not finish within {timeout_s:.0f} s")
@@ -134,40 +172,93 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="spheroid-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    common = [
+    data_and_model = [
         "--corpus",
         args.corpus,
-        "--train-steps",
-        str(args.steps),
-        "--batch",
-        str(args.batch),
         "--context",
         str(args.context),
         "--d-model",
         str(args.d_model),
         "--n-blocks",
         str(args.blocks),
+    ]
+    common = [
+        *data_and_model,
+        "--train-steps",
+        str(args.steps),
+        "--batch",
+        str(args.batch),
         "--threads",
         "1",
         "--record-ttl",
         "30",
+        "--round-steps",
+        str(args.round_steps),
+        "--round-period",
+        "30",
+        "--round-grace",
+        "5",
+        "--delta-encoding",
+        "bfloat16",
     ]
+    plan = [(b, 0) for b in range(args.blocks)]
+    for b in args.replicas:
+        if not 0 <= b < args.blocks:
+            raise SystemExit(f"--replicas: no block {b} in a {args.blocks}-block model")
+        plan.append((b, sum(1 for x, _ in plan if x == b)))
+    labels = [f"block {b}" + (f" replica {r + 1}" if r else "") for b, r in plan]
     print(
-        f"spheroid_p2p demo: {args.blocks} nodes on 127.0.0.1, one block each, "
-        f"{args.steps} steps per block; logs and checkpoints in {workdir}",
+        f"spheroid_p2p demo: {len(plan)} nodes on 127.0.0.1 ({args.blocks} blocks"
+        f"{', extra replicas of ' + ','.join(map(str, args.replicas)) if args.replicas else ''}"
+        f"), {args.steps} steps per trainer, averaging every {args.round_steps} steps; "
+        f"logs and checkpoints in {workdir}",
         flush=True,
     )
     nodes: list[NodeProcess] = []
+    evaluator: subprocess.Popen[bytes] | None = None
+    eval_log = workdir / "eval.log" if args.eval_every > 0 else None
     start = time.monotonic()
     try:
-        for b in range(args.blocks):
+        for i, (b, r) in enumerate(plan):
             extra = ["--bootstrap", nodes[0].addr] if nodes else []
+            name = f"b{b}" if r == 0 else f"b{b}r{r}"
             nodes.append(
                 NodeProcess(
-                    workdir, f"b{b}", *common, "--train-block", str(b), *extra, verbose=1
+                    workdir,
+                    name,
+                    *common,
+                    "--train-block",
+                    str(b),
+                    "--seed",
+                    str(i),
+                    *extra,
+                    verbose=1,
                 ).start()
             )
-        _progress_bars(nodes, args.blocks, args.timeout)
+        if eval_log is not None:
+            with open(eval_log, "w") as out:
+                evaluator = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "spheroid_p2p.node",
+                        "eval",
+                        "--bootstrap",
+                        nodes[0].addr,
+                        *data_and_model,
+                        "--windows",
+                        "16",
+                        "--every",
+                        str(args.eval_every),
+                        "--count",
+                        "100000",
+                        "--out",
+                        str(workdir / "eval.jsonl"),
+                    ],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+        _progress_bars(nodes, labels, args.timeout, eval_log)
         trained = time.monotonic() - start
         ce = _score(workdir, args.blocks, args.corpus, args.context)
         print(
@@ -177,6 +268,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         asyncio.run(_generate(nodes[0].addr, args.prompt, args.bytes, args.temperature))
     finally:
+        if evaluator is not None and evaluator.poll() is None:
+            evaluator.terminate()
+            try:
+                evaluator.wait(10)
+            except subprocess.TimeoutExpired:
+                evaluator.kill()
         for node in nodes:
             node.stop()
     print(f"done in {time.monotonic() - start:.0f} s; all nodes stopped", flush=True)

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from spheroid_p2p import __version__
 from spheroid_p2p.core.gossip import GossipParams
-from spheroid_p2p.errors import ConfigError, TransportError
+from spheroid_p2p.errors import SpheroidError
 from spheroid_p2p.identity import load_or_create_identity
 from spheroid_p2p.ml.config import ModelConfig
 
@@ -43,6 +43,21 @@ def _blocks(text: str) -> tuple[int, ...]:
 
 def _addrs(text: str) -> tuple[str, ...]:
     return tuple(a.strip() for a in text.split(",") if a.strip())
+
+
+def _model_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--context", type=int, help="model context (bytes)")
+    parser.add_argument("--d-model", type=int, help="model width")
+    parser.add_argument("--layers-per-block", type=int)
+    parser.add_argument("--n-blocks", type=int, help="blocks in the model")
+
+
+def _model(args: argparse.Namespace, model: ModelConfig | None = None) -> ModelConfig:
+    model = model or ModelConfig()
+    for name in ("context", "d_model", "layers_per_block", "n_blocks"):
+        if getattr(args, name) is not None:
+            model = replace(model, **{name: getattr(args, name)})
+    return model
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,10 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--train-steps", type=int, help="optimizer steps for each trained block")
     run.add_argument("--batch", dest="batch_size", type=int, help="training batch size")
-    run.add_argument("--context", type=int, help="model context (bytes)")
-    run.add_argument("--d-model", type=int, help="model width")
-    run.add_argument("--layers-per-block", type=int)
-    run.add_argument("--n-blocks", type=int, help="blocks in the model")
+    _model_flags(run)
     run.add_argument("--seed", type=int)
     run.add_argument("--threads", type=int, help="torch threads (0: default)")
     run.add_argument(
@@ -142,6 +154,23 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="reject a delta whose norm is over this many times the median of the others",
     )
+
+    ev = commands.add_parser(
+        "eval",
+        help="assemble the current model from the swarm (newest version of every block) "
+        "and print its CE_sampler, once or every few seconds",
+    )
+    ev.add_argument(
+        "--bootstrap", type=_addrs, required=True, help="HOST:PORT[,...] of peers to join"
+    )
+    ev.add_argument("--corpus", required=True, help="text file, WikiText folder or 'embedded'")
+    _model_flags(ev)
+    ev.add_argument("--windows", type=int, default=64, help="evaluation windows")
+    ev.add_argument("--every", type=float, default=30.0, help="seconds between scores")
+    ev.add_argument("--count", type=int, default=1, help="how many scores")
+    ev.add_argument("--out", type=Path, help="append each score as a JSON line here")
+    ev.add_argument("--timeout", type=float, default=300.0, help="wait this long for blocks")
+    ev.add_argument("--data-dir", type=Path, help="where fetched versions go (default: temp)")
 
     status = commands.add_parser("status", help="print a running peer's view of the swarm")
     status.add_argument("--peer", required=True, help="HOST:PORT of the peer to ask")
@@ -205,11 +234,7 @@ def node_config(args: argparse.Namespace) -> Any:
     ):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
-    model = values.get("model", ModelConfig())
-    for name in ("context", "d_model", "layers_per_block", "n_blocks"):
-        if getattr(args, name) is not None:
-            model = replace(model, **{name: getattr(args, name)})
-    values["model"] = model
+    values["model"] = _model(args, values.get("model"))
     gossip = values.get("gossip", GossipParams())
     for flag, field_name in (
         ("record_ttl", "record_ttl_s"),
@@ -251,6 +276,44 @@ async def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _cmd_eval(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from spheroid_p2p.ml.data import load_corpus
+    from spheroid_p2p.node.app import Node
+    from spheroid_p2p.node.config import NodeConfig
+    from spheroid_p2p.node.evaluator import run_evaluator
+    from spheroid_p2p.wire.signing import KeyPair
+
+    model = _model(args)
+    corpus = await asyncio.to_thread(load_corpus, args.corpus)
+    windows = corpus.eval_windows(model.context, args.windows)
+    with tempfile.TemporaryDirectory(prefix="spheroid-eval-") as tmp:
+        config = NodeConfig(
+            data_dir=args.data_dir or Path(tmp),
+            key=Path(tmp) / "eval.key",
+            bootstrap=tuple(args.bootstrap),
+            model=model,
+        )
+        node = Node(config, KeyPair.generate())
+        task = asyncio.create_task(node.run())
+        try:
+            await node.ready.wait()
+            await run_evaluator(
+                node,
+                model,
+                windows,
+                every_s=args.every,
+                count=args.count,
+                out=args.out,
+                timeout_s=args.timeout,
+            )
+        finally:
+            node.stop()
+            await task
+    return 0
+
+
 async def _cmd_status(args: argparse.Namespace) -> int:
     from spheroid_p2p.node.status import fetch_status, format_status
 
@@ -281,7 +344,9 @@ def main(argv: list[str] | None = None) -> int:
             return run_async(_cmd_run(args))
         if args.command == "status":
             return run_async(_cmd_status(args))
-    except (ConfigError, TransportError, ValueError) as exc:
+        if args.command == "eval":
+            return run_async(_cmd_eval(args))
+    except (SpheroidError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     parser.error(f"unknown command {args.command}")

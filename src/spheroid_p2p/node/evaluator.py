@@ -1,0 +1,181 @@
+"""The swarm evaluator: assemble the current model from the swarm and score it.
+
+Any peer can do this; it needs nothing but the gossip and the transfer protocol (08). For each
+block it takes the newest version that trainers announce (records with a weights hash and the
+model's config hash), fetches it from every live holder at once, checks the manifest's config
+hash, and builds the block from those tensors. A block whose newest version is already here is
+not fetched again. The composed model is then scored with the one-traversal sampler on fixed
+evaluation windows (CE_sampler, nats/byte), and each score is logged with the time, the
+versions it used and the bytes fetched so far.
+
+``python -m spheroid_p2p.node eval --bootstrap HOST:PORT --corpus PATH [--every S]`` runs it
+as a process; the demo and the swarm benchmark do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from spheroid_p2p.ml.block import BlockDenoiser
+from spheroid_p2p.ml.config import ModelConfig
+from spheroid_p2p.ml.evaluate import evaluate_sampler
+from spheroid_p2p.node.transfer import FetchError
+
+if TYPE_CHECKING:
+    from spheroid_p2p.node.app import Node
+
+__all__ = ["EvalPoint", "SwarmEvaluator"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalPoint:
+    """One score of the swarm's current model."""
+
+    elapsed_s: float
+    ce_sampler: float
+    versions: list[int]
+    fetched_bytes: int  # by this evaluator, all fetches so far
+    fetch_s: float
+    eval_s: float
+
+
+class SwarmEvaluator:
+    """Fetches the newest version of every block through ``node`` and scores the model."""
+
+    def __init__(
+        self,
+        node: Node,
+        model: ModelConfig,
+        windows: torch.Tensor,
+        seeds: tuple[int, ...] = (0,),
+    ) -> None:
+        self.node = node
+        self.model = model
+        self.windows = windows
+        self.seeds = seeds
+        self.started = time.monotonic()
+        self._blocks: dict[int, tuple[bytes, int, BlockDenoiser]] = {}  # weights, version, module
+        self.fetched_bytes = 0
+
+    def newest(self, block: int) -> tuple[int, bytes, list] | None:
+        """(version, weights hash, holders) of the newest announced version of ``block``."""
+        want = self.model.config_hash()
+        recs = [  # trainers announce versions (servers' hashes name their checkpoint files)
+            r
+            for r in self.node.gossip.owners_of(block)
+            if r.role == "train"
+            and r.content_hash
+            and r.config_hash == want
+            and r.owner != self.node.key.peer_id
+        ]
+        if not recs:
+            return None
+        top = max(recs, key=lambda r: r.version)
+        holders = [r.owner for r in recs if r.content_hash == top.content_hash]
+        return top.version, top.content_hash, holders
+
+    async def assemble(self, timeout_s: float = 120.0) -> list[BlockDenoiser]:
+        """The current model: every block at its newest announced version (waits for all
+        blocks to be announced, up to ``timeout_s``)."""
+        deadline = time.monotonic() + timeout_s
+        for b in range(self.model.n_blocks):
+            while True:
+                found = self.newest(b)
+                if found is not None:
+                    version, weights, holders = found
+                    if b in self._blocks and self._blocks[b][0] == weights:
+                        break
+                    try:
+                        self._blocks[b] = (weights, version, await self._fetch(b, weights, holders))
+                        break
+                    except FetchError as exc:
+                        log.info("[eval] block %d v%d: %s; retrying", b, version, exc)
+                if time.monotonic() > deadline:
+                    raise FetchError(f"no version of block {b} could be fetched in {timeout_s} s")
+                await asyncio.sleep(0.5)
+        return [self._blocks[b][2] for b in range(self.model.n_blocks)]
+
+    async def _fetch(self, block: int, weights: bytes, holders: list) -> BlockDenoiser:
+        reached = await self.node.connect_all(holders)
+        if not reached:
+            raise FetchError("no holder reachable")
+        signed = await self.node.transfers.get_manifest(reached[0], block, weights)
+        if signed.manifest.config_hash != self.model.config_hash():
+            raise FetchError(f"{reached[0].short()} holds block {block} of another model config")
+        result = await self.node.transfers.fetch(signed, reached)
+        self.fetched_bytes += result.bytes_fetched
+        tensors = await asyncio.to_thread(result.stored.tensors)
+        module = BlockDenoiser(self.model, block)
+        module.load_state_dict(tensors, strict=True)
+        log.info(
+            "[eval] block %d v%d: %.2f MB from %d holder(s) in %.2f s",
+            block,
+            signed.manifest.version,
+            result.bytes_fetched / 1e6,
+            len(reached),
+            result.seconds,
+        )
+        return module
+
+    async def score(self, timeout_s: float = 120.0) -> EvalPoint:
+        """Assemble the current model and score it."""
+        start = time.monotonic()
+        blocks = await self.assemble(timeout_s)
+        fetched = time.monotonic()
+        with torch.no_grad():
+            report = await asyncio.to_thread(
+                evaluate_sampler, blocks, self.windows, seeds=self.seeds
+            )
+        return EvalPoint(
+            elapsed_s=round(time.monotonic() - self.started, 3),
+            ce_sampler=report.ce_sampler,
+            versions=[self._blocks[b][1] for b in range(self.model.n_blocks)],
+            fetched_bytes=self.fetched_bytes,
+            fetch_s=round(fetched - start, 3),
+            eval_s=round(time.monotonic() - fetched, 3),
+        )
+
+
+async def run_evaluator(
+    node: Node,
+    model: ModelConfig,
+    windows: torch.Tensor,
+    *,
+    every_s: float,
+    count: int,
+    out: Path | None,
+    timeout_s: float,
+) -> list[EvalPoint]:
+    """Score the swarm's model ``count`` times, ``every_s`` apart; print and log each."""
+    evaluator = SwarmEvaluator(node, model, windows)
+    points: list[EvalPoint] = []
+    for i in range(count):
+        started = time.monotonic()
+        point = await evaluator.score(timeout_s)
+        points.append(point)
+        versions = ",".join(str(v) for v in point.versions)
+        print(
+            f"eval t={point.elapsed_s:.1f}s CE={point.ce_sampler:.4f} nats/byte "
+            f"versions={versions} fetched={point.fetched_bytes / 1e6:.2f}MB",
+            flush=True,
+        )
+        if out is not None:
+            await asyncio.to_thread(_append_line, out, json.dumps(asdict(point)))
+        if i + 1 < count:
+            await asyncio.sleep(max(0.0, every_s - (time.monotonic() - started)))
+    return points
+
+
+def _append_line(path: Path, line: str) -> None:
+    with open(path, "a") as f:
+        f.write(line + "\n")
