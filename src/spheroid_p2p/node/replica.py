@@ -67,6 +67,9 @@ if TYPE_CHECKING:
 __all__ = ["BlockReplica", "RoundSettings"]
 
 log = logging.getLogger(__name__)
+
+#: Tries to fetch the swarm's newest version on joining before starting from our own.
+JOIN_ATTEMPTS = 5
 _ENCODING_CODES = {name: code for code, name in ENCODINGS.items()}
 
 
@@ -140,33 +143,49 @@ class BlockReplica:
         store = self.node.store
         position = self._read_position()
         await asyncio.sleep(self.settings.join_wait_s)  # let gossip bring the records in
-        newest = max(
-            (
-                r
-                for r in self.node.gossip.owners_of(self.block)
-                if r.content_hash
-                and r.owner != self.node.key.peer_id
-                and r.config_hash in ("", self.config_hash)
-            ),
-            key=lambda r: r.version,
-            default=None,
-        )
         local = store.full(self.block)
-        if newest is not None and (local is None or newest.version > local.manifest.version):
-            await self.node.connect_all([newest.owner])
-            manifest = await self.node.transfers.get_manifest(
-                newest.owner, self.block, newest.content_hash
+        stored = None
+        for attempt in range(JOIN_ATTEMPTS):
+            newest = max(
+                (  # trainers' records name versions; servers' name checkpoint files
+                    r
+                    for r in self.node.gossip.owners_of(self.block)
+                    if r.role == "train"
+                    and r.content_hash
+                    and r.owner != self.node.key.peer_id
+                    and r.config_hash in ("", self.config_hash)
+                ),
+                key=lambda r: r.version,
+                default=None,
             )
-            stored = await self._fetch_full(manifest, [newest.owner])
-            keep_local = False
-        elif local is not None:
+            if newest is None or (local is not None and newest.version <= local.manifest.version):
+                break
+            try:
+                await self.node.connect_all([newest.owner])
+                manifest = await self.node.transfers.get_manifest(
+                    newest.owner, self.block, newest.content_hash
+                )
+                stored = await self._fetch_full(manifest, [newest.owner])
+                break
+            except FetchError as exc:  # it moved on (pruned that version) or went away
+                log.info(
+                    "[%s] joining at v%d from %s failed (%s); attempt %d of %d",
+                    self.tag,
+                    newest.version,
+                    newest.owner.short(),
+                    exc,
+                    attempt + 1,
+                    JOIN_ATTEMPTS,
+                )
+                await asyncio.sleep(1.0)
+        keep_local = False
+        if stored is None and local is not None:
             stored = local
             keep_local = (
                 position is not None and position.get("weights") == local.manifest.content.hex()
             )
-        else:
+        elif stored is None:  # version 0 is the seeded initialisation: the same everywhere
             stored = await asyncio.to_thread(self._make_version0)
-            keep_local = False
         self._set_base(stored.signed, stored, keep_local=keep_local)
         log.info(
             "[%s] joined at version %d (%s) from %s",

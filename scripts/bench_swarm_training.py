@@ -1,0 +1,260 @@
+"""Benchmark: decentralised BlockTrain training over a loopback swarm against the
+single-process reference at equal total block-steps.
+
+The swarm: one trainer process per block plus one extra replica on each block in
+``--replicas`` (default 0,1: the two highest-noise blocks, six workers for four blocks). Each
+trainer trains only its block and averages with its block's other replicas in deadline rounds
+(bf16 deltas with error feedback). Total block-steps equal the reference's: a block with two
+replicas gives each half the steps. An evaluator process scores the swarm's current model
+every ``--eval-every`` seconds (CE_sampler against wall time and bytes fetched). Afterwards
+the final swarm model and the reference (``train_blocktrain``, same config, same total
+block-steps, in this process) are scored on the same evaluation windows with 3 noise seeds.
+
+Bytes are split into deltas (replica -> aggregator, from each round's report) and
+checkpoints/updates (the averaged update each replica fetches, from the replica logs), and
+compared with what moving fp32 full block checkpoints both ways each round would cost.
+
+Writes JSON (``--out``) and a PNG of CE against wall time and bytes, and prints one summary
+line.
+
+    python scripts/bench_swarm_training.py --corpus ../shared/data/tinyshakespeare.txt \\
+        --steps-per-block 1200 [--d-model 128 --context 64 ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import git_commit
+from spheroid_p2p.ml.checkpoint import load_block
+from spheroid_p2p.ml.config import ModelConfig, TrainConfig
+from spheroid_p2p.ml.data import load_corpus
+from spheroid_p2p.ml.evaluate import evaluate_sampler
+from spheroid_p2p.ml.training import block_trainers, train_blocktrain
+from spheroid_p2p.node.launcher import NodeProcess, wait_for
+
+UPDATE = re.compile(r"version \d+: update of ([\d.]+) MB")
+
+
+def _swarm(args: argparse.Namespace, tmp: Path, cfg: ModelConfig) -> dict:
+    plan = [(b, 0) for b in range(cfg.n_blocks)]
+    for b in args.replicas:
+        plan.append((b, sum(1 for x, _ in plan if x == b)))
+    replicas = {b: sum(1 for x, _ in plan if x == b) for b in range(cfg.n_blocks)}
+    model = [
+        "--context",
+        str(cfg.context),
+        "--d-model",
+        str(cfg.d_model),
+        "--layers-per-block",
+        str(cfg.layers_per_block),
+        "--n-blocks",
+        str(cfg.n_blocks),
+    ]
+    nodes: list[NodeProcess] = []
+    evaluator = None
+    eval_out = tmp / "eval.jsonl"
+    start = time.monotonic()
+    try:
+        for i, (b, r) in enumerate(plan):
+            extra = ["--bootstrap", nodes[0].addr] if nodes else []
+            nodes.append(
+                NodeProcess(
+                    tmp,
+                    f"b{b}r{r}",
+                    "--corpus",
+                    args.corpus,
+                    *model,
+                    "--batch",
+                    str(args.batch),
+                    "--threads",
+                    "1",
+                    "--train-block",
+                    str(b),
+                    "--train-steps",
+                    str(args.steps_per_block // replicas[b]),
+                    "--round-steps",
+                    str(args.round_steps),
+                    "--round-period",
+                    str(args.round_period),
+                    "--delta-encoding",
+                    args.delta_encoding,
+                    "--seed",
+                    str(i),
+                    *extra,
+                    verbose=1,
+                ).start()
+            )
+        evaluator = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "spheroid_p2p.node",
+                "eval",
+                "--bootstrap",
+                nodes[0].addr,
+                "--corpus",
+                args.corpus,
+                *model,
+                "--windows",
+                "16",
+                "--every",
+                str(args.eval_every),
+                "--count",
+                "1000000",
+                "--out",
+                str(eval_out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(tmp / "eval.log", "w"),  # noqa: SIM115 - closed with the process
+        )
+        wait_for(
+            lambda: all("serving blocks" in n.log() or not n.alive() for n in nodes),
+            timeout_s=args.timeout,
+            interval_s=2.0,
+        )
+        wall = time.monotonic() - start
+    finally:
+        if evaluator is not None:
+            evaluator.terminate()
+            evaluator.wait(20)
+        for n in nodes:
+            n.stop()
+    dead = [n.name for n in nodes if "serving blocks" not in n.log()]
+    if dead:
+        raise RuntimeError(f"trainers {dead} did not finish; see {tmp}")
+    rounds = []
+    for n in nodes:
+        b = int(n.name[1 : n.name.index("r")])
+        path = tmp / n.name / f"block-{b}.rounds.jsonl"
+        if path.exists():
+            rounds += [json.loads(x) for x in path.read_text().splitlines() if x]
+    delta_bytes = sum(r["bytes_in"] for r in rounds)
+    update_bytes = sum(float(m) * 1e6 for n in nodes for m in UPDATE.findall(n.log()))
+    blocks = [load_block(tmp / f"b{b}r0" / f"block-{b}.safetensors") for b in range(cfg.n_blocks)]
+    block_fp32 = sum(p.numel() * 4 for p in blocks[0].state_dict().values())
+    multi = [r for r in rounds if len(r["contributors"]) > 1]
+    fp32_cost = sum(2 * len(r["contributors"]) * block_fp32 for r in multi)
+    curve = [json.loads(x) for x in eval_out.read_text().splitlines()] if eval_out.exists() else []
+    return {
+        "workers": [n.name for n in nodes],
+        "wall_s": wall,
+        "blocks": blocks,
+        "rounds": len(rounds),
+        "averaged_rounds": len(multi),
+        "delta_bytes": delta_bytes,
+        "update_bytes": update_bytes,
+        "fp32_full_checkpoint_bytes": fp32_cost,
+        "bytes_ratio_vs_fp32": (delta_bytes + update_bytes) / fp32_cost if fp32_cost else None,
+        "curve": curve,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--corpus", default="embedded")
+    ap.add_argument("--steps-per-block", type=int, default=300, help="total steps per block")
+    ap.add_argument("--replicas", default="0,1", help="blocks with one extra replica each")
+    ap.add_argument("--context", type=int, default=64)
+    ap.add_argument("--d-model", type=int, default=128)
+    ap.add_argument("--layers-per-block", type=int, default=2)
+    ap.add_argument("--blocks", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--round-steps", type=int, default=50)
+    ap.add_argument("--round-period", type=float, default=60.0)
+    ap.add_argument("--delta-encoding", default="bfloat16")
+    ap.add_argument("--eval-every", type=float, default=30.0)
+    ap.add_argument("--windows", type=int, default=64)
+    ap.add_argument("--timeout", type=float, default=7200.0)
+    ap.add_argument("--out", type=Path, default=Path("bench_swarm_training.json"))
+    ap.add_argument("--workdir", type=Path, help="keep the nodes' logs and data here")
+    args = ap.parse_args()
+    args.replicas = [int(x) for x in args.replicas.split(",") if x.strip()]
+    torch.set_num_threads(1)
+    cfg = ModelConfig(
+        context=args.context,
+        d_model=args.d_model,
+        layers_per_block=args.layers_per_block,
+        n_blocks=args.blocks,
+    )
+    corpus = load_corpus(args.corpus)
+    windows = corpus.eval_windows(cfg.context, args.windows)
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        swarm = _swarm(args, args.workdir, cfg)
+    else:
+        with tempfile.TemporaryDirectory(prefix="swarm-bench-") as d:
+            swarm = _swarm(args, Path(d), cfg)
+    t0 = time.monotonic()
+    tcfg = TrainConfig(
+        batch_size=args.batch,
+        steps=args.steps_per_block,
+        warmup_steps=min(100, args.steps_per_block // 10),
+    )
+    trainers = block_trainers(cfg, tcfg, seed=0)
+    train_blocktrain(trainers, corpus, args.steps_per_block * cfg.n_blocks, seed=0)
+    ref_wall = time.monotonic() - t0
+    with torch.no_grad():
+        ce_swarm = evaluate_sampler(swarm.pop("blocks"), windows).ce_sampler
+        ce_ref = evaluate_sampler([t.block for t in trainers], windows).ce_sampler
+    result = {
+        "commit": git_commit(),
+        "corpus": args.corpus,
+        "config": {**vars(args), "out": str(args.out), "workdir": str(args.workdir)},
+        "total_block_steps": args.steps_per_block * cfg.n_blocks,
+        "ce_swarm": ce_swarm,
+        "ce_reference": ce_ref,
+        "gap": ce_swarm - ce_ref,
+        "reference_wall_s": ref_wall,
+        **swarm,
+    }
+    args.out.write_text(json.dumps(result, indent=2))
+    png = args.out.with_suffix(".png")
+    _plot(result, png)
+    ratio = result["bytes_ratio_vs_fp32"]
+    print(
+        f"bench_swarm_training: {len(result['workers'])} workers, "
+        f"{result['total_block_steps']} block-steps on {Path(args.corpus).name}: "
+        f"swarm CE {ce_swarm:.3f} vs reference {ce_ref:.3f} (gap {ce_swarm - ce_ref:+.3f}); "
+        f"{result['averaged_rounds']} averaged rounds, deltas {result['delta_bytes'] / 1e6:.1f} MB "
+        f"+ updates {result['update_bytes'] / 1e6:.1f} MB = "
+        + (f"{ratio:.2f}x fp32 checkpoints" if ratio is not None else "n/a")
+        + f"; swarm {result['wall_s']:.0f} s, reference {ref_wall:.0f} s -> {args.out}, {png}"
+    )
+    return 0
+
+
+def _plot(result: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = result["curve"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    if curve:
+        a.plot([p["elapsed_s"] for p in curve], [p["ce_sampler"] for p in curve], "o-")
+        b.plot([p["fetched_bytes"] / 1e6 for p in curve], [p["ce_sampler"] for p in curve], "o-")
+    for ax in (a, b):
+        ax.axhline(result["ce_reference"], color="gray", ls="--", label="reference (final)")
+        ax.set_ylabel("CE_sampler (nats/byte, 16 windows)")
+        ax.legend()
+    a.set_xlabel("wall time (s)")
+    b.set_xlabel("MB fetched by the evaluator")
+    fig.suptitle(f"swarm training on {Path(result['corpus']).name}")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
