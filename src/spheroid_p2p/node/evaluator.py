@@ -27,6 +27,7 @@ import torch
 from spheroid_p2p.ml.block import BlockDenoiser
 from spheroid_p2p.ml.config import ModelConfig
 from spheroid_p2p.ml.evaluate import evaluate_sampler
+from spheroid_p2p.node.replica import version_records
 from spheroid_p2p.node.transfer import FetchError
 
 if TYPE_CHECKING:
@@ -69,15 +70,7 @@ class SwarmEvaluator:
 
     def newest(self, block: int) -> tuple[int, bytes, list] | None:
         """(version, weights hash, holders) of the newest announced version of ``block``."""
-        want = self.model.config_hash()
-        recs = [  # trainers announce versions (servers' hashes name their checkpoint files)
-            r
-            for r in self.node.gossip.owners_of(block)
-            if r.role == "train"
-            and r.content_hash
-            and r.config_hash == want
-            and r.owner != self.node.key.peer_id
-        ]
+        recs = version_records(self.node, block, self.model.config_hash())
         if not recs:
             return None
         top = max(recs, key=lambda r: r.version)

@@ -63,13 +63,32 @@ from spheroid_p2p.wire.versions import (
 if TYPE_CHECKING:
     from spheroid_p2p.node.app import Node
     from spheroid_p2p.node.trainer import TrainingJob
+    from spheroid_p2p.wire.records import OwnershipRecord
 
-__all__ = ["BlockReplica", "RoundSettings"]
+__all__ = ["BlockReplica", "RoundSettings", "version_records"]
 
 log = logging.getLogger(__name__)
 
 #: Tries to fetch the swarm's newest version on joining before starting from our own.
 JOIN_ATTEMPTS = 5
+
+
+def version_records(node: Node, block: int, config_hash: str) -> list[OwnershipRecord]:
+    """Other peers' live records that name a version of ``block`` of this model config.
+
+    Only trainers' records name versions (a server's content hash names its checkpoint
+    file, which no version store holds); a record without a config hash is accepted.
+    """
+    return [
+        r
+        for r in node.gossip.owners_of(block)
+        if r.role == "train"
+        and r.content_hash
+        and r.owner != node.key.peer_id
+        and r.config_hash in ("", config_hash)
+    ]
+
+
 _ENCODING_CODES = {name: code for code, name in ENCODINGS.items()}
 
 
@@ -147,14 +166,7 @@ class BlockReplica:
         stored = None
         for attempt in range(JOIN_ATTEMPTS):
             newest = max(
-                (  # trainers' records name versions; servers' name checkpoint files
-                    r
-                    for r in self.node.gossip.owners_of(self.block)
-                    if r.role == "train"
-                    and r.content_hash
-                    and r.owner != self.node.key.peer_id
-                    and r.config_hash in ("", self.config_hash)
-                ),
+                version_records(self.node, self.block, self.config_hash),
                 key=lambda r: r.version,
                 default=None,
             )
