@@ -18,7 +18,7 @@ Writes JSON (``--out``) and a PNG of CE against wall time and bytes, and prints 
 line.
 
     python scripts/bench_swarm_training.py --corpus ../shared/data/tinyshakespeare.txt \\
-        --steps-per-block 1200 [--d-model 128 --context 64 ...]
+        [--steps-per-block 500 --context 128 --batch 32 ...]
 """
 
 from __future__ import annotations
@@ -41,15 +41,13 @@ from spheroid_p2p.ml.config import ModelConfig, TrainConfig
 from spheroid_p2p.ml.data import load_corpus
 from spheroid_p2p.ml.evaluate import evaluate_sampler
 from spheroid_p2p.ml.training import block_trainers, train_blocktrain
-from spheroid_p2p.node.launcher import NodeProcess, wait_for
+from spheroid_p2p.node.launcher import NodeProcess, swarm_plan, wait_for
 
 UPDATE = re.compile(r"version \d+: update of ([\d.]+) MB")
 
 
 def _swarm(args: argparse.Namespace, tmp: Path, cfg: ModelConfig) -> dict:
-    plan = [(b, 0) for b in range(cfg.n_blocks)]
-    for b in args.replicas:
-        plan.append((b, sum(1 for x, _ in plan if x == b)))
+    plan = swarm_plan(cfg.n_blocks, args.replicas)
     replicas = {b: sum(1 for x, _ in plan if x == b) for b in range(cfg.n_blocks)}
     model = [
         "--context",
@@ -81,6 +79,8 @@ def _swarm(args: argparse.Namespace, tmp: Path, cfg: ModelConfig) -> dict:
                     "1",
                     "--train-block",
                     str(b),
+                    "--min-replicas",
+                    str(replicas[b]),
                     "--train-steps",
                     str(args.steps_per_block // replicas[b]),
                     "--round-steps",
@@ -163,18 +163,18 @@ def _swarm(args: argparse.Namespace, tmp: Path, cfg: ModelConfig) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corpus", default="embedded")
-    ap.add_argument("--steps-per-block", type=int, default=300, help="total steps per block")
+    ap.add_argument("--steps-per-block", type=int, default=500, help="total steps per block")
     ap.add_argument("--replicas", default="0,1", help="blocks with one extra replica each")
-    ap.add_argument("--context", type=int, default=64)
+    ap.add_argument("--context", type=int, default=128)
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--layers-per-block", type=int, default=2)
     ap.add_argument("--blocks", type=int, default=4)
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--round-steps", type=int, default=50)
     ap.add_argument("--round-period", type=float, default=60.0)
     ap.add_argument("--delta-encoding", default="bfloat16")
     ap.add_argument("--eval-every", type=float, default=30.0)
-    ap.add_argument("--windows", type=int, default=64)
+    ap.add_argument("--windows", type=int, default=128)
     ap.add_argument("--timeout", type=float, default=7200.0)
     ap.add_argument("--out", type=Path, default=Path("bench_swarm_training.json"))
     ap.add_argument("--workdir", type=Path, help="keep the nodes' logs and data here")
@@ -195,6 +195,7 @@ def main() -> int:
     else:
         with tempfile.TemporaryDirectory(prefix="swarm-bench-") as d:
             swarm = _swarm(args, Path(d), cfg)
+    torch.set_num_threads(2)  # the swarm is done: the reference gets both cores
     t0 = time.monotonic()
     tcfg = TrainConfig(
         batch_size=args.batch,

@@ -168,7 +168,7 @@ async def _generate(addr: str, prompt: str, n: int, temperature: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from spheroid_p2p.node.launcher import NodeProcess
+    from spheroid_p2p.node.launcher import NodeProcess, swarm_plan
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="spheroid-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -201,11 +201,11 @@ def main(argv: list[str] | None = None) -> int:
         "--delta-encoding",
         "bfloat16",
     ]
-    plan = [(b, 0) for b in range(args.blocks)]
-    for b in args.replicas:
-        if not 0 <= b < args.blocks:
-            raise SystemExit(f"--replicas: no block {b} in a {args.blocks}-block model")
-        plan.append((b, sum(1 for x, _ in plan if x == b)))
+    try:
+        plan = swarm_plan(args.blocks, args.replicas)
+    except ValueError as exc:
+        raise SystemExit(f"--replicas: {exc}") from None
+    replicas = {b: sum(1 for x, _ in plan if x == b) for b in range(args.blocks)}
     labels = [f"block {b}" + (f" replica {r + 1}" if r else "") for b, r in plan]
     print(
         f"spheroid_p2p demo: {len(plan)} nodes on 127.0.0.1 ({args.blocks} blocks"
@@ -229,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
                     *common,
                     "--train-block",
                     str(b),
+                    "--min-replicas",
+                    str(replicas[b]),
                     "--seed",
                     str(i),
                     *extra,

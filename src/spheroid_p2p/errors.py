@@ -54,6 +54,7 @@ class ErrorCode(IntEnum):
     CLOCK_SKEW = 23
     VERSION_UNKNOWN = 24
     DELTA_REJECTED = 25
+    NOT_READY = 26
 
 
 def code_name(code: int) -> str:

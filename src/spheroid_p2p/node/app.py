@@ -372,6 +372,9 @@ class Node:
 
     def _on_delta(self, delta: ReceivedDelta) -> None:
         replica = self.replicas.get(delta.header.block)
+        if replica is None and delta.header.block in self.config.train_blocks:
+            self.transfers.ack(delta, ErrorCode.NOT_READY, "this replica is still starting")
+            return
         if replica is None:
             self.transfers.ack(
                 delta, ErrorCode.DELTA_REJECTED, f"block {delta.header.block} is not trained here"
@@ -430,6 +433,8 @@ class Node:
         settings = RoundSettings(
             round_steps=cfg.round_steps,
             encoding=cfg.delta_encoding,
+            min_replicas=cfg.min_replicas,
+            replica_wait_s=cfg.replica_wait_s,
             params=RoundParams(
                 period_s=cfg.round_period_s,
                 grace_s=cfg.round_grace_s,

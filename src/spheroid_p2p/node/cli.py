@@ -140,6 +140,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds before the next aggregator in line takes over",
     )
     rounds.add_argument(
+        "--min-replicas",
+        type=int,
+        help="wait until this many replicas of the block (this one included) are live "
+        "before the first step",
+    )
+    rounds.add_argument(
+        "--replica-wait",
+        dest="replica_wait_s",
+        type=float,
+        help="longest wait for --min-replicas, in seconds; then train with whoever is there",
+    )
+    rounds.add_argument(
         "--delta-encoding",
         choices=("float32", "float16", "bfloat16", "int8"),
         help="how deltas travel (lossy ones use error feedback)",
@@ -228,6 +240,8 @@ def node_config(args: argparse.Namespace) -> Any:
         "round_steps",
         "round_period_s",
         "round_grace_s",
+        "min_replicas",
+        "replica_wait_s",
         "delta_encoding",
         "compression",
         "norm_ratio",

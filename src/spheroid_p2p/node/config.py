@@ -56,6 +56,10 @@ class NodeConfig:
     round_steps: int = 0
     round_period_s: float = 30.0
     round_grace_s: float = 5.0
+    #: Before its first step a replica waits until this many replicas of its block (itself
+    #: included) are live, for at most ``replica_wait_s``; then it trains with whoever is there.
+    min_replicas: int = 1
+    replica_wait_s: float = 120.0
     delta_encoding: str = "bfloat16"
     compression: str = "auto"
     norm_ratio: float = 10.0
@@ -81,6 +85,8 @@ class NodeConfig:
             raise ConfigError(f"compression {self.compression!r}: auto, none, zstd or shuffle")
         if self.round_steps < 0 or self.round_period_s <= 0 or self.round_grace_s <= 0:
             raise ConfigError("round steps must be >= 0, round period and grace > 0")
+        if self.min_replicas < 1 or self.replica_wait_s < 0:
+            raise ConfigError("min replicas must be >= 1 and the replica wait >= 0")
 
 
 def load_toml(path: Path) -> dict[str, Any]:

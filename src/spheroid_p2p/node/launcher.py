@@ -20,7 +20,7 @@ from pathlib import Path
 from spheroid_p2p.node.status import fetch_status
 from spheroid_p2p.wire.messages import StatusResponse
 
-__all__ = ["NodeProcess", "live_view", "wait_for"]
+__all__ = ["NodeProcess", "live_view", "swarm_plan", "wait_for"]
 
 LISTENING = re.compile(r"spheroid node (\S+) listening on (\S+)")
 
@@ -118,3 +118,14 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, interval_s: float 
             return time.monotonic() - start
         time.sleep(interval_s)
     raise TimeoutError(f"condition not met within {timeout_s} s")
+
+
+def swarm_plan(n_blocks: int, extra: list[int]) -> list[tuple[int, int]]:
+    """(block, replica index) of every trainer: one per block, then one more per entry of
+    ``extra`` (a block listed twice gets two more)."""
+    plan = [(b, 0) for b in range(n_blocks)]
+    for b in extra:
+        if not 0 <= b < n_blocks:
+            raise ValueError(f"no block {b} in a {n_blocks}-block model")
+        plan.append((b, sum(1 for x, _ in plan if x == b)))
+    return plan

@@ -101,6 +101,10 @@ class RoundSettings:
     params: RoundParams = field(default_factory=RoundParams)
     #: Seconds to wait for peers' records before deciding nobody holds the block.
     join_wait_s: float = 2.0
+    #: Wait for this many live replicas of the block (us included) before the first step,
+    #: at most ``replica_wait_s`` seconds, so that replicas started together train together.
+    min_replicas: int = 1
+    replica_wait_s: float = 120.0
 
 
 @dataclass
@@ -162,6 +166,7 @@ class BlockReplica:
         store = self.node.store
         position = self._read_position()
         await asyncio.sleep(self.settings.join_wait_s)  # let gossip bring the records in
+        await self._wait_for_replicas()
         local = store.full(self.block)
         stored = None
         for attempt in range(JOIN_ATTEMPTS):
@@ -205,6 +210,25 @@ class BlockReplica:
             stored.manifest.version,
             stored.manifest.content.hex()[:12],
             stored.manifest.signer.short(),
+        )
+
+    async def _wait_for_replicas(self) -> None:
+        want = self.settings.min_replicas
+        if len(self.live_replicas()) >= want:
+            return
+        log.info("[%s] waiting for %d replicas of block %d", self.tag, want, self.block)
+        give_up = time.monotonic() + self.settings.replica_wait_s
+        while not self.node.stopping and time.monotonic() < give_up:
+            await asyncio.sleep(0.5)
+            if len(self.live_replicas()) >= want:
+                log.info("[%s] %d replicas live", self.tag, len(self.live_replicas()))
+                return
+        log.warning(
+            "[%s] only %d of %d replicas live after %.0f s; training with them",
+            self.tag,
+            len(self.live_replicas()),
+            want,
+            self.settings.replica_wait_s,
         )
 
     def _make_version0(self) -> StoredSet:
@@ -325,6 +349,11 @@ class BlockReplica:
                 self._offer_own(r, base, steps)
             else:
                 code, reason = await self._send(agg, r, base, wire, steps, loss)
+                while code == ErrorCode.NOT_READY and time.time() + 1.0 < base.deadline:
+                    if self.node.stopping or (self.base is not None and self.base.version >= r):
+                        return
+                    await asyncio.sleep(1.0)  # it is still joining: send again (09 §9.5)
+                    code, reason = await self._send(agg, r, base, wire, steps, loss)
                 if code == ErrorCode.ROUND_CLOSED:
                     log.warning("[%s] round %d: delta late (%s)", self.tag, r, reason)
                     self._late = self._own.get(r)
@@ -425,10 +454,15 @@ class BlockReplica:
         transfers = self.node.transfers
         base = self.base
         if base is None:
-            transfers.ack(delta, ErrorCode.DELTA_REJECTED, "this replica has not joined yet")
+            transfers.ack(delta, ErrorCode.NOT_READY, "this replica has not joined yet")
             return
         if h.round <= base.version:
             transfers.ack(delta, ErrorCode.ROUND_CLOSED, f"version {h.round} is out")
+            return
+        if h.round > base.version + 1:
+            transfers.ack(
+                delta, ErrorCode.NOT_READY, f"version {h.round - 1} is not installed here yet"
+            )
             return
         agg = self._aggregation(h.round)
         if agg is None:
