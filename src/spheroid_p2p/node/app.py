@@ -180,6 +180,7 @@ class Node:
             self._apply(self.gossip.depart(time.monotonic()))
             await self.peers.close()
             self.transfers.close()
+            await asyncio.to_thread(self.store.close)  # waits for pending fsyncs
             self._log_traffic()
             log.info("[%s] stopped", self.tag)
 

@@ -552,13 +552,15 @@ class BlockReplica:
             update = self.update_encoder.encode(mean)
             applied, problem = decode_delta(update, self.settings.encoding, base.tensors)
             assert problem is None
-            full = store.put(key, apply_average(base.tensors, [(applied, 1.0)]), **common)
+            new = apply_average(base.tensors, [(applied, 1.0)])
+            full = store.put(key, new, durable=False, **common)
             upd = store.put(
                 key,
                 update,
                 kind=KIND_UPDATE,
                 encoding=enc_code,
                 result=full.manifest.content,
+                durable=False,
                 **common,
             )
             return full, upd
@@ -675,6 +677,7 @@ class BlockReplica:
                 created_ms=m.created_ms,
                 next_deadline_ms=m.next_deadline_ms,
                 report=m.report,
+                durable=False,
             )
             return full if full.manifest.content == m.result else None
 

@@ -17,6 +17,7 @@ Chunks are served from a read-only memory map of the blob.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import mmap
@@ -137,6 +138,7 @@ class VersionStore:
         self.partial_dir.mkdir(parents=True, exist_ok=True)
         self.keep = keep
         self.sets: dict[bytes, StoredSet] = {}
+        self._syncer: concurrent.futures.ThreadPoolExecutor | None = None
         self._load_all()
 
     # -- loading -------------------------------------------------------------------------------
@@ -192,7 +194,7 @@ class VersionStore:
         stem = self.root / content.hex()
         return stem.with_suffix(".blob"), stem.with_suffix(".manifest")
 
-    def _commit(self, signed: SignedManifest, blob_tmp: Path) -> StoredSet:
+    def _commit(self, signed: SignedManifest, blob_tmp: Path, durable: bool = True) -> StoredSet:
         content = signed.manifest.content
         blob, manifest_path = self._paths(content)
         os.replace(blob_tmp, blob)
@@ -200,9 +202,11 @@ class VersionStore:
         with open(tmp, "wb") as f:
             f.write(msgpack_profile.pack([signed.data, signed.signature]))
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, manifest_path)
-        _fsync_dir(self.root)
+        if durable:
+            _fsync_dir(self.root)
         old = self.sets.get(content)
         if old is not None:
             old.close()
@@ -226,8 +230,12 @@ class VersionStore:
         created_ms: int = 0,
         next_deadline_ms: int = 0,
         report: RoundReport | None = None,
+        durable: bool = True,
     ) -> StoredSet:
-        """Write ``tensors`` as a new set (blob, then signed manifest) and return it."""
+        """Write ``tensors`` as a new set (blob, then signed manifest) and return it.
+
+        ``durable=False`` returns before the fsyncs, which follow on the store's thread (for
+        versions that peers also hold: a crash in between loses the set, never tears it)."""
         names = list(tensors)
         raws = [raw_of(tensors[n]) for n in names]
         entries = tuple(tensor_entry(n, r) for n, r in zip(names, raws, strict=True))
@@ -252,8 +260,12 @@ class VersionStore:
             for raw in raws:
                 f.write(raw.data)
             f.flush()
-            os.fsync(f.fileno())
-        return self._commit(signed, tmp)
+            if durable:
+                os.fsync(f.fileno())
+        stored = self._commit(signed, tmp, durable=durable)
+        if not durable:
+            self.persist_later(content)
+        return stored
 
     # -- partial fetches -----------------------------------------------------------------------
     def begin_partial(self, signed: SignedManifest) -> tuple[Path, set[int]]:
@@ -276,10 +288,35 @@ class VersionStore:
         return path, have
 
     def finish_partial(self, signed: SignedManifest, path: Path) -> StoredSet:
-        """Install a completed fetch (every chunk was verified as it arrived)."""
-        with open(path, "rb+") as f:
-            os.fsync(f.fileno())
-        return self._commit(signed, path)
+        """Install a completed fetch (every chunk was verified as it arrived).
+
+        The install is atomic at once and durable a moment later (:meth:`persist_later`),
+        off the critical path. A crash in between loses at most this set, never loads a torn one:
+        loading re-hashes every chunk (and a fetched set can be fetched again).
+        """
+        stored = self._commit(signed, path, durable=False)
+        self.persist_later(signed.manifest.content)
+        return stored
+
+    def persist_later(self, content: bytes) -> None:
+        """Make a set installed with ``durable=False`` durable, on the store's own thread."""
+        if self._syncer is None:
+            self._syncer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fsync")
+        self._syncer.submit(self.persist, content)
+
+    def persist(self, content: bytes) -> None:
+        """fsync a set installed with ``durable=False`` (blob, manifest, directory)."""
+        blob, manifest_path = self._paths(content)
+        for path in (blob, manifest_path):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:  # pruned meanwhile
+                return
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(self.root)
 
     def _prune(self, block: int) -> None:
         """Keep the newest ``keep`` sets of ``block`` (full and update alike)."""
@@ -296,5 +333,8 @@ class VersionStore:
             del self.sets[content]
 
     def close(self) -> None:
+        if self._syncer is not None:  # finish the pending fsyncs: a clean stop is durable
+            self._syncer.shutdown(wait=True)
+            self._syncer = None
         for s in self.sets.values():
             s.close()

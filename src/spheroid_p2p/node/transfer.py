@@ -24,7 +24,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -148,15 +148,21 @@ class Transfers:
         self.bytes_delta_out = 0
         self.bytes_delta_in = 0
         self._codec_probe: tuple[float, float] | None = None  # (bytes/s, ratio)
-        self._probing: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # background: codec probe, persisting
+        self._probe_started = False
         # one thread: chunk hashing and writing overlap the network, in arrival order
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="chunks")
 
     def close(self) -> None:
         """Stop the worker thread (queued chunk jobs are dropped)."""
         self._worker.shutdown(wait=False, cancel_futures=True)
-        for task in self._probing:
+        for task in self._tasks:
             task.cancel()
+
+    def _background(self, work: Coroutine[object, object, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _rid(self) -> int:
         return REQUEST_ID_BIT | next(self._ids)
@@ -375,10 +381,9 @@ class Transfers:
                 await asyncio.wait(list(fetch.pending.values()))
             os.close(fd)
         stored = await asyncio.to_thread(self.store.finish_partial, signed, path)
-        if self._codec_probe is None and stored.spans and not self._probing:
-            task = asyncio.get_running_loop().create_task(self._probe(stored))
-            self._probing.add(task)
-            task.add_done_callback(self._probing.discard)
+        if self._codec_probe is None and stored.spans and not self._probe_started:
+            self._probe_started = True
+            self._background(self._probe(stored))
         seconds = time.monotonic() - fetch.started
         total = sum(fetch.bytes_by.values())
         self.bytes_fetched += total
