@@ -12,7 +12,7 @@ can add optional fields); a missing or mistyped required key is ``MALFORMED_MESS
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, Field, dataclass, field, fields
 from enum import IntEnum
 from typing import Any, ClassVar, TypeVar
 
@@ -113,8 +113,36 @@ def _check_str_tuple(name: str, value: object) -> None:
         raise _bad(f"{name} must be a list of strings")
 
 
+def wire(
+    key: str,
+    default: Any = MISSING,
+    *,
+    array: bool = False,
+    required: bool | None = None,
+    encode: Callable[[Any], Any] | None = None,
+    decode: Callable[[Any], Any] | None = None,
+) -> Any:
+    """A message field and its body key: the field table :class:`Message` encodes from.
+
+    ``array``: a tuple sent as a msgpack array. A field with a default may be absent from a
+    received body (then it takes the default) unless ``required``. ``encode``/``decode``
+    convert nested values (``decode`` gets the msgpack value, may raise ``LocalProtocolError``).
+    """
+    meta = {
+        "wire": key,
+        "array": array,
+        "required": default is MISSING if required is None else required,
+        "encode": encode,
+        "decode": decode,
+    }
+    if default is MISSING:
+        return field(metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 class Message:
-    """Base of every message. Subclasses set ``TYPE`` and implement the body mapping."""
+    """Base of every message. Subclasses set ``TYPE`` and declare their body keys with
+    :func:`wire`; a type whose body is not one key per field overrides the two methods."""
 
     __slots__ = ()
     TYPE: ClassVar[MessageType]
@@ -123,12 +151,46 @@ class Message:
 
     def to_body(self) -> Body:
         """The msgpack map for this message's ``body`` field."""
-        raise NotImplementedError
+        body: Body = {}
+        for f in _wire_fields(type(self)):
+            meta = f.metadata
+            value = getattr(self, f.name)
+            if meta["encode"] is not None:
+                value = meta["encode"](value)
+            elif meta["array"]:
+                value = list(value)
+            body[meta["wire"]] = value
+        return body
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> Message:
         """Build the message from a decoded body map (raises ``LocalProtocolError``)."""
-        raise NotImplementedError
+        values: dict[str, Any] = {}
+        for f in _wire_fields(cls):
+            meta = f.metadata
+            key = meta["wire"]
+            if key not in body and not meta["required"]:
+                continue  # the dataclass default
+            value = _get(body, key)
+            if meta["decode"] is not None:
+                value = meta["decode"](value)
+            elif meta["array"]:
+                value = _as_tuple(value, key)
+            values[f.name] = value
+        return cls(**values)
+
+
+def _wire_fields(cls: type[Message]) -> tuple[Field[Any], ...]:
+    table = _FIELD_TABLES.get(cls)
+    if table is None:
+        table = tuple(f for f in fields(cls) if "wire" in f.metadata)  # type: ignore[arg-type]
+        if not table:
+            raise NotImplementedError(f"{cls.__name__} declares no wire fields")
+        _FIELD_TABLES[cls] = table
+    return table
+
+
+_FIELD_TABLES: dict[type[Message], tuple[Field[Any], ...]] = {}
 
 
 _M = TypeVar("_M", bound=type[Message])
@@ -167,11 +229,11 @@ class Hello(Message):
     """First frame each side sends: what it speaks, and a fresh challenge for the other side."""
 
     TYPE: ClassVar[MessageType] = MessageType.HELLO
-    versions: tuple[int, ...]
-    capabilities: tuple[str, ...]
-    nonce: bytes
-    agent: str = ""
-    listen_addrs: tuple[str, ...] = ()
+    versions: tuple[int, ...] = wire("vs", array=True)
+    capabilities: tuple[str, ...] = wire("caps", array=True)
+    nonce: bytes = wire("nonce")
+    agent: str = wire("agent", "")
+    listen_addrs: tuple[str, ...] = wire("addrs", (), array=True)
 
     def __post_init__(self) -> None:
         if not isinstance(self.versions, tuple) or not self.versions:
@@ -183,25 +245,6 @@ class Hello(Message):
         _check_str("agent", self.agent)
         _check_str_tuple("listen_addrs", self.listen_addrs)
 
-    def to_body(self) -> Body:
-        return {
-            "vs": list(self.versions),
-            "caps": list(self.capabilities),
-            "nonce": self.nonce,
-            "agent": self.agent,
-            "addrs": list(self.listen_addrs),
-        }
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> Hello:
-        return cls(
-            versions=_as_tuple(_get(body, "vs"), "vs"),
-            capabilities=_as_tuple(_get(body, "caps"), "caps"),
-            nonce=_get(body, "nonce"),
-            agent=body.get("agent", ""),
-            listen_addrs=_as_tuple(body.get("addrs", []), "addrs"),
-        )
-
 
 @_register
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -209,33 +252,16 @@ class HelloAck(Message):
     """Answer to the peer's Hello: the chosen version, and the peer's nonce signed back to it."""
 
     TYPE: ClassVar[MessageType] = MessageType.HELLO_ACK
-    version: int
-    capabilities: tuple[str, ...]
-    nonce: bytes
-    recipient: bytes
+    version: int = wire("v")
+    capabilities: tuple[str, ...] = wire("caps", array=True)
+    nonce: bytes = wire("nonce")
+    recipient: bytes = wire("to")
 
     def __post_init__(self) -> None:
         _check_uint("version", self.version, 0xFFFF)
         _check_str_tuple("capabilities", self.capabilities)
         _check_bytes("nonce", self.nonce, HANDSHAKE_NONCE_BYTES)
         _check_bytes("recipient", self.recipient, 32)
-
-    def to_body(self) -> Body:
-        return {
-            "v": self.version,
-            "caps": list(self.capabilities),
-            "nonce": self.nonce,
-            "to": self.recipient,
-        }
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> HelloAck:
-        return cls(
-            version=_get(body, "v"),
-            capabilities=_as_tuple(_get(body, "caps"), "caps"),
-            nonce=_get(body, "nonce"),
-            recipient=_get(body, "to"),
-        )
 
 
 @_register
@@ -244,34 +270,20 @@ class Close(Message):
     """Last frame before closing: why (an ``ErrorCode``; unknown codes stay integers)."""
 
     TYPE: ClassVar[MessageType] = MessageType.CLOSE
-    code: int
-    reason: str = ""
+    code: int = wire("code")
+    reason: str = wire("msg", "")
 
     def __post_init__(self) -> None:
         _check_uint("code", self.code, 0xFFFF)
         _check_str("reason", self.reason)
 
-    def to_body(self) -> Body:
-        return {"code": self.code, "msg": self.reason}
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> Close:
-        return cls(code=_get(body, "code"), reason=body.get("msg", ""))
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Nonce(Message):
-    nonce: int
+    nonce: int = wire("n")
 
     def __post_init__(self) -> None:
         _check_uint("nonce", self.nonce)
-
-    def to_body(self) -> Body:
-        return {"n": self.nonce}
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> _Nonce:
-        return cls(nonce=_get(body, "n"))
 
 
 @_register
@@ -319,12 +331,12 @@ class TensorHeader(Message):
     """Opens a tensor stream: what the tensor is and the hash of every chunk to come."""
 
     TYPE: ClassVar[MessageType] = MessageType.TENSOR_HEADER
-    stream_id: int
-    name: str
-    dtype: int
-    shape: tuple[int, ...]
-    content_hash: bytes
-    chunk_hashes: bytes
+    stream_id: int = wire("id")
+    name: str = wire("name")
+    dtype: int = wire("dt")
+    shape: tuple[int, ...] = wire("shape", array=True)
+    content_hash: bytes = wire("h")
+    chunk_hashes: bytes = wire("hs")
 
     def __post_init__(self) -> None:
         _check_uint("stream_id", self.stream_id)
@@ -358,27 +370,6 @@ class TensorHeader(Message):
 
     def chunk_hash(self, index: int) -> bytes:
         return self.chunk_hashes[index * CONTENT_HASH_BYTES : (index + 1) * CONTENT_HASH_BYTES]
-
-    def to_body(self) -> Body:
-        return {
-            "id": self.stream_id,
-            "name": self.name,
-            "dt": self.dtype,
-            "shape": list(self.shape),
-            "h": self.content_hash,
-            "hs": self.chunk_hashes,
-        }
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> TensorHeader:
-        return cls(
-            stream_id=_get(body, "id"),
-            name=_get(body, "name"),
-            dtype=_get(body, "dt"),
-            shape=_as_tuple(_get(body, "shape"), "shape"),
-            content_hash=_get(body, "h"),
-            chunk_hashes=_get(body, "hs"),
-        )
 
 
 @_register
@@ -470,19 +461,12 @@ class GossipSummary(Message):
     """Anti-entropy opener: a hash of the sender's live table and its size (§7.5)."""
 
     TYPE: ClassVar[MessageType] = MessageType.GOSSIP_SUMMARY
-    table_hash: bytes
-    count: int
+    table_hash: bytes = wire("h")
+    count: int = wire("n")
 
     def __post_init__(self) -> None:
         _check_bytes("table_hash", self.table_hash, 32)
         _check_uint("count", self.count)
-
-    def to_body(self) -> Body:
-        return {"h": self.table_hash, "n": self.count}
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> GossipSummary:
-        return cls(table_hash=_get(body, "h"), count=_get(body, "n"))
 
 
 @_register
@@ -491,20 +475,17 @@ class GossipDigest(Message):
     """Every (owner, block, seq) the sender holds, answering a summary that differed."""
 
     TYPE: ClassVar[MessageType] = MessageType.GOSSIP_DIGEST
-    entries: tuple[DigestEntry, ...]
+    entries: tuple[DigestEntry, ...] = wire(
+        "d",
+        encode=lambda es: [[e.owner, e.block, e.seq] for e in es],
+        decode=lambda v: tuple(DigestEntry(*e) for e in _pairs(v, "d", 3)),
+    )
 
     def __post_init__(self) -> None:
         for e in self.entries:
             _check_bytes("owner", e.owner, 32)
             _check_uint("block", e.block, 0xFFFF)
             _check_uint("seq", e.seq)
-
-    def to_body(self) -> Body:
-        return {"d": [[e.owner, e.block, e.seq] for e in self.entries]}
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> GossipDigest:
-        return cls(entries=tuple(DigestEntry(*e) for e in _pairs(_get(body, "d"), "d", 3)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -523,7 +504,11 @@ class GossipRecords(Message):
     """Signed ownership records, pushed on change or sent to fill a peer's gaps."""
 
     TYPE: ClassVar[MessageType] = MessageType.GOSSIP_RECORDS
-    records: tuple[RelayedRecord, ...]
+    records: tuple[RelayedRecord, ...] = wire(
+        "r",
+        encode=lambda rs: [[r.data, r.signature, r.remaining_ms] for r in rs],
+        decode=lambda v: tuple(RelayedRecord(*r) for r in _pairs(v, "r", 3)),
+    )
 
     def __post_init__(self) -> None:
         if len(self.records) > MAX_RECORDS_PER_MESSAGE:
@@ -533,13 +518,6 @@ class GossipRecords(Message):
             _check_bytes("signature", r.signature)
             _check_uint("remaining_ms", r.remaining_ms)
 
-    def to_body(self) -> Body:
-        return {"r": [[r.data, r.signature, r.remaining_ms] for r in self.records]}
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> GossipRecords:
-        return cls(records=tuple(RelayedRecord(*r) for r in _pairs(_get(body, "r"), "r", 3)))
-
 
 @_register
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -547,19 +525,16 @@ class GossipRequest(Message):
     """Keys (owner, block) whose records the sender lacks or holds older."""
 
     TYPE: ClassVar[MessageType] = MessageType.GOSSIP_REQUEST
-    keys: tuple[tuple[bytes, int], ...]
+    keys: tuple[tuple[bytes, int], ...] = wire(
+        "k",
+        encode=lambda ks: [[o, b] for o, b in ks],
+        decode=lambda v: tuple((o, b) for o, b in _pairs(v, "k", 2)),
+    )
 
     def __post_init__(self) -> None:
         for owner, block in self.keys:
             _check_bytes("owner", owner, 32)
             _check_uint("block", block, 0xFFFF)
-
-    def to_body(self) -> Body:
-        return {"k": [[o, b] for o, b in self.keys]}
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> GossipRequest:
-        return cls(keys=tuple((o, b) for o, b in _pairs(_get(body, "k"), "k", 2)))
 
 
 @_register
@@ -568,19 +543,12 @@ class GossipSuspect(Message):
     """ "I cannot reach ``peer``; the newest record of it I held had ``seq``" (§7.6)."""
 
     TYPE: ClassVar[MessageType] = MessageType.GOSSIP_SUSPECT
-    peer: bytes
-    seq: int
+    peer: bytes = wire("p")
+    seq: int = wire("seq")
 
     def __post_init__(self) -> None:
         _check_bytes("peer", self.peer, 32)
         _check_uint("seq", self.seq)
-
-    def to_body(self) -> Body:
-        return {"p": self.peer, "seq": self.seq}
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> GossipSuspect:
-        return cls(peer=_get(body, "p"), seq=_get(body, "seq"))
 
 
 # -- status (07-ownership-gossip.md §7.8) ------------------------------------------------------
@@ -590,17 +558,10 @@ class StatusRequest(Message):
     """Ask a peer for its view of the swarm."""
 
     TYPE: ClassVar[MessageType] = MessageType.STATUS_REQUEST
-    request_id: int
+    request_id: int = wire("rid")
 
     def __post_init__(self) -> None:
         _check_uint("request_id", self.request_id)
-
-    def to_body(self) -> Body:
-        return {"rid": self.request_id}
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> StatusRequest:
-        return cls(request_id=_get(body, "rid"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ from spheroid_p2p.wire.messages import (
     _pairs,
     _register,
     tensor_layout,
+    wire,
 )
 from spheroid_p2p.wire.tensors import chunk_digest
 
@@ -273,11 +274,11 @@ class TraverseError(Message):
     """A hop could not go on: which hop, which peer, why (an ``ErrorCode``)."""
 
     TYPE: ClassVar[MessageType] = MessageType.TRAVERSE_ERROR
-    traversal_id: int
-    hop: int
-    peer: bytes
-    code: int
-    reason: str = ""
+    traversal_id: int = wire("tid")
+    hop: int = wire("hop")
+    peer: bytes = wire("peer")
+    code: int = wire("code")
+    reason: str = wire("msg", "")
 
     def __post_init__(self) -> None:
         _check_uint("traversal_id", self.traversal_id)
@@ -285,25 +286,6 @@ class TraverseError(Message):
         _check_bytes("peer", self.peer, 32)
         _check_uint("code", self.code, 0xFFFF)
         _check_str("reason", self.reason)
-
-    def to_body(self) -> Body:
-        return {
-            "tid": self.traversal_id,
-            "hop": self.hop,
-            "peer": self.peer,
-            "code": self.code,
-            "msg": self.reason,
-        }
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> TraverseError:
-        return cls(
-            traversal_id=_get(body, "tid"),
-            hop=_get(body, "hop"),
-            peer=_get(body, "peer"),
-            code=_get(body, "code"),
-            reason=body.get("msg", ""),
-        )
 
 
 # -- the autoregressive pipeline baseline (10-traversal.md §10.7) -------------------------------

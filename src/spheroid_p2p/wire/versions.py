@@ -50,6 +50,7 @@ from spheroid_p2p.wire.messages import (
     _get,
     _register,
     tensor_layout,
+    wire,
 )
 from spheroid_p2p.wire.signing import DOMAIN_MANIFEST, KeyPair, PeerId, verify
 from spheroid_p2p.wire.tensors import RawTensor, chunk_digest, content_hash
@@ -423,9 +424,9 @@ class VersionGet(Message):
     newest the peer holds). The answer may be signed by any holder: the hash is what counts."""
 
     TYPE: ClassVar[MessageType] = MessageType.VERSION_GET
-    request_id: int
-    block: int
-    weights: bytes = b""
+    request_id: int = wire("id")
+    block: int = wire("b")
+    weights: bytes = wire("w", b"", required=True)
 
     def __post_init__(self) -> None:
         _check_request_id(self.request_id)
@@ -433,13 +434,6 @@ class VersionGet(Message):
         _check_bytes("weights", self.weights)
         if len(self.weights) not in (0, CONTENT_HASH_BYTES):
             raise _bad("weights is empty or a 32-byte hash")
-
-    def to_body(self) -> Body:
-        return {"id": self.request_id, "b": self.block, "w": self.weights}
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> VersionGet:
-        return cls(request_id=_get(body, "id"), block=_get(body, "b"), weights=_get(body, "w"))
 
 
 @_register
@@ -476,10 +470,10 @@ class ChunkGet(Message):
     stream id is ``request_id`` and whose index is the global chunk index, in any order."""
 
     TYPE: ClassVar[MessageType] = MessageType.CHUNK_GET
-    request_id: int
-    weights: bytes
-    indices: tuple[int, ...]
-    codec: int = Codec.NONE
+    request_id: int = wire("id")
+    weights: bytes = wire("w")
+    indices: tuple[int, ...] = wire("ix", array=True)
+    codec: int = wire("c", int(Codec.NONE))
 
     def __post_init__(self) -> None:
         _check_request_id(self.request_id)
@@ -493,18 +487,6 @@ class ChunkGet(Message):
         if self.codec not in {c.value for c in Codec}:
             raise _bad(f"unknown codec id {self.codec}", ErrorCode.UNKNOWN_CODEC)
 
-    def to_body(self) -> Body:
-        return {"id": self.request_id, "w": self.weights, "ix": list(self.indices), "c": self.codec}
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> ChunkGet:
-        return cls(
-            request_id=_get(body, "id"),
-            weights=_get(body, "w"),
-            indices=_as_tuple(_get(body, "ix"), "ix"),
-            codec=body.get("c", 0),
-        )
-
 
 @_register
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -512,21 +494,19 @@ class TransferError(Message):
     """A ``VERSION_GET`` or ``CHUNK_GET`` cannot be served (``VERSION_UNKNOWN``, ``OVERLOADED``)."""
 
     TYPE: ClassVar[MessageType] = MessageType.TRANSFER_ERROR
-    request_id: int
-    code: int
-    reason: str
+    request_id: int = wire("id")
+    code: int = wire("code")
+    reason: str = wire("why")
 
     def __post_init__(self) -> None:
         _check_uint("request id", self.request_id)
         _check_uint("code", self.code, 0xFFFF)
         _check_str("reason", self.reason)
 
-    def to_body(self) -> Body:
-        return {"id": self.request_id, "code": self.code, "why": self.reason}
 
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> TransferError:
-        return cls(request_id=_get(body, "id"), code=_get(body, "code"), reason=_get(body, "why"))
+def _as_float(value: object) -> object:
+    """msgpack may carry a whole-number float as an int; anything else is left to the check."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
 
 
 @_register
@@ -535,15 +515,17 @@ class DeltaHeader(Message):
     """Opens a delta stream for round ``round`` of ``block`` (09 §9.4)."""
 
     TYPE: ClassVar[MessageType] = MessageType.DELTA_HEADER
-    stream_id: int
-    block: int
-    round: int
-    base: bytes
-    base_version: int
-    steps: int
-    loss: float
-    encoding: int
-    tensors: tuple[TensorEntry, ...]
+    stream_id: int = wire("id")
+    block: int = wire("b")
+    round: int = wire("r")
+    base: bytes = wire("base")
+    base_version: int = wire("bv")
+    steps: int = wire("st")
+    loss: float = wire("loss", decode=_as_float)
+    encoding: int = wire("enc")
+    tensors: tuple[TensorEntry, ...] = wire(
+        "ts", encode=lambda es: [e.to_wire() for e in es], decode=_entries_from
+    )
 
     def __post_init__(self) -> None:
         _check_uint("stream id", self.stream_id, REQUEST_ID_BIT - 1)
@@ -566,34 +548,6 @@ class DeltaHeader(Message):
     def total_bytes(self) -> int:
         return sum(e.raw_len for e in self.tensors)
 
-    def to_body(self) -> Body:
-        return {
-            "id": self.stream_id,
-            "b": self.block,
-            "r": self.round,
-            "base": self.base,
-            "bv": self.base_version,
-            "st": self.steps,
-            "loss": self.loss,
-            "enc": self.encoding,
-            "ts": [e.to_wire() for e in self.tensors],
-        }
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> DeltaHeader:
-        loss = _get(body, "loss")
-        return cls(
-            stream_id=_get(body, "id"),
-            block=_get(body, "b"),
-            round=_get(body, "r"),
-            base=_get(body, "base"),
-            base_version=_get(body, "bv"),
-            steps=_get(body, "st"),
-            loss=float(loss) if isinstance(loss, int | float) else loss,
-            encoding=_get(body, "enc"),
-            tensors=_entries_from(_get(body, "ts")),
-        )
-
 
 @_register
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -601,11 +555,11 @@ class DeltaAck(Message):
     """The aggregator's answer to a delta: taken (code 0) or refused, and why."""
 
     TYPE: ClassVar[MessageType] = MessageType.DELTA_ACK
-    stream_id: int
-    block: int
-    round: int
-    code: int
-    reason: str = ""
+    stream_id: int = wire("id")
+    block: int = wire("b")
+    round: int = wire("r")
+    code: int = wire("code")
+    reason: str = wire("why", "")
 
     def __post_init__(self) -> None:
         _check_uint("stream id", self.stream_id, REQUEST_ID_BIT - 1)
@@ -613,22 +567,3 @@ class DeltaAck(Message):
         _check_uint("round", self.round)
         _check_uint("code", self.code, 0xFFFF)
         _check_str("reason", self.reason)
-
-    def to_body(self) -> Body:
-        return {
-            "id": self.stream_id,
-            "b": self.block,
-            "r": self.round,
-            "code": self.code,
-            "why": self.reason,
-        }
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> DeltaAck:
-        return cls(
-            stream_id=_get(body, "id"),
-            block=_get(body, "b"),
-            round=_get(body, "r"),
-            code=_get(body, "code"),
-            reason=body.get("why", ""),
-        )
