@@ -212,6 +212,7 @@ def main() -> int:
         "commit": git_commit(),
         "corpus": args.corpus,
         "config": {**vars(args), "out": str(args.out), "workdir": str(args.workdir)},
+        "model": json.loads(cfg.to_json()),
         "total_block_steps": args.steps_per_block * cfg.n_blocks,
         "ce_swarm": ce_swarm,
         "ce_reference": ce_ref,

@@ -33,8 +33,10 @@ class ModelConfig:
     vocab: int = 256
     dropout: float = 0.0
     #: Residual gates start at this value: 0.0 is AdaLN-Zero (DiT), 1.0 starts every layer as
-    #: a plain pre-LN layer with zero modulation.
-    gate_offset: float = 0.0
+    #: a plain pre-LN layer with zero modulation. Measured (Tiny Shakespeare, context 64, 300
+    #: steps per block): CE_sampler 2.381 with 1.0 against 2.423 with AdaLN-Zero, whose closed
+    #: gates leave a short run's layers idle at first.
+    gate_offset: float = 1.0
     #: Zero-initialise W_in, the projection of the noisy code into the residual stream. At
     #: high sigma, c_in * z is unit-variance noise whose random projection (std ~0.2 per
     #: coordinate) would drown the 0.02-scale byte embeddings; from zero, a fresh block is a
