@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -180,3 +181,28 @@ def test_poisoned_delta_is_rejected_and_the_round_completes(tmp_path: Path) -> N
     finally:
         for p in honest:
             p.stop()
+
+
+def test_a_trainer_joining_after_the_others_finished_starts_from_their_version(
+    tmp_path: Path,
+) -> None:
+    """A finished trainer serves the swarm's version and names it in its serve record; a
+    trainer started later joins at that version instead of the seeded version 0."""
+    alone = [a if a != "100000" else "12" for a in REPLICA]  # 12 steps: rounds of 5, 5, 2
+    first = NodeProcess(tmp_path, "r0", *alone, verbose=1).start()
+    late = None
+    try:
+        wait_for(lambda: "serving blocks [0]" in first.log(), timeout_s=60)
+        served = [int(v) for v in re.findall(r"step budget spent at version (\d+)", first.log())]
+        assert served and served[-1] >= 1
+        late = NodeProcess(
+            tmp_path, "r1", *alone, "--bootstrap", first.addr, "--seed", "1", verbose=1
+        ).start()
+        wait_for(lambda: "joined at version" in late.log(), timeout_s=60)
+        joined = re.search(r"joined at version (\d+)", late.log())
+        assert joined is not None and int(joined.group(1)) == served[-1], late.log()[-2000:]
+        assert "fetched version" in late.log()
+    finally:
+        if late is not None:
+            late.stop()
+        first.stop()

@@ -119,6 +119,8 @@ class Node:
         self.transfers.on_delta = self._on_delta
         self.transfers.on_manifest = self._on_manifest
         self.replicas: dict[int, BlockReplica] = {}
+        #: Version of a block we trained in rounds and now serve (its store holds it).
+        self.served_versions: dict[int, int] = {}
         self.ar_stage: ArStageRuntime | None = None
         if config.ar_checkpoint is not None:
             from spheroid_p2p.node.compute import ArStageRuntime, BlockRuntime
@@ -319,6 +321,7 @@ class Node:
             claim = LocalClaim(
                 block=block,
                 role="serve",
+                version=self.served_versions.get(block, 0),
                 content_hash=digest,
                 n_blocks=runtime.config.n_blocks,
                 config_hash=runtime.config_hash,
@@ -448,9 +451,11 @@ class Node:
         await replica.run(cfg.train_steps)
         if self._stop.is_set() or replica.base is None:
             return None
-        # Serve the swarm's version (the average), not our local weights.
+        # Serve the swarm's version (the average), not our local weights, and name it in the
+        # serve record, so a trainer that joins later starts from it (replica.version_records).
         await asyncio.to_thread(job.trainer.block.load_state_dict, replica.base.tensors)
         await asyncio.to_thread(replica.save_final, job.block_path)
+        self.served_versions[job.block] = replica.base.version
         return job.block_path
 
     # -- traversals (10-traversal.md) --------------------------------------------------------

@@ -7,7 +7,6 @@ event loop never blocks on compute and requests are served in arrival order.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,8 @@ from spheroid_p2p.ml.block import BlockDenoiser
 from spheroid_p2p.ml.checkpoint import load_block
 from spheroid_p2p.ml.config import ModelConfig
 from spheroid_p2p.ml.generate import noisy_slots, pick_bytes, run_blocks, start_noise, window
+from spheroid_p2p.node.store import raw_of
+from spheroid_p2p.wire.versions import tensor_entry, weights_hash
 
 __all__ = ["BlockRuntime", "HopOutput"]
 
@@ -62,7 +63,11 @@ class BlockRuntime:
         self.config = block.cfg
         block.eval()
         self.blocks[block.index] = block
-        self.hashes[block.index] = hashlib.sha256(path.read_bytes()).digest()
+        # Gossip names what a node holds by weights hash (07 `h`, 08 §8.2): a block served
+        # after training in rounds then names the swarm version it serves.
+        self.hashes[block.index] = weights_hash(
+            tuple(tensor_entry(name, raw_of(t)) for name, t in block.state_dict().items())
+        )
         return block.index
 
     @property

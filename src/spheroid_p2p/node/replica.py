@@ -76,13 +76,14 @@ JOIN_ATTEMPTS = 5
 def version_records(node: Node, block: int, config_hash: str) -> list[OwnershipRecord]:
     """Other peers' live records that name a version of ``block`` of this model config.
 
-    Only trainers' records name versions (a server's content hash names its checkpoint
-    file, which no version store holds); a record without a config hash is accepted.
+    Trainers' records name the version they hold; a server's record names a version only
+    when it trained the block in rounds and serves the result (version >= 1: a server of a
+    checkpoint file holds no version to fetch). A record without a config hash is accepted.
     """
     return [
         r
         for r in node.gossip.owners_of(block)
-        if r.role == "train"
+        if (r.role == "train" or r.version >= 1)
         and r.content_hash
         and r.owner != node.key.peer_id
         and r.config_hash in ("", config_hash)
