@@ -251,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         help="residual gate start (0: AdaLN-Zero, 1: plain pre-LN)",
     )
     parser.add_argument("--no-loss-weighting", action="store_true")
+    parser.add_argument(
+        "--z-lr-scale", type=float, default=1.0, help="lr multiplier of W_in (reads the noisy code)"
+    )
     parser.add_argument("--baselines", default="A,C", help="subset of A,B,C")
     parser.add_argument("--skip-blocktrain", action="store_true")
     parser.add_argument("--spans", default="", help="train span-K models, e.g. 1,8,32,128")
@@ -279,7 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         overrides["loss_weighting"] = False
     cfg = ModelConfig(**overrides)
     tcfg = TrainConfig(
-        batch_size=args.batch, steps=args.block_steps, warmup_steps=min(100, args.block_steps // 10)
+        batch_size=args.batch,
+        steps=args.block_steps,
+        warmup_steps=min(100, args.block_steps // 10),
+        z_lr_scale=args.z_lr_scale,
     )
     windows = corpus.eval_windows(cfg.context, args.eval_windows)
     probe = windows[: min(32, len(windows))]
@@ -292,7 +298,12 @@ def main(argv: list[str] | None = None) -> int:
         "eval_bytes": corpus.eval.numel(),
         "eval_windows": int(windows.shape[0]),
         "config": json.loads(cfg.to_json()),
-        "train": {"batch": tcfg.batch_size, "block_steps": args.block_steps, "lr": tcfg.lr},
+        "train": {
+            "batch": tcfg.batch_size,
+            "block_steps": args.block_steps,
+            "lr": tcfg.lr,
+            "z_lr_scale": tcfg.z_lr_scale,
+        },
         "threads": args.threads,
         "results": {},
     }

@@ -122,6 +122,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     betas: tuple[float, float] = (0.9, 0.95)
     steps: int = 1500  # per block (the schedule length of one block's optimizer)
+    #: Learning-rate multiplier of a block's W_in, the projection that reads the noisy code.
+    z_lr_scale: float = 1.0
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up, then cosine decay from ``lr`` to ``lr_min`` at ``steps``."""

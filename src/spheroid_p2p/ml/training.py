@@ -33,17 +33,30 @@ __all__ = [
 ]
 
 
-def _adamw(params: list[torch.nn.Parameter], tcfg: TrainConfig) -> torch.optim.AdamW:
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    return torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": tcfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=tcfg.lr,
-        betas=tcfg.betas,
-    )
+def _adamw(
+    params: list[torch.nn.Parameter],
+    tcfg: TrainConfig,
+    z_params: list[torch.nn.Parameter] | None = None,
+) -> torch.optim.AdamW:
+    """AdamW, decay on matrices only; ``z_params`` (a block's W_in, which reads the noisy
+    code) learn at ``tcfg.z_lr_scale`` times the rate. Each group's ``lr_scale`` multiplies
+    the scheduled rate (:func:`_set_lr`)."""
+    special = {id(p) for p in z_params or []}
+    plain = [p for p in params if id(p) not in special]
+    groups = [
+        {"params": [p for p in plain if p.dim() >= 2], "weight_decay": tcfg.weight_decay},
+        {"params": [p for p in plain if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    if z_params:
+        groups.append(
+            {"params": z_params, "weight_decay": tcfg.weight_decay, "lr_scale": tcfg.z_lr_scale}
+        )
+    return torch.optim.AdamW(groups, lr=tcfg.lr, betas=tcfg.betas)
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 @dataclass
@@ -72,7 +85,9 @@ class BlockTrainer:
         self.block_index = block_index
         self.block = block if block is not None else BlockDenoiser(cfg, block_index)
         self.partition = NoisePartition(cfg)
-        self.optimizer = _adamw(list(self.block.parameters()), tcfg)
+        self.optimizer = _adamw(
+            list(self.block.parameters()), tcfg, list(self.block.w_in.parameters())
+        )
         self.step_count = 0
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -101,8 +116,7 @@ class BlockTrainer:
         start = time.perf_counter()
         self.block.train()
         lr = self.tcfg.lr_at(self.step_count)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        _set_lr(self.optimizer, lr)
         weighted, ce = self.loss(window)
         self.optimizer.zero_grad(set_to_none=True)
         weighted.backward()
@@ -126,8 +140,7 @@ class ARTrainer:
         start = time.perf_counter()
         self.model.train()
         lr = self.tcfg.lr_at(self.step_count)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        _set_lr(self.optimizer, lr)
         x, y = window[:, :-1], window[:, 1:]
         logits = self.model(x)  # (B, T, vocab)
         loss = F.cross_entropy(logits.reshape(-1, self.cfg.vocab), y.reshape(-1))
@@ -159,8 +172,7 @@ class EndToEndTrainer:
         start = time.perf_counter()
         self.blocks.train()
         lr = self.tcfg.lr_at(self.step_count)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        _set_lr(self.optimizer, lr)
         cfg = self.cfg
         x, y = window[:, :-1], window[:, 1:]
         plan = SpanPlan.training(x.shape[1], cfg.span, 0) if cfg.layout == "P" else None
