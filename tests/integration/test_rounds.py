@@ -206,3 +206,28 @@ def test_a_trainer_joining_after_the_others_finished_starts_from_their_version(
         if late is not None:
             late.stop()
         first.stop()
+
+
+def test_replicas_started_apart_wait_for_each_other_and_share_round_one(tmp_path: Path) -> None:
+    """--min-replicas 2: the first replica waits for the second before its first step, so
+    round 1 averages both (an aggregator still joining answers NOT_READY, and the delta is
+    sent again), instead of closing at its deadline with one contributor."""
+    both = [*REPLICA, "--min-replicas", "2"]
+    both[both.index("--round-period") + 1] = "30"
+    first = NodeProcess(tmp_path, "r0", *both, verbose=1).start()
+    procs = [first]
+    try:
+        wait_for(lambda: "waiting for 2 replicas" in first.log(), timeout_s=30)
+        time.sleep(3.0)  # the second replica starts well after the first
+        procs.append(
+            NodeProcess(
+                tmp_path, "r1", *both, "--bootstrap", first.addr, "--seed", "1", verbose=1
+            ).start()
+        )
+        wait_for(lambda: any(r["round"] == 1 for r in _reports(tmp_path, ["r0", "r1"])), 60)
+        (round1,) = [r for r in _reports(tmp_path, ["r0", "r1"]) if r["round"] == 1]
+        assert round1["closed"] == "barrier", round1
+        assert len(round1["contributors"]) == 2, round1
+    finally:
+        for p in procs:
+            p.stop()
