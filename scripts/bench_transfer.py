@@ -16,7 +16,6 @@ Writes JSON (``--out``) and prints one summary line.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import socket
@@ -31,9 +30,8 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import git_commit
-from spheroid_p2p.identity import load_or_create_identity
 from spheroid_p2p.ml.averaging import DeltaEncoder, apply_average, decode_delta
-from spheroid_p2p.node.app import Node
+from spheroid_p2p.node.app import running_node
 from spheroid_p2p.node.cli import run_async
 from spheroid_p2p.node.config import NodeConfig
 from spheroid_p2p.node.launcher import NodeProcess
@@ -99,18 +97,14 @@ async def stream(tmp: Path, mib: int, repeats: int) -> tuple[float, int]:
             cfg = NodeConfig(
                 data_dir=tmp / f"fetch{mib}-{i}", key=tmp / "fetch.key", compression="none"
             )
-            node = Node(cfg, load_or_create_identity(cfg.key)[0])
-            task = asyncio.get_running_loop().create_task(node.run())
-            await node.ready.wait()
-            await node.peers.dial(holder.addr)
-            pid = PeerId.from_text(holder.peer_id)
-            signed = await node.transfers.get_manifest(pid, 0, content)
-            start = time.perf_counter()
-            result = await node.transfers.fetch(signed, [pid])
-            times.append(time.perf_counter() - start)
-            assert result.stored.manifest.content == content
-            node.stop()
-            await task
+            async with running_node(cfg) as node:
+                await node.peers.dial(holder.addr)
+                pid = PeerId.from_text(holder.peer_id)
+                signed = await node.transfers.get_manifest(pid, 0, content)
+                start = time.perf_counter()
+                result = await node.transfers.fetch(signed, [pid])
+                times.append(time.perf_counter() - start)
+                assert result.stored.manifest.content == content
     finally:
         holder.stop()
     return min(times), sum(t.numel() * 4 for t in tensors.values())
@@ -155,30 +149,26 @@ async def exchange(tmp: Path, encoding: str, repeats: int) -> dict[str, float]:
             cfg = NodeConfig(
                 data_dir=tmp / f"rep-{encoding}-{i}", key=tmp / "rep.key", compression="none"
             )
-            node = Node(cfg, load_or_create_identity(cfg.key)[0])
-            task = asyncio.get_running_loop().create_task(node.run())
-            await node.ready.wait()
-            await node.peers.dial(agg.addr)
-            pid = PeerId.from_text(agg.peer_id)
-            start = time.perf_counter()
-            # the aggregator node has no replica of block 0: it receives the whole delta,
-            # checks every chunk, and answers DELTA_REJECTED; the transport cost is the same
-            await node.transfers.send_delta(
-                pid,
-                block=0,
-                round_=2,
-                base=b"\x01" * 32,
-                base_version=1,
-                steps=1,
-                loss=0.0,
-                encoding=code,
-                tensors={k: raw_of(v) for k, v in wire.items()},
-                timeout_s=120,
-            )
-            await node.transfers.fetch(upd.signed, [pid])
-            best = min(best, time.perf_counter() - start)
-            node.stop()
-            await task
+            async with running_node(cfg) as node:
+                await node.peers.dial(agg.addr)
+                pid = PeerId.from_text(agg.peer_id)
+                start = time.perf_counter()
+                # the aggregator node has no replica of block 0: it receives the whole delta,
+                # checks every chunk, and answers DELTA_REJECTED; the transport cost is the same
+                await node.transfers.send_delta(
+                    pid,
+                    block=0,
+                    round_=2,
+                    base=b"\x01" * 32,
+                    base_version=1,
+                    steps=1,
+                    loss=0.0,
+                    encoding=code,
+                    tensors={k: raw_of(v) for k, v in wire.items()},
+                    timeout_s=120,
+                )
+                await node.transfers.fetch(upd.signed, [pid])
+                best = min(best, time.perf_counter() - start)
     finally:
         agg.stop()
     return {"transport_s": best, "arithmetic_s": arithmetic, "round_s": best + arithmetic}

@@ -16,9 +16,8 @@ import torch
 
 from spheroid_p2p.core.rounds import aggregator_order
 from spheroid_p2p.errors import ErrorCode
-from spheroid_p2p.identity import load_or_create_identity
 from spheroid_p2p.ml.config import ModelConfig
-from spheroid_p2p.node.app import Node
+from spheroid_p2p.node.app import running_node
 from spheroid_p2p.node.config import NodeConfig
 from spheroid_p2p.node.store import raw_of
 from spheroid_p2p.wire.signing import PeerId
@@ -125,10 +124,7 @@ def test_poisoned_delta_is_rejected_and_the_round_completes(tmp_path: Path) -> N
             train_blocks=(0,),
             model=model,
         )
-        node = Node(cfg, load_or_create_identity(cfg.key)[0])
-        asyncio.get_running_loop().create_task(node.run())
-        await node.ready.wait()
-        try:
+        async with running_node(cfg) as node:
             deadline = time.monotonic() + 60
             newest = None
             while time.monotonic() < deadline:
@@ -163,9 +159,6 @@ def test_poisoned_delta_is_rejected_and_the_round_completes(tmp_path: Path) -> N
             assert ack.code in (ErrorCode.DELTA_REJECTED, ErrorCode.ROUND_CLOSED), ack
             if ack.code == ErrorCode.DELTA_REJECTED:
                 assert "NaN" in ack.reason
-        finally:
-            node.stop()
-            await asyncio.sleep(0.3)
 
     try:
         asyncio.run(main())

@@ -4,13 +4,13 @@ and a holder whose copy was corrupted on disk."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
 import torch
 
-from spheroid_p2p.identity import load_or_create_identity
-from spheroid_p2p.node.app import Node
+from spheroid_p2p.node.app import Node, running_node
 from spheroid_p2p.node.config import NodeConfig
 from spheroid_p2p.node.store import VersionStore
 from spheroid_p2p.node.transfer import FetchError
@@ -36,12 +36,8 @@ def _seed_store(root: Path, names: list[str], tensors: dict[str, torch.Tensor]) 
     return content
 
 
-async def _fetcher(tmp: Path) -> Node:
-    cfg = NodeConfig(data_dir=tmp / "fetcher", key=tmp / "fetcher.key")
-    node = Node(cfg, load_or_create_identity(cfg.key)[0])
-    asyncio.get_running_loop().create_task(node.run())
-    await node.ready.wait()
-    return node
+def _fetcher(tmp: Path) -> contextlib.AbstractAsyncContextManager[Node]:
+    return running_node(NodeConfig(data_dir=tmp / "fetcher", key=tmp / "fetcher.key"))
 
 
 def _pid(p: NodeProcess) -> PeerId:
@@ -54,8 +50,7 @@ def test_fetch_from_three_holders_survives_a_killed_holder(tmp_path: Path) -> No
     holders = [NodeProcess(tmp_path, f"h{i}", verbose=1).start() for i in range(3)]
 
     async def main() -> None:
-        node = await _fetcher(tmp_path)
-        try:
+        async with _fetcher(tmp_path) as node:
             ids = [_pid(h) for h in holders]
             for h in holders:
                 await node.peers.dial(h.addr)
@@ -76,9 +71,6 @@ def test_fetch_from_three_holders_survives_a_killed_holder(tmp_path: Path) -> No
             # the copy on disk is the installed one, verified again on load
             again = VersionStore(tmp_path / "fetcher" / "versions")
             assert content in again.sets
-        finally:
-            node.stop()
-            await asyncio.sleep(0.2)
 
     try:
         asyncio.run(main())
@@ -94,8 +86,7 @@ def test_interrupted_fetch_resumes_without_refetching(tmp_path: Path) -> None:
     second = NodeProcess(tmp_path, "h1", verbose=1).start()
 
     async def main() -> None:
-        node = await _fetcher(tmp_path)
-        try:
+        async with _fetcher(tmp_path) as node:
             await node.peers.dial(first.addr)
             signed = await node.transfers.get_manifest(_pid(first), 0, content)
             got = 0
@@ -114,9 +105,6 @@ def test_interrupted_fetch_resumes_without_refetching(tmp_path: Path) -> None:
             assert result.bytes_fetched < signed.manifest.total_bytes
             fetched = result.stored.tensors()
             assert all(torch.equal(fetched[k], tensors[k]) for k in tensors)
-        finally:
-            node.stop()
-            await asyncio.sleep(0.2)
 
     try:
         asyncio.run(main())
@@ -139,8 +127,7 @@ def test_corrupted_chunk_is_detected_and_its_holder_reported(tmp_path: Path) -> 
             f.write(b"\xff\xfe\xfd")
 
     async def main() -> None:
-        node = await _fetcher(tmp_path)
-        try:
+        async with _fetcher(tmp_path) as node:
             await node.peers.dial(bad.addr)
             await node.peers.dial(good.addr)
             signed = await node.transfers.get_manifest(_pid(good), 0, content)
@@ -149,9 +136,6 @@ def test_corrupted_chunk_is_detected_and_its_holder_reported(tmp_path: Path) -> 
             assert all(torch.equal(fetched[k], tensors[k]) for k in tensors)
             assert [who for who, _ in result.bad_holders] == [_pid(bad).short()]
             assert "HASH_MISMATCH" in result.bad_holders[0][1]
-        finally:
-            node.stop()
-            await asyncio.sleep(0.2)
 
     try:
         asyncio.run(main())

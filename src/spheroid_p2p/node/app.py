@@ -23,6 +23,7 @@ from spheroid_p2p.core.freshness import initial_seq
 from spheroid_p2p.core.gossip import GossipService, LocalClaim
 from spheroid_p2p.core.rounds import RoundParams
 from spheroid_p2p.errors import ErrorCode
+from spheroid_p2p.identity import load_or_create_identity
 from spheroid_p2p.net.peers import DialError, PeerManager, parse_addr
 from spheroid_p2p.node.config import NodeConfig
 from spheroid_p2p.node.store import VersionStore
@@ -45,6 +46,7 @@ from spheroid_p2p.wire.tensors import chunk_digest
 from spheroid_p2p.wire.versions import SignedManifest
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
     from pathlib import Path
 
     from spheroid_p2p.node.compute import ArStageRuntime, BlockRuntime
@@ -59,7 +61,7 @@ from spheroid_p2p.wire.traversal import (
     TraverseResult,
 )
 
-__all__ = ["Node"]
+__all__ = ["Node", "running_node"]
 
 log = logging.getLogger(__name__)
 
@@ -680,6 +682,26 @@ class Node:
             connections=conns,
             dropped=tuple(sorted(self.gossip.table.dropped.items())),
         )
+
+
+@contextlib.asynccontextmanager
+async def running_node(config: NodeConfig, key: KeyPair | None = None) -> AsyncIterator[Node]:
+    """A node running in this event loop (tests, benchmarks, the evaluator): started and
+    ready on entry, stopped cleanly on exit. ``key``: the identity in ``config.key`` if None."""
+    if key is None:
+        key = load_or_create_identity(config.key)[0]
+    node = Node(config, key)
+    task = asyncio.get_running_loop().create_task(node.run())
+    ready = asyncio.get_running_loop().create_task(node.ready.wait())
+    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+    if not node.ready.is_set():
+        ready.cancel()
+        await task  # raises why it failed to start
+    try:
+        yield node
+    finally:
+        node.stop()
+        await task
 
 
 def _tensor_bytes(z: object, dtype_name: str) -> bytes:

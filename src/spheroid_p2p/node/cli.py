@@ -294,7 +294,7 @@ async def _cmd_eval(args: argparse.Namespace) -> int:
     import tempfile
 
     from spheroid_p2p.ml.data import load_corpus
-    from spheroid_p2p.node.app import Node
+    from spheroid_p2p.node.app import running_node
     from spheroid_p2p.node.config import NodeConfig
     from spheroid_p2p.node.evaluator import run_evaluator
     from spheroid_p2p.wire.signing import KeyPair
@@ -309,10 +309,7 @@ async def _cmd_eval(args: argparse.Namespace) -> int:
             bootstrap=tuple(args.bootstrap),
             model=model,
         )
-        node = Node(config, KeyPair.generate())
-        task = asyncio.create_task(node.run())
-        try:
-            await node.ready.wait()
+        async with running_node(config, KeyPair.generate()) as node:
             await run_evaluator(
                 node,
                 model,
@@ -322,9 +319,6 @@ async def _cmd_eval(args: argparse.Namespace) -> int:
                 out=args.out,
                 timeout_s=args.timeout,
             )
-        finally:
-            node.stop()
-            await task
     return 0
 
 
