@@ -252,7 +252,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-loss-weighting", action="store_true")
     parser.add_argument(
-        "--z-lr-scale", type=float, default=1.0, help="lr multiplier of W_in (reads the noisy code)"
+        "--z-lr-scale",
+        type=float,
+        default=TrainConfig.z_lr_scale,
+        help="lr multiplier of W_in (reads the noisy code)",
     )
     parser.add_argument("--baselines", default="A,C", help="subset of A,B,C")
     parser.add_argument("--skip-blocktrain", action="store_true")

@@ -123,7 +123,11 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.95)
     steps: int = 1500  # per block (the schedule length of one block's optimizer)
     #: Learning-rate multiplier of a block's W_in, the projection that reads the noisy code.
-    z_lr_scale: float = 1.0
+    #: At sigma >= 5 the code says little (about 1/sigma^2 nats), so W_in's gradient is mostly
+    #: noise, and at the full rate Adam random-walks W_in and feeds that noise into every
+    #: block. Measured (Tiny Shakespeare, context 64, 300 steps per block): CE_sampler 2.381 at
+    #: 1.0, 2.315 at 0.1, 2.305 with W_in frozen at zero (the blocks then ignore the code).
+    z_lr_scale: float = 0.1
 
     def lr_at(self, step: int) -> float:
         """Linear warm-up, then cosine decay from ``lr`` to ``lr_min`` at ``steps``."""
