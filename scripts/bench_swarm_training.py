@@ -175,11 +175,15 @@ def main() -> int:
     ap.add_argument("--delta-encoding", default="bfloat16")
     ap.add_argument("--eval-every", type=float, default=30.0)
     ap.add_argument("--windows", type=int, default=128)
+    ap.add_argument(
+        "--reference-seeds", default="0,1", help="seeds of the single-process reference runs"
+    )
     ap.add_argument("--timeout", type=float, default=7200.0)
     ap.add_argument("--out", type=Path, default=Path("bench_swarm_training.json"))
     ap.add_argument("--workdir", type=Path, help="keep the nodes' logs and data here")
     args = ap.parse_args()
     args.replicas = [int(x) for x in args.replicas.split(",") if x.strip()]
+    args.reference_seeds = [int(x) for x in args.reference_seeds.split(",") if x.strip()]
     torch.set_num_threads(1)
     cfg = ModelConfig(
         context=args.context,
@@ -196,18 +200,24 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="swarm-bench-") as d:
             swarm = _swarm(args, Path(d), cfg)
     torch.set_num_threads(2)  # the swarm is done: the reference gets both cores
-    t0 = time.monotonic()
     tcfg = TrainConfig(
         batch_size=args.batch,
         steps=args.steps_per_block,
         warmup_steps=min(100, args.steps_per_block // 10),
     )
-    trainers = block_trainers(cfg, tcfg, seed=0)
-    train_blocktrain(trainers, corpus, args.steps_per_block * cfg.n_blocks, seed=0)
-    ref_wall = time.monotonic() - t0
     with torch.no_grad():
         ce_swarm = evaluate_sampler(swarm.pop("blocks"), windows).ce_sampler
-        ce_ref = evaluate_sampler([t.block for t in trainers], windows).ce_sampler
+    # The reference with more than one seed: the spread says how much of a gap is seed noise.
+    ce_refs, ref_walls = [], []
+    for seed in args.reference_seeds:
+        t0 = time.monotonic()
+        trainers = block_trainers(cfg, tcfg, seed=seed)
+        train_blocktrain(trainers, corpus, args.steps_per_block * cfg.n_blocks, seed=seed)
+        ref_walls.append(time.monotonic() - t0)
+        with torch.no_grad():
+            ce_refs.append(evaluate_sampler([t.block for t in trainers], windows).ce_sampler)
+    ce_ref = sum(ce_refs) / len(ce_refs)
+    ref_wall = sum(ref_walls) / len(ref_walls)
     result = {
         "commit": git_commit(),
         "corpus": args.corpus,
@@ -216,6 +226,7 @@ def main() -> int:
         "total_block_steps": args.steps_per_block * cfg.n_blocks,
         "ce_swarm": ce_swarm,
         "ce_reference": ce_ref,
+        "ce_reference_per_seed": dict(zip(map(str, args.reference_seeds), ce_refs, strict=True)),
         "gap": ce_swarm - ce_ref,
         "reference_wall_s": ref_wall,
         **swarm,
@@ -227,7 +238,8 @@ def main() -> int:
     print(
         f"bench_swarm_training: {len(result['workers'])} workers, "
         f"{result['total_block_steps']} block-steps on {Path(args.corpus).name}: "
-        f"swarm CE {ce_swarm:.3f} vs reference {ce_ref:.3f} (gap {ce_swarm - ce_ref:+.3f}); "
+        f"swarm CE {ce_swarm:.3f} vs reference {ce_ref:.3f} "
+        f"(seeds {', '.join(f'{c:.3f}' for c in ce_refs)}; gap {ce_swarm - ce_ref:+.3f}); "
         f"{result['averaged_rounds']} averaged rounds, deltas {result['delta_bytes'] / 1e6:.1f} MB "
         f"+ updates {result['update_bytes'] / 1e6:.1f} MB = "
         + (f"{ratio:.2f}x fp32 checkpoints" if ratio is not None else "n/a")
@@ -248,7 +260,9 @@ def _plot(result: dict, png: Path) -> None:
         a.plot([p["elapsed_s"] for p in curve], [p["ce_sampler"] for p in curve], "o-")
         b.plot([p["fetched_bytes"] / 1e6 for p in curve], [p["ce_sampler"] for p in curve], "o-")
     for ax in (a, b):
-        ax.axhline(result["ce_reference"], color="gray", ls="--", label="reference (final)")
+        ax.axhline(
+            result["ce_reference"], color="gray", ls="--", label="reference (final, seed mean)"
+        )
         ax.set_ylabel("CE_sampler (nats/byte, 16 windows)")
         ax.legend()
     a.set_xlabel("wall time (s)")
