@@ -104,6 +104,9 @@ class _Fetch:
     #: chunks being hashed and written on the worker thread
     pending: dict[int, asyncio.Future[None]] = field(default_factory=dict)
     error: BaseException | None = None
+    #: holders whose codec ``auto`` chose with no measured link rate: chosen again once
+    #: enough of this fetch came from them (08 §8.7)
+    blind: set[PeerId] = field(default_factory=set)
 
 
 @dataclass
@@ -332,6 +335,8 @@ class Transfers:
             fetcher.add_holder(peer)
             probe = self._codec_probe or (0.0, 1.0)
             fetch.codec[peer] = choose_codec(self.compression, self.rates.get(peer), *probe)
+            if self.compression == "auto" and self.rates.get(peer) is None:
+                fetch.blind.add(peer)
         if have:
             log.info(
                 "[%s] block %d v%d: resuming a fetch, %d of %d chunks already here",
@@ -456,9 +461,33 @@ class Transfers:
             fetch.error = exc
         elif fetch.fetcher.chunk_received(peer, chunk.index, chunk.chunk_hash):
             fetch.bytes_by[peer] = fetch.bytes_by.get(peer, 0) + len(chunk.payload)
+            if peer in fetch.blind and fetch.bytes_by[peer] >= self.rates.min_bytes:
+                self._choose_again(fetch, peer, chunk)
             if fetch.on_chunk is not None:
                 fetch.on_chunk(chunk.raw_len)
         fetch.wake.set()
+
+    def _choose_again(self, fetch: _Fetch, peer: PeerId, chunk: TensorChunk) -> None:
+        """``auto`` with a holder we had no rate for: now measured, choose its codec again
+        for the rest of the fetch (a first transfer over a slow link gets compressed too)."""
+        fetch.blind.discard(peer)
+        seconds = time.monotonic() - fetch.started
+        self.rates.observe(peer, fetch.bytes_by[peer], seconds)
+        if self._codec_probe is None and chunk.codec == Codec.NONE:
+            entry = fetch.signed.manifest.tensors[fetch.fetcher.spans[chunk.index].tensor]
+            itemsize = DTYPES[entry.dtype].itemsize
+            self._codec_probe = _measure_codec(memoryview(chunk.payload), itemsize)
+        probe = self._codec_probe or (0.0, 1.0)
+        codec = choose_codec(self.compression, self.rates.get(peer), *probe)
+        if codec != fetch.codec.get(peer):
+            log.info(
+                "[%s] %s delivers %.1f MB/s; asking it for %s from now on",
+                self.tag,
+                peer.short(),
+                (self.rates.get(peer) or 0.0) / 1e6,
+                codec.name,
+            )
+            fetch.codec[peer] = codec
 
     # -- deltas -------------------------------------------------------------------------------
     async def send_delta(
