@@ -163,6 +163,7 @@ def _swarm(args: argparse.Namespace, tmp: Path, cfg: ModelConfig) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corpus", default="embedded")
+    ap.add_argument("--name", help="corpus name in the report (default: the path's last part)")
     ap.add_argument("--steps-per-block", type=int, default=500, help="total steps per block")
     ap.add_argument("--replicas", default="0,1", help="blocks with one extra replica each")
     ap.add_argument("--context", type=int, default=128)
@@ -221,6 +222,7 @@ def main() -> int:
     result = {
         "commit": git_commit(),
         "corpus": args.corpus,
+        "name": args.name or Path(args.corpus).name,
         "config": {**vars(args), "out": str(args.out), "workdir": str(args.workdir)},
         "model": json.loads(cfg.to_json()),
         "total_block_steps": args.steps_per_block * cfg.n_blocks,
@@ -237,7 +239,7 @@ def main() -> int:
     ratio = result["bytes_ratio_vs_fp32"]
     print(
         f"bench_swarm_training: {len(result['workers'])} workers, "
-        f"{result['total_block_steps']} block-steps on {Path(args.corpus).name}: "
+        f"{result['total_block_steps']} block-steps on {result['name']}: "
         f"swarm CE {ce_swarm:.3f} vs reference {ce_ref:.3f} "
         f"(seeds {', '.join(f'{c:.3f}' for c in ce_refs)}; gap {ce_swarm - ce_ref:+.3f}); "
         f"{result['averaged_rounds']} averaged rounds, deltas {result['delta_bytes'] / 1e6:.1f} MB "
@@ -267,7 +269,7 @@ def _plot(result: dict, png: Path) -> None:
         ax.legend()
     a.set_xlabel("wall time (s)")
     b.set_xlabel("MB fetched by the evaluator")
-    fig.suptitle(f"swarm training on {Path(result['corpus']).name}")
+    fig.suptitle(f"swarm training on {result['name']}")
     fig.tight_layout()
     fig.savefig(png, dpi=100)
 
