@@ -41,7 +41,7 @@ from spheroid_p2p.ml.config import ModelConfig, TrainConfig
 from spheroid_p2p.ml.data import load_corpus
 from spheroid_p2p.ml.evaluate import evaluate_sampler
 from spheroid_p2p.ml.training import block_trainers, train_blocktrain
-from spheroid_p2p.node.launcher import NodeProcess, swarm_plan, wait_for
+from spheroid_p2p.node.launcher import NodeProcess, evaluator_command, swarm_plan, wait_for
 
 UPDATE = re.compile(r"version \d+: update of ([\d.]+) MB")
 
@@ -96,25 +96,9 @@ def _swarm(args: argparse.Namespace, tmp: Path, cfg: ModelConfig) -> dict:
                 ).start()
             )
         evaluator = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "spheroid_p2p.node",
-                "eval",
-                "--bootstrap",
-                nodes[0].addr,
-                "--corpus",
-                args.corpus,
-                *model,
-                "--windows",
-                "16",
-                "--every",
-                str(args.eval_every),
-                "--count",
-                "1000000",
-                "--out",
-                str(eval_out),
-            ],
+            evaluator_command(
+                nodes[0].addr, ["--corpus", args.corpus, *model], args.eval_every, eval_out
+            ),
             stdout=subprocess.DEVNULL,
             stderr=open(tmp / "eval.log", "w"),  # noqa: SIM115 - closed with the process
         )

@@ -168,7 +168,7 @@ async def _generate(addr: str, prompt: str, n: int, temperature: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from spheroid_p2p.node.launcher import NodeProcess, swarm_plan
+    from spheroid_p2p.node.launcher import NodeProcess, evaluator_command, swarm_plan
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="spheroid-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -240,23 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         if eval_log is not None:
             with open(eval_log, "w") as out:
                 evaluator = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "spheroid_p2p.node",
-                        "eval",
-                        "--bootstrap",
-                        nodes[0].addr,
-                        *data_and_model,
-                        "--windows",
-                        "16",
-                        "--every",
-                        str(args.eval_every),
-                        "--count",
-                        "100000",
-                        "--out",
-                        str(workdir / "eval.jsonl"),
-                    ],
+                    evaluator_command(
+                        nodes[0].addr, data_and_model, args.eval_every, workdir / "eval.jsonl"
+                    ),
                     stdout=out,
                     stderr=subprocess.STDOUT,
                 )

@@ -20,7 +20,7 @@ from pathlib import Path
 from spheroid_p2p.node.status import fetch_status
 from spheroid_p2p.wire.messages import StatusResponse
 
-__all__ = ["NodeProcess", "live_view", "swarm_plan", "wait_for"]
+__all__ = ["NodeProcess", "evaluator_command", "live_view", "swarm_plan", "wait_for"]
 
 LISTENING = re.compile(r"spheroid node (\S+) listening on (\S+)")
 
@@ -129,3 +129,26 @@ def swarm_plan(n_blocks: int, extra: list[int]) -> list[tuple[int, int]]:
             raise ValueError(f"no block {b} in a {n_blocks}-block model")
         plan.append((b, sum(1 for x, _ in plan if x == b)))
     return plan
+
+
+def evaluator_command(
+    bootstrap: str, corpus_and_model: list[str], every_s: float, out: Path, windows: int = 16
+) -> list[str]:
+    """``node eval`` scoring the swarm every ``every_s`` seconds until it is ended."""
+    return [
+        sys.executable,
+        "-m",
+        "spheroid_p2p.node",
+        "eval",
+        "--bootstrap",
+        bootstrap,
+        *corpus_and_model,
+        "--windows",
+        str(windows),
+        "--every",
+        str(every_s),
+        "--count",
+        "1000000",
+        "--out",
+        str(out),
+    ]
