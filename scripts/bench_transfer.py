@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -35,8 +36,9 @@ from spheroid_p2p.node.app import running_node
 from spheroid_p2p.node.cli import run_async
 from spheroid_p2p.node.config import NodeConfig
 from spheroid_p2p.node.launcher import NodeProcess
-from spheroid_p2p.node.store import VersionStore, raw_of
+from spheroid_p2p.node.store import StoredSet, VersionStore, raw_of
 from spheroid_p2p.wire.signing import KeyPair, PeerId
+from spheroid_p2p.wire.versions import ENCODINGS
 
 
 def _tensors(mib: int) -> dict[str, torch.Tensor]:
@@ -81,16 +83,27 @@ def gloo(mib: int, repeats: int, mode: str) -> float:
         return min(out["times"])
 
 
+def _holder(
+    tmp: Path, name: str, tensors: dict[str, torch.Tensor], **manifest: Any
+) -> tuple[NodeProcess, StoredSet]:
+    """A node process whose store holds ``tensors`` as one set (put before it starts)."""
+    store = VersionStore(tmp / name / "versions")
+    stored = store.put(
+        KeyPair.generate(),
+        tensors,
+        block=0,
+        parent=b"\x01" * 32,
+        config_hash="bench",
+        **manifest,
+    )
+    store.close()
+    return NodeProcess(tmp, name, "--compression", "none", verbose=0).start(), stored
+
+
 async def stream(tmp: Path, mib: int, repeats: int) -> tuple[float, int]:
     tensors = _tensors(mib)
-    key = KeyPair.generate()
-    holder_store = VersionStore(tmp / f"holder{mib}" / "versions")
-    stored = holder_store.put(
-        key, tensors, block=0, version=1, parent=b"\x01" * 32, config_hash="bench"
-    )
+    holder, stored = _holder(tmp, f"holder{mib}", tensors, version=1)
     content = stored.manifest.content
-    holder_store.close()
-    holder = NodeProcess(tmp, f"holder{mib}", "--compression", "none", verbose=0).start()
     times = []
     try:
         for i in range(repeats):
@@ -116,7 +129,6 @@ async def exchange(tmp: Path, encoding: str, repeats: int) -> dict[str, float]:
     base = _tensors(mib)
     g = torch.Generator().manual_seed(1)
     local = {k: v + 1e-3 * torch.randn(v.shape, generator=g) for k, v in base.items()}
-    key = KeyPair.generate()
     enc = DeltaEncoder(encoding)
     wire = enc.encode({k: local[k] - base[k] for k in base})
     start = time.perf_counter()
@@ -128,21 +140,10 @@ async def exchange(tmp: Path, encoding: str, repeats: int) -> dict[str, float]:
     applied, _ = decode_delta(update, encoding, base)
     apply_average(base, [(applied, 1.0)])
     arithmetic = time.perf_counter() - start
-    store = VersionStore(tmp / f"agg-{encoding}" / "versions")
-    code = {"float32": 0, "float16": 1, "bfloat16": 2, "int8": 3}[encoding]
-    upd = store.put(
-        key,
-        update,
-        block=0,
-        version=2,
-        parent=b"\x01" * 32,
-        config_hash="bench",
-        kind=1,
-        encoding=code,
-        result=b"\x02" * 32,
+    code = next(c for c, name in ENCODINGS.items() if name == encoding)
+    agg, upd = _holder(
+        tmp, f"agg-{encoding}", update, version=2, kind=1, encoding=code, result=b"\x02" * 32
     )
-    store.close()
-    agg = NodeProcess(tmp, f"agg-{encoding}", "--compression", "none", verbose=0).start()
     best = float("inf")
     try:
         for i in range(repeats):
