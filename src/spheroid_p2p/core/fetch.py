@@ -1,12 +1,15 @@
 """Fetching one block version from several holders at once (spec: 08-checkpoints.md §8.5).
 
-Sans-I/O: the glue tells the :class:`Fetcher` which holders exist, which chunks arrived (each
-already checked against its own hash by the codec), which holders failed, and the time; the
-fetcher answers with :class:`RequestChunks` actions. It keeps up to ``window`` chunks in
-flight per holder, hands each missing chunk to the least-loaded holder, re-requests a chunk
-from another holder when its holder fails, times out or sends a chunk whose hash is not the
-manifest's (that holder is then banned and reported), and near the end asks a second holder
-for chunks still in flight (so one slow holder cannot hold up the finish).
+Sans-I/O: the glue tells the :class:`Fetcher` which holders exist, which chunks arrived (bytes
+here, hash not yet checked), which were verified against their hash or failed it, which
+holders failed, and the time; the fetcher answers with :class:`RequestChunks` actions. It
+keeps up to ``window`` chunks in flight per holder (a chunk leaves the window when its bytes
+arrive, so hashing and writing overlap the next requests) and at most ``max_unverified``
+arrived chunks waiting for their check, hands each missing chunk to the least-loaded holder,
+re-requests a chunk from another holder when its holder fails, times out or sends a chunk
+whose hash is not the manifest's (that holder is then banned and reported), and near the end
+asks a second holder for chunks still in flight (so one slow holder cannot hold up the
+finish).
 
 Chunks already present (verified on disk from an interrupted fetch) are passed in ``have``
 and never requested.
@@ -27,6 +30,9 @@ __all__ = ["FetchParams", "Fetcher", "RequestChunks"]
 class FetchParams:
     #: Chunks in flight per holder (1 MiB each): enough to fill a long fat pipe.
     window: int = 8
+    #: Chunks arrived but not yet hashed and written; no new requests past this (it bounds
+    #: the receiver's memory when checking is slower than the network).
+    max_unverified: int = 16
     #: Chunks per CHUNK_GET.
     batch: int = 4
     #: A chunk not delivered this long after it was asked for is asked of someone else.
@@ -63,6 +69,7 @@ class Fetcher:
         self.have: set[int] = set(have)
         self.missing: list[int] = [s.index for s in spans if s.index not in self.have]
         self.holders: dict[PeerId, _Holder] = {}
+        self.unverified: dict[int, PeerId] = {}  # arrived, hash being checked -> from whom
         self.reports: list[tuple[PeerId, str]] = []  # (bad holder, what it did)
 
     # -- inputs -----------------------------------------------------------------------------
@@ -92,6 +99,22 @@ class Fetcher:
             # a holder that dropped can come back (add_holder after a reconnect)
             del self.holders[peer]
 
+    def chunk_arrived(self, peer: PeerId, index: int) -> None:
+        """The bytes of chunk ``index`` arrived from ``peer``; their hash is being checked.
+        The chunk leaves ``peer``'s window now and waits for :meth:`chunk_received` (its hash
+        matched) or :meth:`chunk_failed` (it did not)."""
+        holder = self.holders.get(peer)
+        if holder is not None:
+            holder.inflight.pop(index, None)
+        if index < len(self.spans) and index not in self.have:
+            self.unverified[index] = peer
+
+    def chunk_failed(self, index: int) -> None:
+        """Chunk ``index`` did not match its hash (or could not be written): ask again. The
+        holder that sent it is reported through :meth:`holder_failed`."""
+        self.unverified.pop(index, None)
+        self._requeue({index: 0.0})
+
     def chunk_received(self, peer: PeerId, index: int, digest: bytes) -> bool:
         """A chunk arrived from ``peer`` (its bytes already match ``digest``). Returns True if
         the caller should store it; False for a duplicate or a chunk we did not want. A digest
@@ -104,6 +127,7 @@ class Fetcher:
         if digest != self.spans[index].digest:
             self.holder_failed(peer, f"served chunk {index} with the wrong hash", ban=True)
             return False
+        self.unverified.pop(index, None)
         if holder is not None:
             holder.inflight.pop(index, None)
             holder.received += 1
@@ -130,10 +154,10 @@ class Fetcher:
                     del holder.inflight[i]
         self.missing = [i for i in self.missing if i not in self.have]
         inflight_any = {i for h in self.holders.values() for i in h.inflight}
-        queue = [i for i in self.missing if i not in inflight_any]
+        queue = [i for i in self.missing if i not in inflight_any and i not in self.unverified]
         actions: list[RequestChunks] = []
         usable = [h for h in self.holders.values() if h.banned is None]
-        while usable:
+        while usable and len(self.unverified) < p.max_unverified:
             usable.sort(key=lambda h: (len(h.inflight), -h.received, h.peer.digest))
             holder = usable[0]
             room = p.window - len(holder.inflight)
@@ -147,7 +171,7 @@ class Fetcher:
                 picked = [
                     i
                     for i in sorted(inflight_any)
-                    if i not in holder.inflight and i not in self.have
+                    if i not in holder.inflight and i not in self.have and i not in self.unverified
                 ][:take]
                 if not picked or len(holder.inflight) > 0:
                     break

@@ -355,8 +355,7 @@ class Transfers:
                             f"block {m.block} v{m.version}: writing a chunk failed: {fetch.error}"
                         ) from fetch.error
                     now = time.monotonic()
-                    for action in fetcher.poll(now):
-                        self._send_chunk_get(fetch, action.holder, action.indices)
+                    self._pump(fetch, now)
                     if fetcher.done:
                         break
                     if not fetcher.usable:
@@ -403,6 +402,13 @@ class Transfers:
             [(p.short(), why) for p, why in fetcher.reports],
         )
 
+    def _pump(self, fetch: _Fetch, now: float | None = None) -> None:
+        """Send the requests the fetcher wants now. Called from the fetch's loop and straight
+        from chunk arrival, so a freed window slot is refilled without waiting for the loop
+        to schedule the fetch task (a busy receive can delay that by several chunks)."""
+        for action in fetch.fetcher.poll(time.monotonic() if now is None else now):
+            self._send_chunk_get(fetch, action.holder, action.indices)
+
     def _send_chunk_get(self, fetch: _Fetch, holder: PeerId, indices: tuple[int, ...]) -> None:
         for start in range(0, len(indices), MAX_CHUNKS_PER_REQUEST):
             part = indices[start : start + MAX_CHUNKS_PER_REQUEST]
@@ -440,43 +446,67 @@ class Transfers:
             return
         if index in fetch.fetcher.have or index in fetch.pending:
             return  # an endgame duplicate
-        loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(
-            self._worker, _check_and_write, chunk, fetch.fd, spans[index].offset
+        # the first unmeasured chunk from a holder ``auto`` chose blindly also gives the codec
+        # measurement (08 §8.7), on the worker, from the bytes as they arrived
+        itemsize = 0
+        measure = peer in fetch.blind and chunk.codec == Codec.NONE
+        if measure and self._codec_probe is None and not self._probe_started:
+            self._probe_started = True
+            entry = fetch.signed.manifest.tensors[spans[index].tensor]
+            itemsize = DTYPES[entry.dtype].itemsize
+        job = asyncio.get_running_loop().run_in_executor(
+            self._worker, _check_and_write, chunk, fetch.fd, spans[index].offset, itemsize
         )
         fetch.pending[index] = job
-        job.add_done_callback(lambda done: self._chunk_written(fetch, peer, chunk, done))
+        # the callback must not keep ``chunk``: its payload is a view of a pooled receive
+        # buffer, which is reused only once nothing refers to it
+        digest, wire_len, raw_len = chunk.chunk_hash, len(chunk.payload), chunk.raw_len
+        job.add_done_callback(
+            lambda done: self._chunk_written(fetch, peer, index, digest, wire_len, raw_len, done)
+        )
+        fetch.fetcher.chunk_arrived(peer, index)
+        self._pump(fetch)  # its window slot is free: ask for the next chunk at once
 
     def _chunk_written(
-        self, fetch: _Fetch, peer: PeerId, chunk: TensorChunk, job: asyncio.Future[None]
+        self,
+        fetch: _Fetch,
+        peer: PeerId,
+        index: int,
+        digest: bytes,
+        wire_len: int,
+        raw_len: int,
+        job: asyncio.Future[tuple[float, float] | None],
     ) -> None:
-        fetch.pending.pop(chunk.index, None)
+        fetch.pending.pop(index, None)
         if job.cancelled() or fetch not in self._fetches:
             return
         exc = job.exception()
         if isinstance(exc, RemoteProtocolError):  # the payload does not match its hash
             self.peers.close_peer(peer, exc.code, str(exc.args[0]))
+            fetch.fetcher.chunk_failed(index)
             fetch.fetcher.holder_failed(peer, str(exc.args[0]), ban=True)
         elif exc is not None:  # our disk: the fetch cannot go on
             fetch.error = exc
-        elif fetch.fetcher.chunk_received(peer, chunk.index, chunk.chunk_hash):
-            fetch.bytes_by[peer] = fetch.bytes_by.get(peer, 0) + len(chunk.payload)
+        if exc is not None and self._codec_probe is None:
+            self._probe_started = False  # the chunk that was to be measured may be this one
+        if exc is None and fetch.fetcher.chunk_received(peer, index, digest):
+            probe = job.result()
+            if probe is not None and self._codec_probe is None:
+                self._codec_probe = probe
+            fetch.bytes_by[peer] = fetch.bytes_by.get(peer, 0) + wire_len
             if peer in fetch.blind and fetch.bytes_by[peer] >= self.rates.min_bytes:
-                self._choose_again(fetch, peer, chunk)
+                self._choose_again(fetch, peer)
             if fetch.on_chunk is not None:
-                fetch.on_chunk(chunk.raw_len)
+                fetch.on_chunk(raw_len)
+            self._pump(fetch)  # room under max_unverified again
         fetch.wake.set()
 
-    def _choose_again(self, fetch: _Fetch, peer: PeerId, chunk: TensorChunk) -> None:
+    def _choose_again(self, fetch: _Fetch, peer: PeerId) -> None:
         """``auto`` with a holder we had no rate for: now measured, choose its codec again
         for the rest of the fetch (a first transfer over a slow link gets compressed too)."""
         fetch.blind.discard(peer)
         seconds = time.monotonic() - fetch.started
         self.rates.observe(peer, fetch.bytes_by[peer], seconds)
-        if self._codec_probe is None and chunk.codec == Codec.NONE:
-            entry = fetch.signed.manifest.tensors[fetch.fetcher.spans[chunk.index].tensor]
-            itemsize = DTYPES[entry.dtype].itemsize
-            self._codec_probe = _measure_codec(memoryview(chunk.payload), itemsize)
         probe = self._codec_probe or (0.0, 1.0)
         codec = choose_codec(self.compression, self.rates.get(peer), *probe)
         if codec != fetch.codec.get(peer):
@@ -592,16 +622,20 @@ class Transfers:
         job = asyncio.get_running_loop().run_in_executor(
             self._worker, _check_and_copy, chunk, state.buffer, state.spans[chunk.index].offset
         )
-        job.add_done_callback(lambda done: self._delta_chunk_placed(key, state, chunk, done))
+        index, wire_len = chunk.index, len(chunk.payload)  # not ``chunk``: see _fetched_chunk
+        job.add_done_callback(
+            lambda done: self._delta_chunk_placed(key, state, index, wire_len, done)
+        )
 
     def _delta_chunk_placed(
         self,
         key: tuple[PeerId, int],
         state: _DeltaIn,
-        chunk: TensorChunk,
+        index: int,
+        wire_len: int,
         job: asyncio.Future[None],
     ) -> None:
-        state.pending.discard(chunk.index)
+        state.pending.discard(index)
         if job.cancelled() or self._deltas_in.get(key) is not state:
             return
         exc = job.exception()
@@ -612,9 +646,9 @@ class Transfers:
             else:
                 log.error("[%s] placing a delta chunk failed: %s", self.tag, exc)
             return
-        state.have.add(chunk.index)
-        state.wire_bytes += len(chunk.payload)
-        self.bytes_delta_in += len(chunk.payload)
+        state.have.add(index)
+        state.wire_bytes += wire_len
+        self.bytes_delta_in += wire_len
         if len(state.have) == len(state.spans):
             self._delta_done(key)
 
@@ -651,11 +685,15 @@ class Transfers:
         return self.peers.send(peer, VersionInfo(request_id=0, manifest=signed))
 
 
-def _check_and_write(chunk: TensorChunk, fd: int, offset: int) -> None:
-    """Worker thread: verify a fetched chunk against its hash, then write it in place."""
+def _check_and_write(
+    chunk: TensorChunk, fd: int, offset: int, measure_itemsize: int = 0
+) -> tuple[float, float] | None:
+    """Worker thread: verify a fetched chunk against its hash, then write it in place. With
+    ``measure_itemsize``, also measure shuffle+zstd on it (for ``auto``; 08 §8.7)."""
     data = verify_chunk(chunk).data
     if os.pwrite(fd, data, offset) != len(data):
         raise OSError(f"short write of chunk {chunk.index}")
+    return _measure_codec(memoryview(data), measure_itemsize) if measure_itemsize else None
 
 
 def _check_and_copy(chunk: TensorChunk, buffer: bytearray, offset: int) -> None:

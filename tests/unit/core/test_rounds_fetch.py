@@ -151,6 +151,41 @@ def test_fetch_reasks_after_timeout() -> None:
     assert second and second[0].indices == (0,)
 
 
+def _asked(actions: list) -> list[int]:
+    return [i for act in actions for i in act.indices]
+
+
+def test_an_arrived_chunk_frees_its_window_slot_before_its_hash_is_checked() -> None:
+    f = Fetcher(_spans(10), params=FetchParams(window=2, batch=2, max_unverified=3))
+    holder = PEERS[0]
+    f.add_holder(holder)
+    assert _asked(f.poll(0.0)) == [0, 1]
+    assert f.poll(0.1) == []  # window full
+    f.chunk_arrived(holder, 0)
+    assert _asked(f.poll(0.2)) == [2]  # the next chunk is asked for while 0 is being checked
+    f.chunk_arrived(holder, 1)
+    f.chunk_arrived(holder, 2)
+    assert f.poll(0.3) == []  # three unverified: no more requests until some are checked
+    assert f.chunk_received(holder, 0, bytes([0]) * 32)
+    assert _asked(f.poll(0.4)) == [3, 4]
+    assert f.next_deadline() == 0.4 + f.params.chunk_timeout_s  # only what is on the wire
+
+
+def test_a_chunk_that_fails_its_check_is_asked_again_from_a_good_holder() -> None:
+    f = Fetcher(_spans(2), params=FetchParams(window=1, batch=1))
+    bad, good = PEERS[0], PEERS[1]
+    f.add_holder(bad)
+    asked = {act.holder: act.indices for act in f.poll(0.0)}
+    f.chunk_arrived(bad, asked[bad][0])
+    f.add_holder(good)
+    f.chunk_failed(asked[bad][0])
+    f.holder_failed(bad, "chunk does not match its hash", ban=True)
+    again = f.poll(1.0)
+    assert [act.holder for act in again] == [good]
+    assert again[0].indices == asked[bad]
+    assert bad not in f.usable and f.reports[0][0] == bad
+
+
 def test_compression_rule() -> None:
     # loopback: never; 100 Mbit/s with a 400 MB/s codec at ratio 1.3: yes
     assert not should_compress(3e9, 4e8, 1.3)
