@@ -8,6 +8,12 @@ Everything runs on 127.0.0.1 in one run, so the ratios compare like with like:
   averaged update down, plus the averaging arithmetic timed on its own, against gloo
   all_reduce of the same tensor.
 
+* the ceiling of this machine for a verified, stored transfer: a raw socket between two
+  processes (1 MiB writes into a reused buffer, no protocol; the CPU both ends spend per MiB),
+  plus the per-MiB CPU cost of what a fetch must add (chunk-frame signature check and
+  decode, BLAKE3, the write into a new file, the sender's frame signing). Their sum over the
+  cores is the fastest a fetch that checks and stores every byte can go here.
+
 Writes JSON (``--out``) and prints one summary line.
 
     python scripts/bench_transfer.py [--sizes 64,256] [--repeats 3]
@@ -81,6 +87,133 @@ def gloo(mib: int, repeats: int, mode: str) -> float:
         out = manager.dict()
         mp.spawn(_gloo_worker, args=(_free_port(), mib, repeats, mode, out), nprocs=2)
         return min(out["times"])
+
+
+def _raw_sender(port: int, mib: int, repeats: int, out: dict) -> None:
+    import asyncio
+
+    async def main() -> None:
+        data = memoryview(bytearray(os.urandom(1 << 20)))
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.transport.set_write_buffer_limits(high=2 << 20, low=1 << 20)
+        cpu = []
+        for _ in range(repeats):
+            await reader.readexactly(1)
+            start = time.process_time()
+            for _ in range(mib):
+                writer.write(data)
+                await writer.drain()
+            await reader.readexactly(1)  # the receiver has it all
+            cpu.append(time.process_time() - start)
+        out["sender_cpu"] = cpu
+        writer.close()
+
+    run_async(main())
+
+
+async def _raw_receive(mib: int, repeats: int) -> tuple[float, float]:
+    """Best wall time and the receiver's CPU seconds of ``mib`` MiB over a raw socket."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    accepted: asyncio.Future[asyncio.BufferedProtocol] = loop.create_future()
+
+    class Sink(asyncio.BufferedProtocol):
+        def __init__(self) -> None:
+            self.buf = memoryview(bytearray(1 << 20))
+            self.left = 0
+            self.done: asyncio.Future[None] = loop.create_future()
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+            accepted.set_result(self)
+
+        def get_buffer(self, sizehint: int) -> memoryview:
+            return self.buf
+
+        def buffer_updated(self, nbytes: int) -> None:
+            self.left -= nbytes
+            if self.left <= 0 and not self.done.done():
+                self.done.set_result(None)
+
+    server = await loop.create_server(Sink, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    with mp.Manager() as manager:
+        out = manager.dict()
+        proc = mp.get_context("spawn").Process(target=_raw_sender, args=(port, mib, repeats, out))
+        proc.start()
+        sink = await accepted
+        best, cpu = float("inf"), float("inf")
+        for _ in range(repeats):
+            sink.left, sink.done = mib << 20, loop.create_future()
+            start, start_cpu = time.perf_counter(), time.process_time()
+            sink.transport.write(b"g")  # type: ignore[attr-defined]
+            await sink.done
+            wall = time.perf_counter() - start
+            if wall < best:
+                best, cpu = wall, time.process_time() - start_cpu
+            sink.transport.write(b"k")  # type: ignore[attr-defined]
+        proc.join(60)
+        sender_cpu = min(out.get("sender_cpu", [0.0]))
+    server.close()
+    return best, cpu + sender_cpu
+
+
+def ceiling(mib: int, repeats: int) -> dict[str, float]:
+    """What a checked, stored transfer costs in CPU per MiB here, and the rate that allows."""
+    from spheroid_p2p.wire.codec import decode_frame, encode_frame
+    from spheroid_p2p.wire.dtypes import Codec
+    from spheroid_p2p.wire.framing import FRAME_HEADER_BYTES
+    from spheroid_p2p.wire.messages import TensorChunk
+    from spheroid_p2p.wire.tensors import chunk_digest
+
+    raw_wall, raw_cpu = run_async(_raw_receive(mib, repeats))
+    payload = os.urandom(1 << 20)
+    key = KeyPair.generate()
+    chunk = TensorChunk(
+        stream_id=1,
+        index=0,
+        raw_len=len(payload),
+        chunk_hash=chunk_digest(payload),
+        codec=Codec.NONE,
+        elem_size=1,
+        payload=payload,
+    )
+    body = bytearray(b"".join(encode_frame(key, chunk, seq=1, timestamp_ms=1)))
+    body = body[FRAME_HEADER_BYTES:]
+
+    def per_call(fn: Any, n: int = 64) -> float:
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            best = min(best, (time.perf_counter() - start) / n)
+        return best
+
+    with tempfile.TemporaryDirectory() as d:
+        fd = os.open(Path(d) / "blob", os.O_RDWR | os.O_CREAT)
+        offsets = iter(range(0, 1 << 40, 1 << 20))  # always new pages, as a fetch writes
+        try:
+            write = per_call(lambda: os.pwrite(fd, payload, next(offsets)), 32)
+        finally:
+            os.close(fd)
+    costs = {
+        "raw_socket_both_ends_ms": raw_cpu / mib * 1e3,
+        "frame_check_ms": per_call(lambda: decode_frame(body, verify_chunks=False)) * 1e3,
+        "blake3_ms": per_call(lambda: chunk_digest(payload)) * 1e3,
+        "write_new_file_ms": write * 1e3,
+        "frame_sign_ms": per_call(lambda: encode_frame(key, chunk, seq=1, timestamp_ms=1)) * 1e3,
+    }
+    total_ms = sum(costs.values())
+    cores = len(os.sched_getaffinity(0))
+    return {
+        "raw_socket_GBps": (mib << 20) / raw_wall / 1e9,
+        **{f"cpu_per_MiB_{k}": v for k, v in costs.items()},
+        "cpu_per_MiB_total_ms": total_ms,
+        "cores": cores,
+        "ceiling_GBps": cores * (1 << 20) / (total_ms / 1e3) / 1e9,
+    }
 
 
 def _holder(
@@ -183,6 +316,7 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(1)
     results: dict[str, object] = {"commit": git_commit(), "streams": [], "rounds": []}
+    results["ceiling"] = ceiling(64, args.repeats)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         for mib in (int(s) for s in args.sizes.split(",")):
@@ -196,6 +330,7 @@ def main() -> int:
                     "spheroid_GBps": nbytes / ours / 1e9,
                     "gloo_GBps": nbytes / theirs / 1e9,
                     "ratio_vs_gloo": ours / theirs,
+                    "fraction_of_ceiling": nbytes / ours / 1e9 / results["ceiling"]["ceiling_GBps"],
                 }
             )
         allreduce = gloo(96, args.repeats, "allreduce")
@@ -210,8 +345,11 @@ def main() -> int:
     args.out.write_text(json.dumps(results, indent=2))
     s = results["streams"]
     r = results["rounds"]
+    c = results["ceiling"]
     print(
         "bench_transfer: "
+        + f"ceiling here {c['ceiling_GBps']:.2f} GB/s (raw socket {c['raw_socket_GBps']:.2f}, "
+        + f"{c['cpu_per_MiB_total_ms']:.2f} CPU-ms/MiB on {c['cores']} cores); "
         + ", ".join(
             f"{x['mib']} MiB {x['spheroid_GBps']:.2f} GB/s vs gloo {x['gloo_GBps']:.2f} "
             f"(x{x['ratio_vs_gloo']:.2f} time)"
