@@ -15,6 +15,7 @@ from spheroid_p2p.node.config import NodeConfig
 from spheroid_p2p.node.store import VersionStore
 from spheroid_p2p.node.transfer import FetchError
 from spheroid_p2p.wire.signing import KeyPair, PeerId
+from tests.support.shaper import SlowLink
 from tests.support.swarm import NodeProcess
 
 pytestmark = pytest.mark.integration
@@ -142,3 +143,35 @@ def test_corrupted_chunk_is_detected_and_its_holder_reported(tmp_path: Path) -> 
     finally:
         bad.stop()
         good.stop()
+
+
+def test_auto_compression_switches_on_once_a_slow_link_is_measured(tmp_path: Path) -> None:
+    """A first fetch from a holder has no measured rate, so ``auto`` starts uncompressed; after
+    4 MiB over a link held to 8 MB/s it measures the rate, finds that shuffle+zstd pays on
+    these (bf16-rounded, so compressible) weights, and asks for it for the rest (08 §8.7)."""
+    g = torch.Generator().manual_seed(3)
+    tensors = {
+        f"w{i}": torch.randn(1024, 2048, generator=g).bfloat16().float() for i in range(4)
+    }  # 32 MiB
+    content = _seed_store(tmp_path, ["h0"], tensors)
+    holder = NodeProcess(tmp_path, "h0", verbose=1).start()
+
+    async def main() -> None:
+        cfg = NodeConfig(data_dir=tmp_path / "fetcher", key=tmp_path / "k", compression="auto")
+        async with running_node(cfg) as node, SlowLink(holder.addr, 8e6) as link:
+            pid = await node.peers.dial(link.addr)
+            assert pid == _pid(holder)
+            signed = await node.transfers.get_manifest(pid, 0, content)
+            result = await node.transfers.fetch(signed, [pid], timeout_s=60)
+            fetched = result.stored.tensors()
+            assert all(torch.equal(fetched[k], tensors[k]) for k in tensors)
+            rate = node.transfers.rates.get(pid)
+            assert rate is not None and rate < 12e6  # it measured the slow link
+            # the chunks asked for after the switch came compressed: fewer bytes than raw
+            assert result.bytes_fetched < 0.85 * signed.manifest.total_bytes
+            assert link.bytes_down < 0.85 * signed.manifest.total_bytes
+
+    try:
+        asyncio.run(main())
+    finally:
+        holder.stop()
