@@ -375,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
             trainers, curve = train_blocktrain_curve(
                 span_cfg, tcfg, corpus, args.block_steps, probe, args.seed, f"span K={k} (layout P)"
             )
+            curves.append(curve)
             ev = evaluate_sampler([t.block for t in trainers], windows)
             table[k] = {
                 "ce_span": ev.ce_sampler,
