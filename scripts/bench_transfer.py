@@ -22,6 +22,7 @@ Writes JSON (``--out``) and prints one summary line.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import socket
@@ -90,8 +91,6 @@ def gloo(mib: int, repeats: int, mode: str) -> float:
 
 
 def _raw_sender(port: int, mib: int, repeats: int, out: dict) -> None:
-    import asyncio
-
     async def main() -> None:
         data = memoryview(bytearray(os.urandom(1 << 20)))
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -113,8 +112,6 @@ def _raw_sender(port: int, mib: int, repeats: int, out: dict) -> None:
 
 async def _raw_receive(mib: int, repeats: int) -> tuple[float, float]:
     """Best wall time and the receiver's CPU seconds of ``mib`` MiB over a raw socket."""
-    import asyncio
-
     loop = asyncio.get_running_loop()
     accepted: asyncio.Future[asyncio.BufferedProtocol] = loop.create_future()
 
@@ -334,12 +331,12 @@ def main() -> int:
                 }
             )
         allreduce = gloo(96, args.repeats, "allreduce")
+        c = results["ceiling"]
         for encoding in ("float32", "bfloat16"):
             r = run_async(exchange(tmp, encoding, args.repeats))
             # the least a round can cost here: the delta up and the update down each sent,
             # framed, hashed twice (when the set is built, when it arrives) and stored, plus
             # the arithmetic, spread perfectly over the cores
-            c = results["ceiling"]
             wire_mib = 96 if encoding == "float32" else 48  # per direction
             per_mib_ms = c["cpu_per_MiB_total_ms"] + c["cpu_per_MiB_blake3_ms"]
             floor_s = (2 * wire_mib * per_mib_ms / 1e3 + r["arithmetic_s"]) / c["cores"]
@@ -354,7 +351,6 @@ def main() -> int:
     args.out.write_text(json.dumps(results, indent=2))
     s = results["streams"]
     r = results["rounds"]
-    c = results["ceiling"]
     print(
         "bench_transfer: "
         + f"ceiling here {c['ceiling_GBps']:.2f} GB/s (raw socket {c['raw_socket_GBps']:.2f}, "
