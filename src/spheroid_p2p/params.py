@@ -32,6 +32,7 @@ __all__ = [
     "MAX_TENSOR_BYTES",
     "MAX_TENSOR_CHUNKS",
     "MAX_TENSOR_DIMS",
+    "MAX_ZSTD_WINDOW_BYTES",
     "MAX_VERSION_CHUNKS",
     "MAX_VERSION_TENSORS",
     "PROTOCOL_VERSION",
@@ -71,6 +72,8 @@ TENSOR_CHUNK_BYTES: Final = 1024 * 1024
 MAX_TENSOR_BYTES: Final = 1024 * 1024 * 1024
 MAX_TENSOR_CHUNKS: Final = MAX_TENSOR_BYTES // TENSOR_CHUNK_BYTES
 MAX_TENSOR_DIMS: Final = 8
+#: Largest zstd window a chunk's frame may declare (a 1 MiB chunk never needs more).
+MAX_ZSTD_WINDOW_BYTES: Final = 2 * 1024 * 1024
 CONTENT_HASH_BYTES: Final = 32
 
 # --- 06-handshake.md -------------------------------------------------------------------------

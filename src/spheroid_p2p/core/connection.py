@@ -30,7 +30,7 @@ from spheroid_p2p.errors import ErrorCode, LocalProtocolError, RemoteProtocolErr
 from spheroid_p2p.params import HANDSHAKE_TIMEOUT_S, MAX_CLOCK_SKEW_MS, SUPPORTED_VERSIONS
 from spheroid_p2p.wire.codec import Envelope, decode_frame, encode_frame
 from spheroid_p2p.wire.framing import BodyPool, Buffer, FrameDecoder
-from spheroid_p2p.wire.messages import Close, Hello, HelloAck, Message, Ping, Pong
+from spheroid_p2p.wire.messages import Close, Hello, HelloAck, Message, MessageType, Ping, Pong
 from spheroid_p2p.wire.signing import KeyPair, PeerId
 
 __all__ = [
@@ -68,6 +68,12 @@ class FrameSigner:
     def encode(self, message: Message, wall_ms: int) -> list[Buffer]:
         self._seq += 1
         return encode_frame(self.key, message, seq=self._seq, timestamp_ms=wall_ms)
+
+
+#: What a peer may send before the handshake completes (03 §3.4 step 7a).
+_HANDSHAKE_TYPES = frozenset(
+    {int(MessageType.HELLO), int(MessageType.HELLO_ACK), int(MessageType.CLOSE)}
+)
 
 
 class ConnectionState(enum.Enum):
@@ -243,8 +249,9 @@ class PeerConnection:
         return [ConnectionLost(int(ErrorCode.NO_ERROR), "peer closed the TCP connection", True)]
 
     def _on_frame(self, body: Buffer, now: float, wall_ms: int, events: list[Event]) -> None:
+        only = _HANDSHAKE_TYPES if self.state is ConnectionState.HANDSHAKE else None
         try:
-            envelope = decode_frame(body, verify_chunks=self.params.verify_chunks)
+            envelope = decode_frame(body, verify_chunks=self.params.verify_chunks, only=only)
         except RemoteProtocolError as exc:
             if exc.code is ErrorCode.UNKNOWN_MESSAGE_TYPE and self.state is ConnectionState.OPEN:
                 self.unknown_dropped += 1

@@ -39,6 +39,8 @@ from spheroid_p2p.core.connection import (
 )
 from spheroid_p2p.errors import ErrorCode, TransportError
 from spheroid_p2p.params import SUPPORTED_VERSIONS, TENSOR_CHUNK_BYTES
+from spheroid_p2p.wire.addr import BadAddress
+from spheroid_p2p.wire.addr import parse_addr as wire_parse_addr
 from spheroid_p2p.wire.codec import Envelope
 from spheroid_p2p.wire.framing import BodyPool, Buffer
 from spheroid_p2p.wire.messages import Close, Message
@@ -61,15 +63,14 @@ class DialError(TransportError):
 
 
 def parse_addr(addr: str, allow_any_port: bool = False) -> tuple[str, int]:
-    """``host:port`` -> (host, port); raises ``ValueError`` with the offending text.
-
-    Port 0 ("any free port") is only valid where we listen (``allow_any_port``).
-    """
-    host, sep, port = addr.rpartition(":")
-    low = 0 if allow_any_port else 1
-    if not sep or not host or not port.isdigit() or not low <= int(port) < 65536:
-        raise ValueError(f"not a host:port address: {addr!r}")
-    return host.strip("[]"), int(port)
+    """``host:port`` -> (host, port) by the grammar of 02 §2.5 (``wire.addr``); raises
+    ``ValueError`` with the offending text. Port 0 ("any free port") is only valid where we
+    listen (``allow_any_port``)."""
+    try:
+        parsed = wire_parse_addr(addr, allow_any_port)
+    except BadAddress as exc:
+        raise ValueError(str(exc.args[0])) from None
+    return parsed.host, parsed.port
 
 
 def _wall_ms() -> int:
@@ -332,7 +333,10 @@ class PeerManager:
         """
         if expected is not None and expected in self._by_peer:
             return expected
-        host, port = parse_addr(addr)
+        try:
+            host, port = parse_addr(addr)
+        except ValueError as exc:
+            raise DialError(f"dial {addr[:64]!r} failed: {exc}") from None
         loop = asyncio.get_running_loop()
         link = _Link(self, expected, True)
         link.addr = addr

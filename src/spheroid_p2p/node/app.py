@@ -46,13 +46,14 @@ from spheroid_p2p.wire.tensors import chunk_digest
 from spheroid_p2p.wire.versions import SignedManifest
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Coroutine
     from pathlib import Path
 
     from spheroid_p2p.node.compute import ArStageRuntime, BlockRuntime
     from spheroid_p2p.node.replica import BlockReplica
     from spheroid_p2p.node.trainer import TrainingJob
 from spheroid_p2p.wire.traversal import (
+    Z_DTYPES,
     InlineTensor,
     PipeResult,
     PipeStep,
@@ -103,6 +104,8 @@ class Node:
         self._dialing: set[PeerId] = set()
         self._dial_slots = asyncio.Semaphore(MAX_PARALLEL_DIALS)
         self._group: asyncio.TaskGroup | None = None
+        #: guarded tasks that raised (see :meth:`spawn`); 0 on a healthy node
+        self.task_failures = 0
         self.tag = key.peer_id.short()
         self.runtime: BlockRuntime | None = None
         if config.checkpoints or (config.train_blocks and config.corpus):
@@ -116,7 +119,7 @@ class Node:
         self.traversals_served = 0
         self.store = VersionStore(config.data_dir / "versions")
         self.transfers = Transfers(
-            key, self.peers, self.store, self.tag, compression=config.compression
+            key, self.peers, self.store, self.tag, compression=config.compression, spawn=self.spawn
         )
         self.transfers.on_delta = self._on_delta
         self.transfers.on_manifest = self._on_manifest
@@ -217,6 +220,25 @@ class Node:
             if self.gossip.next_deadline(now) <= now:
                 self._apply(self.gossip.handle_timer(now))
 
+    # -- tasks ------------------------------------------------------------------------------
+    def spawn(self, work: Coroutine[object, object, None], what: str) -> bool:
+        """Run ``work`` in the node's TaskGroup, guarded: an exception it raises is logged
+        (naming ``what``: the peer, block or request it served) and counted in
+        ``task_failures``, and never ends the node. Work caused by a peer's message always
+        runs here, so no remote input can stop the node. False once the node is stopping."""
+        if self._group is None or self._stop.is_set():
+            work.close()
+            return False
+        self._group.create_task(self._guarded(work, what))
+        return True
+
+    async def _guarded(self, work: Coroutine[object, object, None], what: str) -> None:
+        try:
+            await work
+        except Exception:  # a bug or a peer's input we failed to reject at the edge
+            self.task_failures += 1
+            log.exception("[%s] %s failed; the node goes on", self.tag, what)
+
     # -- actions and events -----------------------------------------------------------------
     def _apply(self, actions: list[Action]) -> None:
         for action in actions:
@@ -229,9 +251,10 @@ class Node:
                 and not self._stop.is_set()
             ):
                 self._dialing.add(action.peer)
-                self._group.create_task(self._dial(action.addrs[0], action.peer))
-            elif isinstance(action, Probe) and self._group is not None:
-                self._group.create_task(self._probe(action.peer, action.addrs))
+                if not self.spawn(self._dial(action.addrs[0], action.peer), "gossip dial"):
+                    self._dialing.discard(action.peer)
+            elif isinstance(action, Probe):
+                self.spawn(self._probe(action.peer, action.addrs), f"probe of {action.peer}")
         self._wake.set()
 
     async def _bootstrap(self, addr: str) -> None:
@@ -308,10 +331,10 @@ class Node:
             self._apply(self.gossip.handle_message(peer, message, time.monotonic()))
         elif isinstance(message, StatusRequest):
             self.peers.send(peer, self.status(message.request_id))
-        elif isinstance(message, Traverse) and self._group is not None:
-            self._group.create_task(self._serve(message))
-        elif isinstance(message, PipeStep) and self._group is not None:
-            self._group.create_task(self._serve_pipe(message))
+        elif isinstance(message, Traverse):
+            self.spawn(self._serve(message), f"traversal {message.traversal_id:x} from {peer}")
+        elif isinstance(message, PipeStep):
+            self.spawn(self._serve_pipe(message), f"pipeline step from {peer}")
         else:
             log.debug("[%s] ignoring %s from %s", self.tag, type(message).__name__, peer.short())
 
@@ -472,6 +495,22 @@ class Node:
         return None if self.peers.send(target, message) else f"{target.short()} not connected"
 
     async def _serve(self, req: Traverse) -> None:
+        """Serve one traversal; a failure of ours answers the client with INTERNAL_ERROR
+        (and is logged by :meth:`spawn`) instead of leaving it to time out."""
+        try:
+            await self._serve_traverse(req)
+        except Exception:
+            error = TraverseError(
+                traversal_id=req.traversal_id,
+                hop=req.hop,
+                peer=self.key.peer_id.digest,
+                code=int(ErrorCode.INTERNAL_ERROR),
+                reason="internal error at this hop",
+            )
+            await self._send_to(req.client, req.reply_addr, error)
+            raise
+
+    async def _serve_traverse(self, req: Traverse) -> None:
         """Run our blocks for one traversal, then forward it or answer the client."""
         arrived = time.monotonic()
         hop = req.route[req.hop]
@@ -514,6 +553,12 @@ class Node:
         starting = len(req.z.shape) == 1 and req.z.shape[0] == 0
         if starting != (hop.first_block == 0):
             await fail(ErrorCode.PROTOCOL_VIOLATION, "only block 0 starts from noise")
+            return
+        if not starting and tuple(req.z.shape) != runtime.z_shape(hop.first_block, req.prefix):
+            want = list(runtime.z_shape(hop.first_block, req.prefix))
+            await fail(
+                ErrorCode.TENSOR_SHAPE_MISMATCH, f"z has shape {list(req.z.shape)}, want {want}"
+            )
             return
         z_dtype = req.z.dtype
         waited_ms = (time.monotonic() - arrived) * 1000
@@ -571,8 +616,7 @@ class Node:
         if req.hop + 1 >= len(req.route) or out.z is None:
             await fail(ErrorCode.PROTOCOL_VIOLATION, "route ends before the last block")
             return
-        dtype_name = {1: "float32", 2: "float16", 3: "bfloat16"}[z_dtype]
-        raw = _tensor_bytes(out.z, dtype_name)
+        raw = _tensor_bytes(out.z, Z_DTYPES[z_dtype])
         nxt = req.route[req.hop + 1]
         spent_ms = int((time.monotonic() - arrived) * 1000)
         if spent_ms >= req.deadline_ms:
@@ -595,6 +639,21 @@ class Node:
 
     # -- the autoregressive pipeline baseline (10-traversal.md §10.7) -----------------------
     async def _serve_pipe(self, req: PipeStep) -> None:
+        """Serve one pipeline step; a failure of ours answers INTERNAL_ERROR (see _serve)."""
+        try:
+            await self._serve_pipe_step(req)
+        except Exception:
+            error = TraverseError(
+                traversal_id=req.session_id,
+                hop=req.hop,
+                peer=self.key.peer_id.digest,
+                code=int(ErrorCode.INTERNAL_ERROR),
+                reason="internal error at this stage",
+            )
+            await self._send_to(req.client, req.reply_addr, error)
+            raise
+
+    async def _serve_pipe_step(self, req: PipeStep) -> None:
         """Run our layers for one pipeline step, then forward it or answer the client."""
         arrived = time.monotonic()
         stage = self.ar_stage

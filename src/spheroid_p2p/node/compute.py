@@ -77,6 +77,11 @@ class BlockRuntime:
     def serves(self, first: int, last: int) -> bool:
         return all(b in self.blocks for b in range(first, last + 1))
 
+    def z_shape(self, first: int, prefix: bytes) -> tuple[int, int]:
+        """The shape ``z`` must have on its way into block ``first`` for this prefix."""
+        cfg = self.blocks[first].cfg
+        return noisy_slots(cfg, window(cfg, prefix)), cfg.d_z
+
     async def run(
         self,
         first: int,

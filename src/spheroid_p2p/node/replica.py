@@ -448,7 +448,7 @@ class BlockReplica:
 
     def on_delta(self, delta: ReceivedDelta) -> None:
         """A delta for this block arrived (the node routes it here)."""
-        asyncio.get_running_loop().create_task(self._judge(delta))
+        self.node.spawn(self._judge(delta), f"{self.tag} delta from {delta.sender}")
 
     async def _judge(self, delta: ReceivedDelta) -> None:
         h = delta.header
@@ -620,7 +620,7 @@ class BlockReplica:
         m = signed.manifest
         if m.block != self.block or m.config_hash not in ("", self.config_hash):
             return
-        asyncio.get_running_loop().create_task(self._adopt(sender, signed))
+        self.node.spawn(self._adopt(sender, signed), f"{self.tag} version from {sender}")
 
     async def _adopt(self, sender: PeerId, signed: SignedManifest) -> None:
         m = signed.manifest

@@ -131,6 +131,7 @@ class Transfers:
         tag: str,
         compression: str = "auto",
         dial: Callable[[PeerId, str], Awaitable[bool]] | None = None,
+        spawn: Callable[[Coroutine[object, object, None], str], bool] | None = None,
     ) -> None:
         self.key = key
         self.peers = peers
@@ -138,6 +139,8 @@ class Transfers:
         self.tag = tag
         self.compression = compression
         self.dial = dial
+        #: runs a peer's request as a guarded task (the node's :meth:`Node.spawn`)
+        self.spawn = spawn or self._spawn_here
         self.rates = LinkRates()
         self._ids = itertools.count(1)
         self._requests: dict[int, tuple[_Fetch | asyncio.Future[Message], PeerId]] = {}
@@ -167,6 +170,16 @@ class Transfers:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _spawn_here(self, work: Coroutine[object, object, None], what: str) -> bool:
+        async def guarded() -> None:
+            try:
+                await work
+            except Exception:
+                log.exception("[%s] %s failed", self.tag, what)
+
+        self._background(guarded())
+        return True
+
     def _rid(self) -> int:
         return REQUEST_ID_BIT | next(self._ids)
 
@@ -179,7 +192,7 @@ class Transfers:
             else:
                 self._delta_chunk(peer, message)
         elif isinstance(message, ChunkGet):
-            asyncio.get_running_loop().create_task(self._serve_chunks(peer, message))
+            self.spawn(self._serve_chunks(peer, message), f"chunks for {peer}")
         elif isinstance(message, VersionGet):
             self._serve_version(peer, message)
         elif isinstance(message, VersionInfo):

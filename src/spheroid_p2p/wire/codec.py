@@ -34,7 +34,13 @@ from spheroid_p2p.wire import msgpack_profile
 from spheroid_p2p.wire import versions as _versions  # noqa: F401  (registers 08/09 types)
 from spheroid_p2p.wire.compression import decode_payload
 from spheroid_p2p.wire.framing import Buffer, frame_header
-from spheroid_p2p.wire.messages import Message, TensorChunk, TensorHeader, message_from_body
+from spheroid_p2p.wire.messages import (
+    Message,
+    TensorChunk,
+    TensorHeader,
+    message_from_body,
+    registry,
+)
 from spheroid_p2p.wire.signing import DOMAIN_ENVELOPE, KeyPair, PeerId, verify
 from spheroid_p2p.wire.tensors import check_header, chunk_digest
 from spheroid_p2p.wire.traversal import PipeStep, Traverse, TraverseResult, verify_inline
@@ -214,11 +220,18 @@ def verify_chunk(message: TensorChunk) -> TensorChunk:
     )
 
 
-def decode_frame(body: Buffer, *, verify_chunks: bool = True) -> Envelope:
+def decode_frame(
+    body: Buffer, *, verify_chunks: bool = True, only: frozenset[int] | None = None
+) -> Envelope:
     """Decode and verify one frame body (no length prefix). Raises ``RemoteProtocolError`` only.
 
     With ``verify_chunks=False`` a ``TensorChunk``'s payload is not yet decoded or hashed
     (its ``data`` is empty): the caller must pass it through :func:`verify_chunk`.
+
+    ``only``: the message types the connection's state allows (before the handshake: HELLO,
+    HELLO_ACK, CLOSE). Another known type is ``PROTOCOL_VIOLATION``, raised before its body is
+    decoded, so nothing is decompressed or hashed for a peer that has not authenticated (§3.4
+    step 7a).
 
     Checks run in the order of §3.4, so every malformed input has exactly one error code:
     outer structure, signed-section msgpack, envelope fields, version, signature, message
@@ -269,6 +282,10 @@ def decode_frame(body: Buffer, *, verify_chunks: bool = True) -> Envelope:
         )
     signature = bytes(signature_view)
     verify(public_key, signature, DOMAIN_ENVELOPE, signed)
+    if only is not None and type_code not in only and type_code in registry():
+        raise RemoteProtocolError(
+            f"message type {type_code:#x} before the handshake", ErrorCode.PROTOCOL_VIOLATION
+        )
     message = message_from_body(
         type_code,
         message_body,

@@ -1,8 +1,10 @@
 """Chunk payload codecs: none, zstd, and byte-shuffle + zstd (spec: 05-tensor-frames.md §5.3).
 
 Decoding is bounded before any allocation: a zstd payload must be exactly one zstd frame
-whose header declares exactly the chunk's raw length, so a "zstd bomb" that claims (or
-expands to) more than the declared size is refused without being inflated, and trailing
+whose header declares exactly the chunk's raw length (itself at most ``TENSOR_CHUNK_BYTES``,
+checked when the message was decoded) and a window of at most ``MAX_ZSTD_WINDOW_BYTES``. It
+is inflated in one shot into a buffer of that length, so a "zstd bomb" that declares one
+size and expands to more is refused when the buffer is full, never after inflating; trailing
 bytes after the frame are an error.
 """
 
@@ -11,12 +13,13 @@ from __future__ import annotations
 import zstandard
 
 from spheroid_p2p.errors import ErrorCode, RemoteProtocolError
+from spheroid_p2p.params import MAX_ZSTD_WINDOW_BYTES
 from spheroid_p2p.wire.dtypes import Codec
 from spheroid_p2p.wire.framing import Buffer
 
 __all__ = ["decode_payload", "encode_payload", "shuffle", "unshuffle"]
 
-_DCTX = zstandard.ZstdDecompressor()
+_DCTX = zstandard.ZstdDecompressor(max_window_size=MAX_ZSTD_WINDOW_BYTES)
 
 
 def shuffle(data: Buffer, elem_size: int) -> bytes:
@@ -74,17 +77,19 @@ def decode_payload(payload: Buffer, codec: int, raw_len: int, elem_size: int = 1
             ErrorCode.DECOMPRESSION_FAILED,
         )
     try:
-        dobj = _DCTX.decompressobj()
-        out = dobj.decompress(payload)
-        complete, trailing = dobj.eof, dobj.unused_data
+        # One-shot into a buffer of exactly ``raw_len`` bytes: a frame whose blocks expand
+        # beyond the size it declares fails when the buffer is full ("destination buffer is
+        # too small"), never after inflating; a window above MAX_ZSTD_WINDOW_BYTES is refused
+        # before any allocation, and bytes after the frame are an error.
+        out = _DCTX.decompress(payload, max_output_size=raw_len, allow_extra_data=False)
     except zstandard.ZstdError as exc:
         raise RemoteProtocolError(
-            f"zstd frame is corrupt: {exc}", ErrorCode.DECOMPRESSION_FAILED
+            f"zstd frame is corrupt or expands beyond {raw_len} bytes: {exc}",
+            ErrorCode.DECOMPRESSION_FAILED,
         ) from exc
-    if not complete or trailing or len(out) != raw_len:
+    if len(out) != raw_len:
         raise RemoteProtocolError(
-            f"zstd frame decoded to {len(out)} of {raw_len} bytes "
-            f"(complete={complete}, {len(trailing)} trailing bytes)",
+            f"zstd frame decoded to {len(out)} of {raw_len} bytes",
             ErrorCode.DECOMPRESSION_FAILED,
         )
     return unshuffle(out, elem_size) if codec == Codec.SHUFFLE_ZSTD else out

@@ -26,6 +26,7 @@ from spheroid_p2p.params import (
     MAX_TENSOR_DIMS,
     TENSOR_CHUNK_BYTES,
 )
+from spheroid_p2p.wire.addr import check_addrs
 from spheroid_p2p.wire.dtypes import DTYPES, Codec, DType
 
 __all__ = [
@@ -244,6 +245,7 @@ class Hello(Message):
         _check_bytes("nonce", self.nonce, HANDSHAKE_NONCE_BYTES)
         _check_str("agent", self.agent)
         _check_str_tuple("listen_addrs", self.listen_addrs)
+        check_addrs("listen_addrs", self.listen_addrs)
 
 
 @_register

@@ -16,6 +16,7 @@ from typing import Final
 from spheroid_p2p.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from spheroid_p2p.params import MAX_RECORD_TTL_MS, PUBLIC_KEY_BYTES, SIGNATURE_BYTES
 from spheroid_p2p.wire import msgpack_profile
+from spheroid_p2p.wire.addr import check_addrs
 from spheroid_p2p.wire.signing import DOMAIN_RECORD, KeyPair, PeerId, verify
 
 __all__ = ["ROLES", "OwnershipRecord", "SignedRecord"]
@@ -60,6 +61,7 @@ class OwnershipRecord:
             raise bad("content hash must be empty or 32 bytes")
         if not isinstance(self.addrs, tuple) or not all(isinstance(a, str) for a in self.addrs):
             raise bad("addrs must be a list of strings")
+        check_addrs("ownership record addrs", self.addrs)
         if not isinstance(self.load, int | float) or not math.isfinite(self.load) or self.load < 0:
             raise bad("load must be a finite number >= 0")
         if not isinstance(self.seq, int) or not 0 <= self.seq < 2**64:

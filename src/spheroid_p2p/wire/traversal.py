@@ -15,10 +15,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 from spheroid_p2p.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from spheroid_p2p.params import MAX_ROUTE_HOPS, TENSOR_CHUNK_BYTES
+from spheroid_p2p.wire.addr import check_addr
 from spheroid_p2p.wire.compression import decode_payload
 from spheroid_p2p.wire.dtypes import DTYPES, Codec
 from spheroid_p2p.wire.framing import Buffer
@@ -39,6 +40,7 @@ from spheroid_p2p.wire.messages import (
 from spheroid_p2p.wire.tensors import chunk_digest
 
 __all__ = [
+    "Z_DTYPES",
     "Hop",
     "InlineTensor",
     "PipeResult",
@@ -48,6 +50,10 @@ __all__ = [
     "TraverseResult",
     "verify_inline",
 ]
+
+
+#: The dtypes ``z`` may travel in (10 §10.3): code -> name.
+Z_DTYPES: Final = {1: "float32", 2: "float16", 3: "bfloat16"}
 
 
 def _bad(msg: str, code: ErrorCode = ErrorCode.MALFORMED_MESSAGE) -> LocalProtocolError:
@@ -126,7 +132,7 @@ def _check_route(route: tuple[Hop, ...], hop: int) -> None:
         raise _bad(f"a route has 1..{MAX_ROUTE_HOPS} hops")
     for h in route:
         _check_bytes("hop peer", h.peer, 32)
-        _check_str("hop addr", h.addr)
+        check_addr("hop addr", h.addr)
         _check_uint("first block", h.first_block, 0xFFFE)
         _check_uint("last block", h.last_block, 0xFFFE)
         if h.last_block < h.first_block:
@@ -168,7 +174,7 @@ class Traverse(Message):
     def __post_init__(self) -> None:
         _check_uint("traversal_id", self.traversal_id)
         _check_bytes("client", self.client, 32)
-        _check_str("reply_addr", self.reply_addr)
+        check_addr("reply_addr", self.reply_addr)
         _check_route(self.route, self.hop)
         _check_str("config_hash", self.config_hash)
         _check_uint("steps_per_block", self.steps_per_block, 64)
@@ -187,6 +193,8 @@ class Traverse(Message):
         if not isinstance(self.want_logits, bool):
             raise _bad("logits flag must be a boolean")
         self.z.check()
+        if self.z.dtype not in Z_DTYPES or len(self.z.shape) not in (1, 2):
+            raise _bad("z must be float32, float16 or bfloat16 of shape [0] or [N, d]")
 
     def to_body(self) -> Body:
         return {
@@ -313,7 +321,7 @@ class PipeStep(Message):
     def __post_init__(self) -> None:
         _check_uint("session_id", self.session_id)
         _check_bytes("client", self.client, 32)
-        _check_str("reply_addr", self.reply_addr)
+        check_addr("reply_addr", self.reply_addr)
         _check_route(self.route, self.hop)
         _check_str("config_hash", self.config_hash)
         _check_uint("pos", self.pos, 1 << 20)
