@@ -619,6 +619,58 @@ def message_vectors() -> list[dict[str, Any]]:
         raw_body(packed_unchecked(signed_map(HELLO, body={"d": deep}))),
         ErrorCode.MALFORMED_MESSAGE,
     )
+
+    def nested(levels: int) -> Any:
+        value: Any = 0
+        for _ in range(levels):
+            value = [value]
+        return value
+
+    # the body map is at depth 1 and its "d" value at depth 2 (02 §2.3): 6 lists put the
+    # innermost 0 at depth 8 (the limit), 7 lists at depth 9
+    out.append(
+        vec_ok(
+            "msgpack-depth-8-ok",
+            f"a scalar at depth MAX_MSGPACK_DEPTH={MAX_MSGPACK_DEPTH} (an unknown key, ignored)",
+            raw_body(
+                msgpack_profile.pack(signed_map(HELLO, body=dict(HELLO.to_body(), d=nested(6))))
+            ),
+            envelope_fields(HELLO, body=render(dict(HELLO.to_body(), d=nested(6)))),
+        )
+    )
+    err(
+        "msgpack-depth-9-bad",
+        f"a scalar at depth MAX_MSGPACK_DEPTH + 1 = {MAX_MSGPACK_DEPTH + 1}",
+        raw_body(packed_unchecked(signed_map(HELLO, body=dict(HELLO.to_body(), d=nested(7))))),
+        ErrorCode.MALFORMED_MESSAGE,
+    )
+    for vid, addr in (
+        ("hello-addr-no-port", "x"),
+        ("hello-addr-port-0", "127.0.0.1:0"),
+        ("hello-addr-port-too-big", "127.0.0.1:99999"),
+        ("hello-addr-empty-host", ":7000"),
+        ("hello-addr-bad-ipv4", "1.2.3:7000"),
+        ("hello-addr-space", "a b:7000"),
+        ("hello-addr-ipv6-unbracketed", "::1:7000"),
+    ):
+        err(
+            vid,
+            f"HELLO listen address {addr!r} breaks the address grammar (02 §2.4)",
+            raw_body(packed_unchecked(signed_map(HELLO, body=dict(HELLO.to_body(), addrs=[addr])))),
+            ErrorCode.MALFORMED_MESSAGE,
+        )
+    err(
+        "hello-too-many-addrs",
+        "HELLO with MAX_ADDRS + 1 = 9 listen addresses",
+        raw_body(
+            packed_unchecked(
+                signed_map(
+                    HELLO, body=dict(HELLO.to_body(), addrs=[f"10.0.0.{i}:1" for i in range(9)])
+                )
+            )
+        ),
+        ErrorCode.MALFORMED_MESSAGE,
+    )
     err(
         "envelope-long-string",
         f"a string longer than MAX_STR_LEN={MAX_STR_LEN}",
@@ -874,6 +926,30 @@ def tensor_vectors() -> list[dict[str, Any]]:
         "chunk-zstd-lies",
         "zstd frame declares 4096 bytes but holds 8192",
         chunk_with(zstd_frame(bytes(8192), declared=4096), codec=Codec.ZSTD, raw=zeros),
+        ErrorCode.DECOMPRESSION_FAILED,
+    )
+    err(
+        "chunk-zstd-bomb",
+        "zstd frame declares 1 MiB (= n) but its RLE blocks expand to 64 MiB: decoded into "
+        "exactly n bytes, it fails when they are full",
+        chunk_with(
+            zstd_frame(bytes(64 << 20), declared=1 << 20),
+            codec=Codec.ZSTD,
+            raw=bytes(1 << 20),
+        ),
+        ErrorCode.DECOMPRESSION_FAILED,
+    )
+    # FCS 8 bytes, not single segment, then a window descriptor of 2^23 bytes (8 MiB)
+    wide_window = (
+        b"\x28\xb5\x2f\xfd"
+        + bytes([0b1100_0000, 13 << 3])
+        + struct.pack("<Q", len(zeros))
+        + zstd_frame(zeros)[4 + 9 :]
+    )
+    err(
+        "chunk-zstd-window-too-large",
+        "zstd frame declaring an 8 MiB window (above MAX_ZSTD_WINDOW_BYTES)",
+        chunk_with(wide_window, codec=Codec.ZSTD, raw=zeros),
         ErrorCode.DECOMPRESSION_FAILED,
     )
     err(

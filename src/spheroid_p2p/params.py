@@ -15,6 +15,8 @@ __all__ = [
     "HANDSHAKE_NONCE_BYTES",
     "HANDSHAKE_TIMEOUT_S",
     "INT8_BLOCK_ELEMS",
+    "MAX_ADDRS",
+    "MAX_ADDR_LEN",
     "MAX_ARRAY_LEN",
     "MAX_BIN_LEN",
     "MAX_CHUNKS_PER_REQUEST",
@@ -32,9 +34,9 @@ __all__ = [
     "MAX_TENSOR_BYTES",
     "MAX_TENSOR_CHUNKS",
     "MAX_TENSOR_DIMS",
-    "MAX_ZSTD_WINDOW_BYTES",
     "MAX_VERSION_CHUNKS",
     "MAX_VERSION_TENSORS",
+    "MAX_ZSTD_WINDOW_BYTES",
     "PROTOCOL_VERSION",
     "PUBLIC_KEY_BYTES",
     "SIGNATURE_BYTES",
@@ -58,6 +60,10 @@ MAX_STR_LEN: Final = 4096
 MAX_BIN_LEN: Final = 48 * 1024
 MAX_ARRAY_LEN: Final = 4096
 MAX_MAP_LEN: Final = 64
+#: Longest address text (02 §2.5): a 253-character DNS name, ':' and a five-digit port.
+MAX_ADDR_LEN: Final = 259
+#: Addresses in one record or HELLO.
+MAX_ADDRS: Final = 8
 
 # --- 04-identity-and-signing.md --------------------------------------------------------------
 PUBLIC_KEY_BYTES: Final = 32

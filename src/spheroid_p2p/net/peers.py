@@ -39,7 +39,7 @@ from spheroid_p2p.core.connection import (
 )
 from spheroid_p2p.errors import ErrorCode, TransportError
 from spheroid_p2p.params import SUPPORTED_VERSIONS, TENSOR_CHUNK_BYTES
-from spheroid_p2p.wire.addr import BadAddress
+from spheroid_p2p.wire.addr import BadAddressError
 from spheroid_p2p.wire.addr import parse_addr as wire_parse_addr
 from spheroid_p2p.wire.codec import Envelope
 from spheroid_p2p.wire.framing import BodyPool, Buffer
@@ -68,7 +68,7 @@ def parse_addr(addr: str, allow_any_port: bool = False) -> tuple[str, int]:
     listen (``allow_any_port``)."""
     try:
         parsed = wire_parse_addr(addr, allow_any_port)
-    except BadAddress as exc:
+    except BadAddressError as exc:
         raise ValueError(str(exc.args[0])) from None
     return parsed.host, parsed.port
 

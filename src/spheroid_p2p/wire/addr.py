@@ -8,7 +8,7 @@ layers above never see one they cannot dial. The grammar is deliberately narrow:
   (letters, digits, ``-`` and ``.``; labels of 1..63 characters, 253 in all);
 * ``port`` is a decimal integer in 1..65535 (0, "any free port", only where we listen).
 
-An address that breaks it is a ``MALFORMED_MESSAGE`` (``BadAddress``) in the message that
+An address that breaks it is a ``MALFORMED_MESSAGE`` (``BadAddressError``) in the message that
 carried it.
 """
 
@@ -20,18 +20,14 @@ from dataclasses import dataclass
 from typing import Final
 
 from spheroid_p2p.errors import ErrorCode, LocalProtocolError
+from spheroid_p2p.params import MAX_ADDR_LEN, MAX_ADDRS
 
-__all__ = ["MAX_ADDR_LEN", "BadAddress", "PeerAddr", "check_addr", "check_addrs", "parse_addr"]
-
-#: Longest address text: a 253-character DNS name, ':' and a five-digit port.
-MAX_ADDR_LEN: Final = 259
-#: Addresses in one record or HELLO.
-MAX_ADDRS: Final = 8
+__all__ = ["BadAddressError", "PeerAddr", "check_addr", "check_addrs", "parse_addr"]
 
 _LABEL: Final = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
 
 
-class BadAddress(LocalProtocolError):
+class BadAddressError(LocalProtocolError):
     """Text that is not a ``host:port`` address; its code is ``MALFORMED_MESSAGE``."""
 
     def __init__(self, message: str) -> None:
@@ -69,9 +65,9 @@ def _valid_host(host: str) -> bool:
 
 
 def parse_addr(text: object, allow_any_port: bool = False) -> PeerAddr:
-    """``host:port`` -> :class:`PeerAddr`; raises :class:`BadAddress` naming the text."""
+    """``host:port`` -> :class:`PeerAddr`; raises :class:`BadAddressError` naming the text."""
     if not isinstance(text, str) or len(text) > MAX_ADDR_LEN:
-        raise BadAddress(f"not a host:port address: {str(text)[:64]!r}")
+        raise BadAddressError(f"not a host:port address: {str(text)[:64]!r}")
     host, sep, port = text.rpartition(":")
     low = 0 if allow_any_port else 1
     if (
@@ -82,7 +78,7 @@ def parse_addr(text: object, allow_any_port: bool = False) -> PeerAddr:
         or not low <= int(port) <= 65535
         or not _valid_host(host)
     ):
-        raise BadAddress(f"not a host:port address: {text[:64]!r}")
+        raise BadAddressError(f"not a host:port address: {text[:64]!r}")
     return PeerAddr(host.strip("[]"), int(port))
 
 
@@ -90,8 +86,8 @@ def check_addr(name: str, text: object) -> str:
     """Validate one address field at decode; returns it unchanged."""
     try:
         parse_addr(text)
-    except BadAddress as exc:
-        raise BadAddress(f"{name}: {exc.args[0]}") from None
+    except BadAddressError as exc:
+        raise BadAddressError(f"{name}: {exc.args[0]}") from None
     assert isinstance(text, str)
     return text
 
@@ -99,6 +95,6 @@ def check_addr(name: str, text: object) -> str:
 def check_addrs(name: str, values: object) -> None:
     """Validate a list of addresses (at most ``MAX_ADDRS``)."""
     if not isinstance(values, tuple) or len(values) > MAX_ADDRS:
-        raise BadAddress(f"{name}: at most {MAX_ADDRS} addresses")
+        raise BadAddressError(f"{name}: at most {MAX_ADDRS} addresses")
     for value in values:
         check_addr(name, value)

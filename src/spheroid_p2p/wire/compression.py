@@ -76,6 +76,12 @@ def decode_payload(payload: Buffer, codec: int, raw_len: int, elem_size: int = 1
             f"zstd frame declares {what}, chunk declares {raw_len}",
             ErrorCode.DECOMPRESSION_FAILED,
         )
+    window = zstandard.get_frame_parameters(payload).window_size
+    if window > MAX_ZSTD_WINDOW_BYTES:
+        raise RemoteProtocolError(
+            f"zstd frame declares a {window}-byte window, above {MAX_ZSTD_WINDOW_BYTES}",
+            ErrorCode.DECOMPRESSION_FAILED,
+        )
     try:
         # One-shot into a buffer of exactly ``raw_len`` bytes: a frame whose blocks expand
         # beyond the size it declares fails when the buffer is full ("destination buffer is
