@@ -46,7 +46,9 @@ def test_killed_trainer_resumes_where_it_stopped(tmp_path: Path) -> None:
         try:
             wait_for(lambda: "serving blocks [0]" in again.log(), timeout_s=180)
             resumed = re.findall(r"resuming training at step (\d+)", again.log())
-            assert resumed and 50 <= int(resumed[-1]) <= killed_at
+            # a slice (10 steps) checkpoints before its progress line is logged, so the kill
+            # can fall between the two: the checkpoint may be one slice past the last line
+            assert resumed and 50 <= int(resumed[-1]) <= killed_at + 10
             assert int(resumed[-1]) % 50 == 0
             served = [r for r in again.status().records if r.role == "serve"]
             assert served and served[0].block == 0 and served[0].n_blocks == 4

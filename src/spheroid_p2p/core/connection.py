@@ -65,9 +65,13 @@ class FrameSigner:
         self.key = key
         self._seq = first_seq
 
-    def encode(self, message: Message, wall_ms: int) -> list[Buffer]:
+    def take_seq(self) -> int:
+        """The next sequence number (every frame this node signs takes one)."""
         self._seq += 1
-        return encode_frame(self.key, message, seq=self._seq, timestamp_ms=wall_ms)
+        return self._seq
+
+    def encode(self, message: Message, wall_ms: int) -> list[Buffer]:
+        return encode_frame(self.key, message, seq=self.take_seq(), timestamp_ms=wall_ms)
 
 
 #: What a peer may send before the handshake completes (03 §3.4 step 7a).

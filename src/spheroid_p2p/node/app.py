@@ -43,7 +43,7 @@ from spheroid_p2p.wire.messages import (
 )
 from spheroid_p2p.wire.signing import KeyPair, PeerId
 from spheroid_p2p.wire.tensors import chunk_digest
-from spheroid_p2p.wire.versions import SignedManifest
+from spheroid_p2p.wire.versions import DeltaHeader, SignedManifest
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Coroutine
@@ -122,6 +122,7 @@ class Node:
             key, self.peers, self.store, self.tag, compression=config.compression, spawn=self.spawn
         )
         self.transfers.on_delta = self._on_delta
+        self.transfers.admit_delta = self._admit_delta
         self.transfers.on_manifest = self._on_manifest
         self.replicas: dict[int, BlockReplica] = {}
         #: Version of a block we trained in rounds and now serve (its store holds it).
@@ -398,6 +399,14 @@ class Node:
         unique = list(dict.fromkeys(p for p in peers if p != self.key.peer_id))
         reached = await asyncio.gather(*(one(p) for p in unique))
         return [p for p in reached if p is not None]
+
+    def _admit_delta(self, peer: PeerId, header: DeltaHeader) -> tuple[int, str] | None:
+        replica = self.replicas.get(header.block)
+        if replica is None and header.block in self.config.train_blocks:
+            return int(ErrorCode.NOT_READY), "this replica is still starting"
+        if replica is None:
+            return int(ErrorCode.DELTA_REJECTED), f"block {header.block} is not trained here"
+        return replica.admit(peer, header)
 
     def _on_delta(self, delta: ReceivedDelta) -> None:
         replica = self.replicas.get(delta.header.block)

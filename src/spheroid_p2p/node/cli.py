@@ -140,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds before the next aggregator in line takes over",
     )
     rounds.add_argument(
+        "--allow-peers",
+        type=Path,
+        help="a private swarm: file of peer ids (one 'sp1...' per line, '#' comments) that "
+        "may train, average and publish versions of this node's blocks",
+    )
+    rounds.add_argument(
         "--min-replicas",
         type=int,
         help="wait until this many replicas of the block (this one included) are live "
@@ -248,6 +254,8 @@ def node_config(args: argparse.Namespace) -> Any:
     ):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
+    if args.allow_peers is not None:
+        values["allow_peers"] = args.allow_peers
     values["model"] = _model(args, values.get("model"))
     gossip = values.get("gossip", GossipParams())
     for flag, field_name in (

@@ -22,6 +22,7 @@ from spheroid_p2p.core.gossip import GossipParams
 from spheroid_p2p.errors import ConfigError
 from spheroid_p2p.ml.config import ModelConfig
 from spheroid_p2p.net.peers import parse_addr
+from spheroid_p2p.wire.signing import PeerId
 
 __all__ = ["NodeConfig", "load_toml"]
 
@@ -66,8 +67,14 @@ class NodeConfig:
     max_relative_norm: float = 1.0
     gossip: GossipParams = field(default_factory=GossipParams)
     versions: tuple[int, ...] = (1,)
+    #: A private swarm's allow-list (09 §9.8): only these peers are counted as replicas of
+    #: our blocks (contribute deltas, aggregate, publish versions we install). None: open.
+    #: Given as a set of peer ids or the path of a file that lists them.
+    allow_peers: frozenset[PeerId] | Path | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.allow_peers, str | Path):
+            object.__setattr__(self, "allow_peers", _read_allow_list(Path(self.allow_peers)))
         try:
             parse_addr(self.listen, allow_any_port=True)
             for addr in (*self.bootstrap, *([self.advertise] if self.advertise else [])):
@@ -118,3 +125,23 @@ def load_toml(path: Path) -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+def _read_allow_list(path: Path) -> frozenset[PeerId]:
+    """Peer ids, one per line ('#' starts a comment); a ConfigError names a bad line."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"--allow-peers {path}: {exc.strerror or exc}") from None
+    out: set[PeerId] = set()
+    for number, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            out.add(PeerId.from_text(text))
+        except ValueError as exc:
+            raise ConfigError(f"--allow-peers {path} line {number}: {exc}") from None
+    if not out:
+        raise ConfigError(f"--allow-peers {path} lists no peer id")
+    return frozenset(out)

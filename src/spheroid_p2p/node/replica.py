@@ -42,20 +42,25 @@ from spheroid_p2p.core.rounds import (
 )
 from spheroid_p2p.errors import ErrorCode, code_name
 from spheroid_p2p.ml.averaging import (
+    ENCODING_DTYPES,
+    SCALE_SUFFIX,
     DeltaEncoder,
     apply_average,
     check_delta,
     decode_delta,
     delta_of,
+    int8_scale_shape,
     tensors_norm,
 )
 from spheroid_p2p.ml.checkpoint import atomic_write, save_block
-from spheroid_p2p.node.store import StoredSet, raw_of, tensor_of
-from spheroid_p2p.node.transfer import FetchError, ReceivedDelta
+from spheroid_p2p.node.store import StoredSet, raw_of, tensor_of, wire_dtype
+from spheroid_p2p.node.transfer import FetchError, ReceivedDelta, VersionRejected
 from spheroid_p2p.wire.signing import PeerId
 from spheroid_p2p.wire.versions import (
     ENCODINGS,
     KIND_UPDATE,
+    DeltaHeader,
+    Manifest,
     RoundReport,
     SignedManifest,
 )
@@ -142,13 +147,22 @@ class BlockReplica:
         self.position_path = job.data_dir / f"block-{self.block}.round.json"
         self.reports_path = job.data_dir / f"block-{self.block}.rounds.jsonl"
         self.on_version: Callable[[int, bytes], None] | None = None
+        #: Held while the compute thread trains (and while a step's delta is taken): a new
+        #: version is installed only between steps, never under a running backward pass.
+        self._install_lock = asyncio.Lock()
+        #: Versions refused by the rule of 09 §9.8 (signer, finite, norm), for tests/status.
+        self.rejected_versions = 0
+        #: Own deltas discarded because they were not finite or too large.
+        self.rejected_own = 0
 
     # -- membership -----------------------------------------------------------------------------
     def live_replicas(self) -> set[PeerId]:
         """Replicas of this block with a live record and our model config (us included)."""
         out = {self.node.key.peer_id}
+        allowed = self.node.config.allow_peers
         for rec in self.node.gossip.owners_of(self.block):
-            if rec.role == "train" and rec.config_hash in ("", self.config_hash):
+            ours = rec.role == "train" and rec.config_hash in ("", self.config_hash)
+            if ours and (allowed is None or rec.owner in allowed):
                 out.add(rec.owner)
         return out
 
@@ -183,7 +197,7 @@ class BlockReplica:
                 manifest = await self.node.transfers.get_manifest(
                     newest.owner, self.block, newest.content_hash
                 )
-                stored = await self._fetch_full(manifest, [newest.owner])
+                stored = await self._fetch_full(manifest, [newest.owner], self._join_check())
                 break
             except FetchError as exc:  # it moved on (pruned that version) or went away
                 log.info(
@@ -212,6 +226,24 @@ class BlockReplica:
             stored.manifest.content.hex()[:12],
             stored.manifest.signer.short(),
         )
+
+    def _join_check(self) -> Callable[[dict[str, torch.Tensor]], str | None]:
+        """A version we join at has this block's tensors and is finite (with no base yet,
+        there is no parent to bound its change against)."""
+        like = self.job.trainer.block.state_dict()
+
+        def check(tensors: dict[str, torch.Tensor]) -> str | None:
+            if set(tensors) != set(like):
+                return "tensor names differ from the block's"
+            for name, t in like.items():
+                got = tensors[name]
+                if got.dtype != t.dtype or got.shape != t.shape:
+                    return f"tensor {name} differs from the block's"
+                if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+                    return f"non-finite values in {name}"
+            return None
+
+        return check
 
     async def _wait_for_replicas(self) -> None:
         want = self.settings.min_replicas
@@ -286,11 +318,16 @@ class BlockReplica:
         if self.on_version is not None:
             self.on_version(m.version, self.base.weights)
 
-    async def _fetch_full(self, signed: SignedManifest, holders: list[PeerId]) -> StoredSet:
+    async def _fetch_full(
+        self,
+        signed: SignedManifest,
+        holders: list[PeerId],
+        check: Callable[[dict[str, torch.Tensor]], str | None] | None = None,
+    ) -> StoredSet:
         m = signed.manifest
         more = [p for p in self.holders(m.content) if p not in holders]
         peers = await self.node.connect_all([*holders, *more])
-        result = await self.node.transfers.fetch(signed, peers)
+        result = await self.node.transfers.fetch(signed, peers, check=check)
         log.info(
             "[%s] fetched version %d: %.1f MB in %.2f s from %s%s",
             self.tag,
@@ -314,13 +351,30 @@ class BlockReplica:
             steps_left = budget_steps - self.job.trainer.step_count
             want = min(self.settings.round_steps, steps_left)
             stop_at = max(base.deadline - margin, time.time() + 0.0)
-            done, loss = await self.job.train_for(want, stop_at_wall=stop_at)
-            if self.base is not base:
-                # A newer version arrived while we trained (we were late): rebase on it.
-                continue
-            delta = await asyncio.to_thread(
-                delta_of, self.job.trainer.block.state_dict(), base.tensors
-            )
+            async with self._install_lock:
+                done, loss = await self.job.train_for(want, stop_at_wall=stop_at)
+                if self.base is not base:
+                    # A newer version arrived while we trained (we were late): rebase on it.
+                    continue
+                delta = await asyncio.to_thread(
+                    delta_of, self.job.trainer.block.state_dict(), base.tensors
+                )
+                own = await asyncio.to_thread(
+                    check_delta, delta, base.norm, self.settings.params.max_relative_norm
+                )
+                if own.problem is not None:
+                    # Our own training diverged: it is judged like anyone's delta and never
+                    # sent or signed; we go back to the base and train on from there.
+                    self.rejected_own += 1
+                    log.error(
+                        "[%s] round %d: own delta discarded (%s); back to version %d",
+                        self.tag,
+                        r,
+                        own.problem,
+                        base.version,
+                    )
+                    await asyncio.to_thread(self.job.trainer.block.load_state_dict, base.tensors)
+                    continue
             wire = await asyncio.to_thread(self.encoder.encode, delta)
             self._own[r] = delta
             await self._submit(r, base, wire, max(1, done), loss)
@@ -446,9 +500,40 @@ class BlockReplica:
         )
         agg.offer(offer, time.time())
 
+    def admit(self, sender: PeerId, header: DeltaHeader) -> tuple[int, str] | None:
+        """Judge a delta header before its buffer is allocated: from a live replica (and an
+        allowed peer), naming exactly this block's tensors in its encoding (09 §9.4)."""
+        base = self.base
+        if base is None:
+            return int(ErrorCode.NOT_READY), "this replica has not joined yet"
+        if sender not in self.live_replicas():
+            return int(ErrorCode.DELTA_REJECTED), "not a live replica of this block"
+        encoding = ENCODINGS.get(header.encoding)
+        if encoding not in ENCODING_DTYPES:
+            return int(ErrorCode.DELTA_REJECTED), f"unknown encoding {header.encoding}"
+        want: dict[str, tuple[int, tuple[int, ...]]] = {}
+        code = wire_dtype(ENCODING_DTYPES[encoding])
+        for name, t in base.tensors.items():
+            want[name] = (code, tuple(t.shape))
+            if encoding == "int8":
+                scale = int8_scale_shape(tuple(t.shape))
+                want[name + SCALE_SUFFIX] = (wire_dtype(torch.float32), scale)
+        got = {e.name: (e.dtype, tuple(e.shape)) for e in header.tensors}
+        if got != want:
+            wrong = sorted(n for n in set(got) | set(want) if got.get(n) != want.get(n))
+            return int(ErrorCode.DELTA_REJECTED), f"tensors differ from the block's: {wrong[:3]}"
+        return None
+
     def on_delta(self, delta: ReceivedDelta) -> None:
         """A delta for this block arrived (the node routes it here)."""
-        self.node.spawn(self._judge(delta), f"{self.tag} delta from {delta.sender}")
+        self.node.spawn(self._judge_or_fail(delta), f"{self.tag} delta from {delta.sender}")
+
+    async def _judge_or_fail(self, delta: ReceivedDelta) -> None:
+        try:
+            await self._judge(delta)
+        except Exception:  # our failure: the sender hears it at once instead of timing out
+            self.node.transfers.ack(delta, ErrorCode.INTERNAL_ERROR, "internal error")
+            raise
 
     async def _judge(self, delta: ReceivedDelta) -> None:
         h = delta.header
@@ -576,7 +661,10 @@ class BlockReplica:
         for peer in self.live_replicas():
             if peer != me:
                 self.node.transfers.push_manifest(peer, announce)
-        self._set_base(full.signed, full)
+        async with self._install_lock:
+            if self.base is not base:
+                return
+            self._set_base(full.signed, full)
         for key_ in [k for k in self._decoded if k[0] <= r]:
             del self._decoded[key_]
 
@@ -616,11 +704,62 @@ class BlockReplica:
         )
 
     # -- versions from others -------------------------------------------------------------------
+    def may_install(self, signer: PeerId, version: int) -> str | None:
+        """Why a version ``version`` signed by ``signer`` may not replace our base (09 §9.8),
+        or None. The signer must be a live (and, in a private swarm, allowed) replica of the
+        block; for the next round it must also hold a turn that has begun: the first peer of
+        the round's aggregator order at once, the k-th only from ``k`` grace periods after
+        the deadline (less half a grace period for clock skew)."""
+        base = self.base
+        if base is None:
+            return "not joined yet"
+        replicas = self.live_replicas()
+        if signer not in replicas:
+            return f"{signer.short()} is not a live replica of block {self.block}"
+        if version == base.version + 1:
+            rank = aggregator_order(self.block, version, replicas).index(signer)
+            grace = self.settings.params.grace_s
+            opens = base.deadline + (rank - 0.5) * grace
+            if rank > 0 and time.time() < opens:
+                return f"{signer.short()} is aggregator {rank} of round {version}, not yet its turn"
+        return None
+
+    def _content_check(
+        self, base: _Base, gap: int, encoding: str | None
+    ) -> Callable[[dict[str, torch.Tensor]], str | None]:
+        """A check of a fetched set against our base: a full version's weights (``encoding``
+        None) or an update in ``encoding``: the block's tensor names, dtypes and shapes, all
+        finite, and a change of at most ``max_relative_norm`` x ``gap`` x the base's norm."""
+        bound = self.settings.params.max_relative_norm * max(1, gap)
+
+        def check(tensors: dict[str, torch.Tensor]) -> str | None:
+            if encoding is None:
+                for name, t in base.tensors.items():
+                    got = tensors.get(name)
+                    if got is None or got.dtype != t.dtype or got.shape != t.shape:
+                        return f"tensor {name} differs from the block's"
+                if set(tensors) != set(base.tensors):
+                    return "tensor names differ from the block's"
+                change = delta_of(tensors, base.tensors)
+            else:
+                change, problem = decode_delta(tensors, encoding, base.tensors)
+                if problem is not None:
+                    return problem
+            return check_delta(change, base.norm, bound).problem
+
+        return check
+
     def on_manifest(self, sender: PeerId, signed: SignedManifest) -> None:
         m = signed.manifest
         if m.block != self.block or m.config_hash not in ("", self.config_hash):
             return
         self.node.spawn(self._adopt(sender, signed), f"{self.tag} version from {sender}")
+
+    def _refuse(self, m: Manifest, why: str) -> None:
+        self.rejected_versions += 1
+        log.warning(
+            "[%s] version %d from %s refused: %s", self.tag, m.version, m.signer.short(), why
+        )
 
     async def _adopt(self, sender: PeerId, signed: SignedManifest) -> None:
         m = signed.manifest
@@ -642,25 +781,40 @@ class BlockReplica:
                 )
             else:
                 return
+        why = self.may_install(m.signer, m.version)
+        if why is not None:
+            self._refuse(m, why)
+            return
+        gap = m.version - base.version
         try:
             if m.kind == KIND_UPDATE and m.parent == base.weights and m.version == base.version + 1:
                 stored = await self._fetch_full_via_update(sender, signed, base)
             else:
                 full = await self.node.transfers.get_manifest(sender, self.block, m.result)
-                stored = await self._fetch_full(full, [sender])
+                if full.manifest.signer != m.signer or full.manifest.version != m.version:
+                    self._refuse(m, "its full manifest names another signer or version")
+                    return
+                stored = await self._fetch_full(
+                    full, [sender], self._content_check(base, gap, None)
+                )
+        except VersionRejected as exc:
+            self._refuse(m, str(exc))
+            return
         except (FetchError, TimeoutError) as exc:
             log.warning("[%s] cannot fetch version %d: %s", self.tag, m.version, exc)
             return
-        if self.base is not base:
-            return
-        self._set_base(stored.signed, stored, signer=m.signer)
+        async with self._install_lock:
+            if self.base is not base:
+                return
+            self._set_base(stored.signed, stored, signer=m.signer)
 
     async def _fetch_full_via_update(
         self, sender: PeerId, signed: SignedManifest, base: _Base
     ) -> StoredSet:
         m = signed.manifest
         peers = await self.node.connect_all([sender, *self.holders(m.result)])
-        result = await self.node.transfers.fetch(signed, peers)
+        check = self._content_check(base, 1, ENCODINGS[m.encoding])
+        result = await self.node.transfers.fetch(signed, peers, check=check)
         update = result.stored.tensors()
 
         def rebuild() -> StoredSet | None:
@@ -695,7 +849,7 @@ class BlockReplica:
                 "[%s] update did not reproduce version %d; fetching it whole", self.tag, m.version
             )
             full = await self.node.transfers.get_manifest(sender, self.block, m.result)
-            stored = await self._fetch_full(full, [sender])
+            stored = await self._fetch_full(full, [sender], self._content_check(base, 1, None))
         return stored
 
     def save_final(self, path: Path) -> None:

@@ -44,7 +44,7 @@ from spheroid_p2p.wire.versions import (
     weights_hash,
 )
 
-__all__ = ["StoredSet", "VersionStore", "raw_of", "tensor_of"]
+__all__ = ["StoredSet", "VersionStore", "raw_of", "tensor_of", "wire_dtype"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,11 @@ _TORCH_TO_WIRE = {
     torch.bool: "bool",
 }
 _WIRE_TO_TORCH = {v: k for k, v in _TORCH_TO_WIRE.items()}
+
+
+def wire_dtype(dtype: torch.dtype) -> int:
+    """The wire dtype code (05 §5.2) of a torch dtype."""
+    return dtype_by_name(_TORCH_TO_WIRE[dtype]).code
 
 
 def raw_of(t: torch.Tensor) -> RawTensor:
@@ -286,6 +291,24 @@ class VersionStore:
             with open(path, "wb") as f:
                 f.truncate(size)
         return path, have
+
+    @staticmethod
+    def partial_tensors(signed: SignedManifest, path: Path) -> dict[str, torch.Tensor]:
+        """The tensors of a completed, not yet installed fetch (to judge before installing)."""
+        out: dict[str, torch.Tensor] = {}
+        offset = 0
+        with open(path, "rb") as f:
+            for entry in signed.manifest.tensors:
+                f.seek(offset)
+                out[entry.name] = tensor_of(entry, f.read(entry.raw_len))
+                offset += entry.raw_len
+        return out
+
+    @staticmethod
+    def discard_partial(path: Path) -> None:
+        """Remove a fetch's partial file (its set was rejected: nothing of it is kept)."""
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
     def finish_partial(self, signed: SignedManifest, path: Path) -> StoredSet:
         """Install a completed fetch (every chunk was verified as it arrived).

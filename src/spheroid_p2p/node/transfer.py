@@ -54,21 +54,33 @@ from spheroid_p2p.wire.versions import (
 )
 
 if TYPE_CHECKING:
+    import torch
+
     from spheroid_p2p.net.peers import PeerManager
     from spheroid_p2p.node.store import StoredSet, VersionStore
 
-__all__ = ["FetchError", "FetchResult", "ReceivedDelta", "Transfers"]
+__all__ = ["FetchError", "FetchResult", "ReceivedDelta", "Transfers", "VersionRejected"]
 
 log = logging.getLogger(__name__)
 
-#: Delta streams being assembled at once (each holds its bytes in memory).
+#: Delta streams being assembled at once (each holds its bytes in memory) ...
 MAX_OPEN_DELTAS = 16
+#: ... and from one peer (09 §9.4: a replica has at most one delta per round in flight, and
+#: may start the next round's before the last ack).
+MAX_OPEN_DELTAS_PER_PEER = 2
+#: A delta stream not complete this long after its header is dropped (``TIMEOUT``).
+DELTA_STREAM_TIMEOUT_S = 60.0
 #: How long a manifest request may take.
 MANIFEST_TIMEOUT_S = 10.0
 
 
 class FetchError(SpheroidError):
     """A fetch could not complete; the message says which chunks and why."""
+
+
+class VersionRejected(FetchError):  # noqa: N818 (a FetchError: what was fetched is refused)
+    """The fetched set arrived whole but its content failed the caller's check; nothing of
+    it was installed or kept."""
 
 
 @dataclass
@@ -118,6 +130,7 @@ class _DeltaIn:
     have: set[int] = field(default_factory=set)
     pending: set[int] = field(default_factory=set)
     wire_bytes: int = 0
+    timer: asyncio.TimerHandle | None = None
 
 
 class Transfers:
@@ -148,6 +161,9 @@ class Transfers:
         self._deltas_in: dict[tuple[PeerId, int], _DeltaIn] = {}
         self._acks: dict[tuple[PeerId, int], asyncio.Future[DeltaAck]] = {}
         self.on_delta: Callable[[ReceivedDelta], None] | None = None
+        #: Judges a delta header before anything is allocated for it: (code, reason) to
+        #: refuse it (not trained here, tensors other than the block's), or None to accept.
+        self.admit_delta: Callable[[PeerId, DeltaHeader], tuple[int, str] | None] | None = None
         self.on_manifest: Callable[[PeerId, SignedManifest], None] | None = None
         self.bytes_served = 0
         self.bytes_fetched = 0
@@ -225,7 +241,7 @@ class Transfers:
                 if isinstance(target, asyncio.Future) and not target.done():
                     target.set_exception(FetchError(f"{peer.short()} disconnected"))
         for k in [k for k in self._deltas_in if k[0] == peer]:
-            del self._deltas_in[k]
+            self._drop_delta(k)
         for k, fut in list(self._acks.items()):
             if k[0] == peer and not fut.done():
                 fut.set_exception(FetchError(f"{peer.short()} disconnected before acking"))
@@ -329,8 +345,13 @@ class Transfers:
         params: FetchParams | None = None,
         timeout_s: float = 600.0,
         on_chunk: Callable[[int], None] | None = None,
+        check: Callable[[dict[str, torch.Tensor]], str | None] | None = None,
     ) -> FetchResult:
         """Fetch the set ``signed`` names from ``holders`` (connected peers) and install it.
+
+        ``check`` judges the complete set's tensors (on a worker thread) before it is
+        installed: a problem it names raises :class:`VersionRejected` and the set is
+        discarded, never installed or persisted.
 
         Raises :class:`FetchError` when every holder failed or was banned; the verified
         chunks stay in the partial file, and the next fetch of the same set resumes there.
@@ -397,6 +418,14 @@ class Transfers:
             if fetch.pending:  # never close the file under a write still queued
                 await asyncio.wait(list(fetch.pending.values()))
             os.close(fd)
+        if check is not None:
+            tensors = await asyncio.to_thread(self.store.partial_tensors, signed, path)
+            problem = await asyncio.to_thread(check, tensors)
+            if problem is not None:
+                await asyncio.to_thread(self.store.discard_partial, path)
+                raise VersionRejected(
+                    f"block {m.block} v{m.version} by {m.signer.short()} rejected: {problem}"
+                )
         stored = await asyncio.to_thread(self.store.finish_partial, signed, path)
         if self._codec_probe is None and stored.spans and not self._probe_started:
             self._probe_started = True
@@ -611,22 +640,55 @@ class Transfers:
         return choose_codec("auto", link, speed, ratio)
 
     def _delta_header(self, peer: PeerId, header: DeltaHeader) -> None:
+        """Open a delta stream, allocating its buffer only once the header is known to name
+        exactly the tensors the block's deltas have (09 §9.4), within the slot limits."""
         key = (peer, header.stream_id)
-        if len(self._deltas_in) >= MAX_OPEN_DELTAS:
+        if key in self._deltas_in:
+            self.peers.close_peer(peer, ErrorCode.PROTOCOL_VIOLATION, "delta stream id reused")
+            return
+        verdict = None if self.admit_delta is None else self.admit_delta(peer, header)
+        if verdict is None and self.admit_delta is None:
+            verdict = (int(ErrorCode.DELTA_REJECTED), "not training")
+        if verdict is not None:
+            self._ack(peer, header, verdict[0], verdict[1])
+            return
+        mine = sum(1 for k in self._deltas_in if k[0] == peer)
+        if mine >= MAX_OPEN_DELTAS_PER_PEER or len(self._deltas_in) >= MAX_OPEN_DELTAS:
             self._ack(peer, header, ErrorCode.OVERLOADED, "too many deltas in flight")
             return
         spans = chunk_spans(header.tensors)
-        self._deltas_in[key] = _DeltaIn(peer, header, bytearray(header.total_bytes), spans)
+        state = _DeltaIn(peer, header, bytearray(header.total_bytes), spans)
+        self._deltas_in[key] = state
         if not spans:
             self._delta_done(key)
+            return
+        state.timer = asyncio.get_running_loop().call_later(
+            DELTA_STREAM_TIMEOUT_S, self._delta_expired, key, state
+        )
+
+    def _delta_expired(self, key: tuple[PeerId, int], state: _DeltaIn) -> None:
+        if self._deltas_in.get(key) is not state:
+            return
+        del self._deltas_in[key]
+        log.warning(
+            "[%s] delta %d from %s incomplete after %.0f s (%d of %d chunks); dropped",
+            self.tag,
+            key[1],
+            key[0],
+            DELTA_STREAM_TIMEOUT_S,
+            len(state.have),
+            len(state.spans),
+        )
+        self._ack(state.sender, state.header, ErrorCode.TIMEOUT, "delta stream incomplete")
 
     def _delta_chunk(self, peer: PeerId, chunk: TensorChunk) -> None:
         key = (peer, chunk.stream_id)
         state = self._deltas_in.get(key)
         if state is None:
             return
-        if chunk.index >= len(state.spans) or state.spans[chunk.index].digest != chunk.chunk_hash:
-            del self._deltas_in[key]
+        span = state.spans[chunk.index] if chunk.index < len(state.spans) else None
+        if span is None or span.digest != chunk.chunk_hash or span.length != chunk.raw_len:
+            self._drop_delta(key)
             self._ack(peer, state.header, ErrorCode.HASH_MISMATCH, "chunk not in the header")
             return
         if chunk.index in state.have or chunk.index in state.pending:
@@ -653,7 +715,7 @@ class Transfers:
             return
         exc = job.exception()
         if exc is not None:
-            del self._deltas_in[key]
+            self._drop_delta(key)
             if isinstance(exc, RemoteProtocolError):
                 self.peers.close_peer(state.sender, exc.code, str(exc.args[0]))
             else:
@@ -665,8 +727,15 @@ class Transfers:
         if len(state.have) == len(state.spans):
             self._delta_done(key)
 
+    def _drop_delta(self, key: tuple[PeerId, int]) -> None:
+        state = self._deltas_in.pop(key, None)
+        if state is not None and state.timer is not None:
+            state.timer.cancel()
+
     def _delta_done(self, key: tuple[PeerId, int]) -> None:
         state = self._deltas_in.pop(key)
+        if state.timer is not None:
+            state.timer.cancel()
         view = memoryview(state.buffer)
         tensors: dict[str, tuple[TensorEntry, memoryview]] = {}
         offset = 0

@@ -1,0 +1,1 @@
+"""Tools for testing a node from outside: hostile peers for tests and benchmarks."""
