@@ -10,6 +10,7 @@ manifest) instead of failing an earlier one. Nothing here validates what it send
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Mapping
@@ -162,9 +163,7 @@ class HostilePeer:
     async def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
-            try:
+            with contextlib.suppress(ConnectionError, OSError):
                 await self._writer.wait_closed()
-            except (ConnectionError, OSError):
-                pass
         if self._reader_task is not None:
             self._reader_task.cancel()
