@@ -22,15 +22,19 @@ __all__ = [
     "MAX_CHUNKS_PER_REQUEST",
     "MAX_CLOCK_SKEW_MS",
     "MAX_FRAME_BYTES",
+    "MAX_GOSSIP_BATCH_BYTES",
     "MAX_MANIFEST_BYTES",
     "MAX_MAP_LEN",
     "MAX_MSGPACK_DEPTH",
     "MAX_RECORDS_PER_MESSAGE",
+    "MAX_RECORDS_PER_OWNER",
     "MAX_RECORD_TTL_MS",
     "MAX_REPORT_ENTRIES",
     "MAX_ROUTE_HOPS",
     "MAX_SIGNED_BYTES",
+    "MAX_STATUS_RECORDS",
     "MAX_STR_LEN",
+    "MAX_TABLE_RECORDS",
     "MAX_TENSOR_BYTES",
     "MAX_TENSOR_CHUNKS",
     "MAX_TENSOR_DIMS",
@@ -95,6 +99,15 @@ HANDSHAKE_TIMEOUT_S: Final = 10.0
 MAX_RECORD_TTL_MS: Final = 300_000
 #: Records in one GOSSIP_RECORDS message (the rest goes in the next message).
 MAX_RECORDS_PER_MESSAGE: Final = 256
+#: Records one node holds (§7.4.1); its digest (about 47 bytes a record) then fits one frame.
+MAX_TABLE_RECORDS: Final = 1024
+#: Records of one owner a node holds (one per block it serves or trains).
+MAX_RECORDS_PER_OWNER: Final = 16
+#: Bytes of relayed records a node puts in one GOSSIP_RECORDS message (the rest goes in the
+#: next), so a batch never approaches MAX_SIGNED_BYTES however long the records are.
+MAX_GOSSIP_BATCH_BYTES: Final = 48 * 1024
+#: Records in one STATUS_RESPONSE page (§7.8); a client asks for the next page from ``off``.
+MAX_STATUS_RECORDS: Final = 128
 
 # --- 08-checkpoints.md -----------------------------------------------------------------------
 #: Chunks in one block version or delta (1 GiB of raw bytes at most).

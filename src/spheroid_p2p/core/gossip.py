@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from spheroid_p2p.core.actions import Action, Dial, Probe, Send
 from spheroid_p2p.core.ownership import OwnershipTable, RecordKey
 from spheroid_p2p.errors import RemoteProtocolError
-from spheroid_p2p.params import MAX_RECORDS_PER_MESSAGE
+from spheroid_p2p.params import MAX_GOSSIP_BATCH_BYTES, MAX_RECORDS_PER_MESSAGE
 from spheroid_p2p.wire.messages import (
     GossipDigest,
     GossipRecords,
@@ -300,10 +300,7 @@ class GossipService:
                         entry.signed.data, entry.signed.signature, self.table.remaining_ms(key, now)
                     )
                 )
-        return [
-            self._send(peer, GossipRecords(records=tuple(relayed[i : i + MAX_RECORDS_PER_MESSAGE])))
-            for i in range(0, len(relayed), MAX_RECORDS_PER_MESSAGE)
-        ]
+        return [self._send(peer, GossipRecords(records=batch)) for batch in _batches(relayed)]
 
     def _receive_records(self, peer: PeerId, message: GossipRecords, now: float) -> list[Action]:
         fresh: list[SignedRecord] = []
@@ -315,7 +312,7 @@ class GossipService:
                 continue
             if signed.record.owner == self.key.peer_id:
                 continue  # our own record coming back: we are its only author
-            if self.table.offer(signed, relayed.remaining_ms, now):
+            if self.table.offer(signed, relayed.remaining_ms, now, source=peer.digest):
                 self.stats.accepted += 1
                 fresh.append(signed)
                 log.debug(
@@ -411,9 +408,8 @@ class GossipService:
                 for r, source in current
                 if source != peer
             )
-            for i in range(0, len(relayed), MAX_RECORDS_PER_MESSAGE):
-                chunk = relayed[i : i + MAX_RECORDS_PER_MESSAGE]
-                actions.append(self._send(peer, GossipRecords(records=chunk)))
+            for batch in _batches(list(relayed)):
+                actions.append(self._send(peer, GossipRecords(records=batch)))
         return actions
 
     def _dials(self, now: float) -> list[Action]:
@@ -444,3 +440,26 @@ class GossipService:
     def owners_of(self, block: int) -> list[OwnershipRecord]:
         """Live records for ``block`` (ours included)."""
         return [e.record for e in self.table.live() if e.record.block == block]
+
+
+#: msgpack framing of one relayed record ([bin, bin(64), uint]) beyond its bytes.
+_RELAYED_OVERHEAD = 16
+
+
+def _batches(relayed: list[RelayedRecord]) -> list[tuple[RelayedRecord, ...]]:
+    """Split records into GOSSIP_RECORDS batches of at most ``MAX_RECORDS_PER_MESSAGE``
+    records and ``MAX_GOSSIP_BATCH_BYTES`` bytes (§7.5), so no batch nears the signed-size
+    limit a receiver enforces."""
+    out: list[tuple[RelayedRecord, ...]] = []
+    batch: list[RelayedRecord] = []
+    size = 0
+    for r in relayed:
+        n = len(r.data) + len(r.signature) + _RELAYED_OVERHEAD
+        if batch and (len(batch) >= MAX_RECORDS_PER_MESSAGE or size + n > MAX_GOSSIP_BATCH_BYTES):
+            out.append(tuple(batch))
+            batch, size = [], 0
+        batch.append(r)
+        size += n
+    if batch:
+        out.append(tuple(batch))
+    return out

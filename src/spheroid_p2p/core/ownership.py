@@ -15,6 +15,12 @@ Spec: ``protocol/07-ownership-gossip.md`` §7.4. Theory of operation:
   peer that still holds it.
 * Departure records (``dep = true``) merge like any other, so they overwrite the owner's last
   record everywhere; they are not part of the live view.
+* The table is bounded (§7.4.1): at most ``MAX_TABLE_RECORDS`` records, at most
+  ``MAX_RECORDS_PER_OWNER`` of one owner, and as many tombstones as records. When it is full,
+  a record for a new key evicts the soonest-expiring record among those introduced by the
+  source (the peer that relayed it first) that introduced the most; our own records are never
+  evicted. A flood of fresh keys from one peer therefore displaces that peer's own records,
+  not those other peers brought.
 
 No clock is read here: every method takes ``now`` (monotonic seconds).
 """
@@ -25,12 +31,15 @@ import hashlib
 from collections import Counter
 from dataclasses import dataclass
 
+from spheroid_p2p.params import MAX_RECORDS_PER_OWNER, MAX_TABLE_RECORDS
 from spheroid_p2p.wire.messages import DigestEntry
 from spheroid_p2p.wire.records import OwnershipRecord, SignedRecord
 
-__all__ = ["Entry", "OwnershipTable", "RecordKey"]
+__all__ = ["SELF", "Entry", "OwnershipTable", "RecordKey"]
 
 RecordKey = tuple[bytes, int]
+#: The source of our own records (never evicted).
+SELF = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,15 +58,29 @@ class Entry:
 class OwnershipTable:
     """The merge rule and expiry of §7.4, as a plain data structure."""
 
-    def __init__(self, tombstone_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        tombstone_s: float = 60.0,
+        max_records: int = MAX_TABLE_RECORDS,
+        max_per_owner: int = MAX_RECORDS_PER_OWNER,
+    ) -> None:
         self._entries: dict[RecordKey, Entry] = {}
         self._tombstones: dict[RecordKey, tuple[int, float]] = {}
         self.tombstone_s = tombstone_s
+        self.max_records = max_records
+        self.max_per_owner = max_per_owner
+        #: who introduced each held key (``SELF`` for our own records), and how many each did
+        self._source: dict[RecordKey, bytes] = {}
+        self._by_source: Counter[bytes] = Counter()
+        self._by_owner: Counter[bytes] = Counter()
         #: Records refused, by reason (``stale``, ``expired``, ``bad_signature``, ...).
         self.dropped: Counter[str] = Counter()
 
-    def offer(self, signed: SignedRecord, remaining_ms: int, now: float) -> bool:
-        """Merge one verified record; True if it changed the table (new information)."""
+    def offer(
+        self, signed: SignedRecord, remaining_ms: int, now: float, source: bytes = SELF
+    ) -> bool:
+        """Merge one verified record relayed by ``source`` (a peer id's bytes; ``SELF`` for
+        ours); True if it changed the table (new information)."""
         record = signed.record
         key = record.key
         remaining_ms = min(remaining_ms, record.ttl_ms)
@@ -73,15 +96,56 @@ class OwnershipTable:
         if tomb is not None and record.seq <= tomb[0]:
             self.dropped["stale"] += 1
             return False
+        if current is None and not self._make_room(key, source):
+            return False
         self._entries[key] = Entry(signed, now, now + remaining_ms / 1000.0)
         self._tombstones.pop(key, None)
         return True
+
+    def _make_room(self, key: RecordKey, source: bytes) -> bool:
+        """Account a new key, evicting per the rule of §7.4.1; False if it is refused."""
+        if self._by_owner[key[0]] >= self.max_per_owner:
+            self.dropped["owner_full"] += 1
+            return False
+        if len(self._entries) >= self.max_records:
+            others = [(n, s) for s, n in self._by_source.items() if s != SELF and n > 0]
+            if not others:
+                self.dropped["table_full"] += 1
+                return False
+            _, top = max(others)
+            victim = min(
+                (k for k, s in self._source.items() if s == top),
+                key=lambda k: self._entries[k].expires_at,
+            )
+            self._remove(victim)
+            self.dropped["evicted"] += 1
+        self._source[key] = source
+        self._by_source[source] += 1
+        self._by_owner[key[0]] += 1
+        return True
+
+    def _remove(self, key: RecordKey) -> Entry:
+        entry = self._entries.pop(key)
+        source = self._source.pop(key)
+        self._by_source[source] -= 1
+        if self._by_source[source] <= 0:
+            del self._by_source[source]
+        self._by_owner[key[0]] -= 1
+        if self._by_owner[key[0]] <= 0:
+            del self._by_owner[key[0]]
+        return entry
+
+    def _bury(self, key: RecordKey, now: float) -> None:
+        self._tombstones[key] = (self._remove(key).record.seq, now + self.tombstone_s)
+        if len(self._tombstones) > self.max_records:  # the oldest tombstones go first
+            oldest = min(self._tombstones, key=lambda k: self._tombstones[k][1])
+            del self._tombstones[oldest]
 
     def expire(self, now: float) -> list[RecordKey]:
         """Remove records whose time is up (leaving tombstones); returns their keys."""
         gone = [k for k, e in self._entries.items() if e.expires_at <= now]
         for key in gone:
-            self._tombstones[key] = (self._entries.pop(key).record.seq, now + self.tombstone_s)
+            self._bury(key, now)
         for key in [k for k, (_, until) in self._tombstones.items() if until <= now]:
             del self._tombstones[key]
         return gone
@@ -91,7 +155,7 @@ class OwnershipTable:
         leaving tombstones so the same records are not accepted again."""
         gone = [k for k, e in self._entries.items() if k[0] == owner and e.record.seq <= up_to_seq]
         for key in gone:
-            self._tombstones[key] = (self._entries.pop(key).record.seq, now + self.tombstone_s)
+            self._bury(key, now)
         return gone
 
     def get(self, key: RecordKey) -> Entry | None:

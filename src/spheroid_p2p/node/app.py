@@ -28,6 +28,7 @@ from spheroid_p2p.net.peers import DialError, PeerManager, parse_addr
 from spheroid_p2p.node.config import NodeConfig
 from spheroid_p2p.node.store import VersionStore
 from spheroid_p2p.node.transfer import ReceivedDelta, Transfers
+from spheroid_p2p.params import MAX_STATUS_RECORDS
 from spheroid_p2p.wire.codec import Envelope
 from spheroid_p2p.wire.messages import (
     ConnView,
@@ -72,6 +73,10 @@ _GOSSIP_TYPES = (GossipSummary, GossipDigest, GossipRecords, GossipRequest, Goss
 PROBE_TIMEOUT_S = 3.0
 GOSSIP_CAPABILITY = "gossip/1"
 MAX_PARALLEL_DIALS = 8
+#: Estimated bytes of records in one STATUS_RESPONSE page (well under MAX_SIGNED_BYTES).
+STATUS_PAGE_BYTES = 40 * 1024
+#: Connections listed in a STATUS_RESPONSE.
+MAX_STATUS_CONNECTIONS = 64
 
 
 class Node:
@@ -331,7 +336,7 @@ class Node:
         if isinstance(message, _GOSSIP_TYPES) and peer in self.gossip.peers:
             self._apply(self.gossip.handle_message(peer, message, time.monotonic()))
         elif isinstance(message, StatusRequest):
-            self.peers.send(peer, self.status(message.request_id))
+            self.peers.send(peer, self.status(message.request_id, message.offset, page=True))
         elif isinstance(message, Traverse):
             self.spawn(self._serve(message), f"traversal {message.traversal_id:x} from {peer}")
         elif isinstance(message, PipeStep):
@@ -717,9 +722,22 @@ class Node:
             await fail(ErrorCode.TIMEOUT, f"next stage unreachable: {error}", peer=nxt.peer)
 
     # -- status -----------------------------------------------------------------------------
-    def status(self, request_id: int = 0) -> StatusResponse:
-        """This node's view of the swarm, as the status command shows it."""
+    def status(self, request_id: int = 0, offset: int = 0, page: bool = False) -> StatusResponse:
+        """This node's view of the swarm, as the status command shows it. With ``page`` (a
+        request from the wire), the records from ``offset`` that fit one response (at most
+        ``MAX_STATUS_RECORDS`` and ``STATUS_PAGE_BYTES``; 07 §7.8); ``total`` says how many
+        there are, and the client asks again from where the page ended."""
         now = time.monotonic()
+        entries = self.gossip.table.entries()
+        total = len(entries)
+        if page:
+            chosen, size = [], 0
+            for e in entries[offset:]:
+                size += 128 + len(e.record.config_hash) + sum(len(a) + 4 for a in e.record.addrs)
+                if chosen and (len(chosen) >= MAX_STATUS_RECORDS or size > STATUS_PAGE_BYTES):
+                    break
+                chosen.append(e)
+            entries = chosen
         records = tuple(
             RecordView(
                 owner=e.record.owner.digest,
@@ -736,11 +754,11 @@ class Node:
                 n_blocks=e.record.n_blocks,
                 config_hash=e.record.config_hash,
             )
-            for e in self.gossip.table.entries()
+            for e in entries
         )
         conns = tuple(
             ConnView(i.peer.digest, i.addr, i.outbound, i.rtt_ms, i.idle_ms)
-            for i in self.peers.link_info()
+            for i in self.peers.link_info()[:MAX_STATUS_CONNECTIONS]
         )
         return StatusResponse(
             request_id=request_id,
@@ -749,6 +767,7 @@ class Node:
             records=records,
             connections=conns,
             dropped=tuple(sorted(self.gossip.table.dropped.items())),
+            total=total,
         )
 
 

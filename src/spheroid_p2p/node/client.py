@@ -24,8 +24,9 @@ from spheroid_p2p.core.freshness import initial_seq
 from spheroid_p2p.core.routing import NoRouteError, ServerOffer, plan_route
 from spheroid_p2p.errors import ErrorCode, TransportError, code_name
 from spheroid_p2p.net.peers import DialError, PeerManager
+from spheroid_p2p.node.status import MAX_STATUS_PAGES
 from spheroid_p2p.wire.codec import Envelope
-from spheroid_p2p.wire.messages import Message, StatusRequest, StatusResponse
+from spheroid_p2p.wire.messages import Message, RecordView, StatusRequest, StatusResponse
 from spheroid_p2p.wire.signing import KeyPair, PeerId
 from spheroid_p2p.wire.tensors import chunk_digest
 from spheroid_p2p.wire.traversal import (
@@ -123,13 +124,18 @@ class TraversalClient:
     async def offers(self, addr: str, kind: str = "blocktrain") -> list[ServerOffer]:
         """Ask the peer at ``addr`` for its view; return the live block servers it knows."""
         peer = await self.manager.dial(addr)
-        self._status = asyncio.get_running_loop().create_future()
-        self.manager.send(peer, StatusRequest(request_id=1))
+        records: list[RecordView] = []
         async with asyncio.timeout(self.timeout_s):
-            status = await self._status
+            for page in range(MAX_STATUS_PAGES):  # the records come in pages (07 §7.8)
+                self._status = asyncio.get_running_loop().create_future()
+                self.manager.send(peer, StatusRequest(request_id=page + 1, offset=len(records)))
+                status = await self._status
+                records += status.records
+                if not status.records or len(records) >= status.total:
+                    break
         offers = [
             ServerOffer(r.owner, r.addrs[0], r.block, r.load, r.n_blocks, r.config_hash)
-            for r in status.records
+            for r in records
             if r.role == "serve"
             and not r.departed
             and r.addrs

@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 
 from spheroid_p2p.core.connection import ConnectionLost, FrameSigner
 from spheroid_p2p.core.freshness import initial_seq
 from spheroid_p2p.errors import TransportError
 from spheroid_p2p.net.peers import PeerManager
+from spheroid_p2p.params import MAX_TABLE_RECORDS
 from spheroid_p2p.wire.codec import Envelope
-from spheroid_p2p.wire.messages import StatusRequest, StatusResponse
+from spheroid_p2p.wire.messages import RecordView, StatusRequest, StatusResponse
 from spheroid_p2p.wire.signing import KeyPair, PeerId
 
 __all__ = ["fetch_status", "format_status"]
+
+#: Pages a status fetch asks for at most (a full table in pages of at least 8 records).
+MAX_STATUS_PAGES = MAX_TABLE_RECORDS // 8 + 1
 
 
 async def fetch_status(addr: str, timeout_s: float = 10.0) -> StatusResponse:
     """Connect to ``addr`` with a throw-away identity and return its StatusResponse."""
     key = KeyPair.generate()
-    answer: asyncio.Future[StatusResponse] = asyncio.get_running_loop().create_future()
+    loop = asyncio.get_running_loop()
+    answer: asyncio.Future[StatusResponse] = loop.create_future()
 
     def on_message(peer: PeerId, envelope: Envelope) -> None:
         if isinstance(envelope.message, StatusResponse) and not answer.done():
@@ -41,9 +47,17 @@ async def fetch_status(addr: str, timeout_s: float = 10.0) -> StatusResponse:
     error: Exception | None = None
     try:
         peer = await manager.dial(addr)
-        manager.send(peer, StatusRequest(request_id=1))
         async with asyncio.timeout(timeout_s):
-            result = await answer
+            # the records come in pages (07 §7.8): ask from where the last page ended
+            records: list[RecordView] = []
+            for page in range(MAX_STATUS_PAGES):
+                manager.send(peer, StatusRequest(request_id=page + 1, offset=len(records)))
+                result = await answer
+                answer = loop.create_future()
+                records += result.records
+                if not result.records or len(records) >= result.total:
+                    break
+            result = dataclasses.replace(result, records=tuple(records))
     except TimeoutError:
         error = TransportError(f"{addr} did not answer the status request in {timeout_s} s")
     except TransportError as exc:

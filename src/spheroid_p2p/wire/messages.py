@@ -561,9 +561,12 @@ class StatusRequest(Message):
 
     TYPE: ClassVar[MessageType] = MessageType.STATUS_REQUEST
     request_id: int = wire("rid")
+    #: Records to skip: the page starts at this index of the key-ordered table (r7).
+    offset: int = wire("off", 0)
 
     def __post_init__(self) -> None:
         _check_uint("request_id", self.request_id)
+        _check_uint("offset", self.offset, 2**32 - 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -608,11 +611,14 @@ class StatusResponse(Message):
     records: tuple[RecordView, ...]
     connections: tuple[ConnView, ...]
     dropped: tuple[tuple[str, int], ...] = ()
+    #: Records the peer holds in all (r7; the page holds ``records`` from the asked offset).
+    total: int = 0
 
     def __post_init__(self) -> None:
         _check_uint("request_id", self.request_id)
         _check_str("agent", self.agent)
         _check_uint("uptime_ms", self.uptime_ms)
+        _check_uint("total", self.total, 2**32 - 1)
 
     def to_body(self) -> Body:
         return {
@@ -641,6 +647,7 @@ class StatusResponse(Message):
                 [c.peer, c.addr, c.outbound, float(c.rtt_ms), c.idle_ms] for c in self.connections
             ],
             "drops": [[k, v] for k, v in self.dropped],
+            "total": self.total,
         }
 
     @classmethod
@@ -660,6 +667,7 @@ class StatusResponse(Message):
             records=records,
             connections=conns,
             dropped=drops,
+            total=body.get("total", len(records)),
         )
 
 
