@@ -56,6 +56,14 @@ WRITE_HIGH_BYTES = 2 * TENSOR_CHUNK_BYTES
 WRITE_LOW_BYTES = TENSOR_CHUNK_BYTES
 #: A connection with this much unsent has a peer that is not reading: closed (OVERLOADED).
 MAX_UNSENT_BYTES = 64 * 1024 * 1024
+#: Inbound sockets still in their handshake, in all and from one source address: more are
+#: refused at once (OVERLOADED), so sockets that never handshake (slow loris) cannot take
+#: the connection slots honest peers need (security.md §S.4). The handshake deadline
+#: (HANDSHAKE_TIMEOUT_S) frees a slot held by a silent socket.
+MAX_PENDING_HANDSHAKES = 32
+MAX_PENDING_PER_ADDRESS = 4
+#: Inbound connections from one source address (handshaken or not).
+MAX_CONNECTIONS_PER_ADDRESS = 32
 
 
 class DialError(TransportError):
@@ -96,6 +104,7 @@ class _Link(asyncio.BufferedProtocol):
         self.conn = manager._new_machine(expected)
         self.outbound = outbound
         self.addr = "?"
+        self.host = "?"  # the source address of an inbound connection
         self.transport: asyncio.Transport | None = None
         loop = asyncio.get_running_loop()
         self.opened: asyncio.Future[PeerId] = loop.create_future()
@@ -115,17 +124,22 @@ class _Link(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         if not self.outbound:
             self.addr = f"{peer[0]}:{peer[1]}" if peer else "?"
+            self.host = str(peer[0]) if peer else "?"
         transport.set_write_buffer_limits(high=WRITE_HIGH_BYTES, low=WRITE_LOW_BYTES)
         manager = self.manager
-        if not self.outbound and len(manager._links) >= manager.max_connections:
-            log.warning(
-                "refusing connection from %s: %d connections open (the cap)",
+        why = None if self.outbound else manager._admit(self.host)
+        if why is not None:
+            manager.refused += 1
+            log.log(
+                logging.WARNING if manager.refused % 100 == 1 else logging.DEBUG,
+                "refusing connection from %s: %s (%d refused so far)",
                 self.addr,
-                len(manager._links),
+                why,
+                manager.refused,
             )
             self._refused = True
             frames = manager.signer.encode(
-                Close(code=int(ErrorCode.OVERLOADED), reason="connection cap reached"), _wall_ms()
+                Close(code=int(ErrorCode.OVERLOADED), reason=why), _wall_ms()
             )
             self._write(frames)
             transport.close()
@@ -272,12 +286,28 @@ class PeerManager:
         self._server: asyncio.Server | None = None
         self.bytes_out = 0
         self.frames_out = 0
+        #: inbound connections refused by the caps
+        self.refused = 0
         #: receive buffers for large frames, shared by this node's connections
         self.pool = BodyPool()
 
     @property
     def me(self) -> PeerId:
         return self.signer.key.peer_id
+
+    def _admit(self, host: str) -> str | None:
+        """Why a new inbound connection from ``host`` is refused, or None (security.md §S.4)."""
+        inbound = [lk for lk in self._links if not lk.outbound]
+        pending = [lk for lk in inbound if lk.conn.state is ConnectionState.HANDSHAKE]
+        if len(self._links) >= self.max_connections:
+            return f"{len(self._links)} connections open (the cap)"
+        if len(pending) >= MAX_PENDING_HANDSHAKES:
+            return f"{len(pending)} handshakes pending (the cap)"
+        if sum(1 for lk in pending if lk.host == host) >= MAX_PENDING_PER_ADDRESS:
+            return f"{MAX_PENDING_PER_ADDRESS} handshakes pending from {host}"
+        if sum(1 for lk in inbound if lk.host == host) >= MAX_CONNECTIONS_PER_ADDRESS:
+            return f"{MAX_CONNECTIONS_PER_ADDRESS} connections from {host}"
+        return None
 
     # -- lifecycle --------------------------------------------------------------------------
     async def listen(self, host: str, port: int) -> tuple[str, int]:

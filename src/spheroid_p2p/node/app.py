@@ -21,6 +21,7 @@ from spheroid_p2p.core.actions import Action, Dial, Probe, Send
 from spheroid_p2p.core.connection import ConnectionLost, ConnectionParams, FrameSigner
 from spheroid_p2p.core.freshness import initial_seq
 from spheroid_p2p.core.gossip import GossipService, LocalClaim
+from spheroid_p2p.core.limits import PeerLimits, TokenBucket
 from spheroid_p2p.core.rounds import RoundParams
 from spheroid_p2p.errors import ErrorCode
 from spheroid_p2p.identity import load_or_create_identity
@@ -28,6 +29,7 @@ from spheroid_p2p.net.peers import DialError, PeerManager, parse_addr
 from spheroid_p2p.node.config import NodeConfig
 from spheroid_p2p.node.store import VersionStore
 from spheroid_p2p.node.transfer import ReceivedDelta, Transfers
+from spheroid_p2p.node.turns import ComputeTurns, Overloaded
 from spheroid_p2p.params import MAX_STATUS_RECORDS
 from spheroid_p2p.wire.codec import Envelope
 from spheroid_p2p.wire.messages import (
@@ -44,7 +46,13 @@ from spheroid_p2p.wire.messages import (
 )
 from spheroid_p2p.wire.signing import KeyPair, PeerId
 from spheroid_p2p.wire.tensors import chunk_digest
-from spheroid_p2p.wire.versions import DeltaHeader, SignedManifest
+from spheroid_p2p.wire.versions import (
+    ChunkGet,
+    DeltaHeader,
+    SignedManifest,
+    TransferError,
+    VersionGet,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Coroutine
@@ -55,6 +63,7 @@ if TYPE_CHECKING:
     from spheroid_p2p.node.trainer import TrainingJob
 from spheroid_p2p.wire.traversal import (
     Z_DTYPES,
+    Hop,
     InlineTensor,
     PipeResult,
     PipeStep,
@@ -69,10 +78,27 @@ log = logging.getLogger(__name__)
 
 AGENT = f"spheroid_p2p/{__version__}"
 _GOSSIP_TYPES = (GossipSummary, GossipDigest, GossipRecords, GossipRequest, GossipSuspect)
+#: Which bucket of core.limits.REQUEST_RATES each request type spends from.
+_RATE_KINDS: dict[type[Message], str] = {
+    StatusRequest: "status",
+    **dict.fromkeys(_GOSSIP_TYPES, "gossip"),
+    Traverse: "traverse",
+    PipeStep: "traverse",
+    VersionGet: "version_get",
+    ChunkGet: "chunk_get",
+    DeltaHeader: "delta",
+}
+PROTOCOL = ErrorCode.PROTOCOL_VIOLATION
 #: How long a probe of a possibly dead peer may take (connect and handshake).
 PROBE_TIMEOUT_S = 3.0
 GOSSIP_CAPABILITY = "gossip/1"
 MAX_PARALLEL_DIALS = 8
+#: Dials a second (and burst) to addresses learned from peers (records, routes, replies), so
+#: records cannot turn the node into a tool that dials anything (security.md §S.4).
+DIAL_RATE = 5.0
+DIAL_BURST = 20.0
+#: Requests of one peer that may wait for the compute thread (more: OVERLOADED).
+MAX_WAITING_PER_PEER = 8
 #: Estimated bytes of records in one STATUS_RESPONSE page (well under MAX_SIGNED_BYTES).
 STATUS_PAGE_BYTES = 40 * 1024
 #: Connections listed in a STATUS_RESPONSE.
@@ -122,6 +148,11 @@ class Node:
                 torch.set_num_threads(config.threads)
             self.runtime = BlockRuntime(config.checkpoints)
         self.traversals_served = 0
+        #: what each peer may ask of us (security.md §S.4), and turns on the compute thread
+        self.limits: PeerLimits[PeerId] = PeerLimits()
+        self.turns = ComputeTurns(per_peer=MAX_WAITING_PER_PEER)
+        #: dials to addresses learned from the network (records, routes, replies)
+        self._dial_budget = TokenBucket(DIAL_RATE, DIAL_BURST)
         self.store = VersionStore(config.data_dir / "versions")
         self.transfers = Transfers(
             key, self.peers, self.store, self.tag, compression=config.compression, spawn=self.spawn
@@ -282,10 +313,19 @@ class Node:
                     await self._stop.wait()
             delay = min(30.0, delay * 2)
 
+    async def dial_learned(self, addr: str, expected: PeerId) -> PeerId:
+        """Dial an address learned from the network, within the node's dial budget (a
+        DialError when it is spent); a connected peer costs nothing."""
+        if expected in self.peers.connected():
+            return expected
+        if not self._dial_budget.take(time.monotonic()):
+            raise DialError(f"dial {addr} skipped: dial budget ({DIAL_RATE:g}/s) spent")
+        return await self.peers.dial(addr, expected)
+
     async def _dial(self, addr: str, expected: PeerId) -> None:
         async with self._dial_slots:
             try:
-                await self.peers.dial(addr, expected)
+                await self.dial_learned(addr, expected)
             except DialError as exc:
                 log.info("[%s] %s", self.tag, exc)
             finally:
@@ -305,6 +345,7 @@ class Node:
 
     def _on_close(self, peer: PeerId, lost: ConnectionLost) -> None:
         self.transfers.lost(peer, lost.code)
+        self.limits.forget(peer)
         if peer in self.gossip.peers and not self._stop.is_set():
             self._apply(
                 self.gossip.peer_disconnected(
@@ -323,7 +364,7 @@ class Node:
                 break
             try:
                 async with asyncio.timeout(PROBE_TIMEOUT_S):
-                    await self.peers.dial(addr, expected=peer)
+                    await self.dial_learned(addr, peer)
                 alive = True
             except (DialError, TimeoutError):
                 pass
@@ -331,6 +372,10 @@ class Node:
 
     def _on_message(self, peer: PeerId, envelope: Envelope) -> None:
         message = envelope.message
+        kind = _RATE_KINDS.get(type(message))
+        if kind is not None and not self.limits.allow(peer, kind, time.monotonic()):
+            self._refuse(peer, message, "request rate limit")
+            return
         if self.transfers.handle(peer, message):
             return
         if isinstance(message, _GOSSIP_TYPES) and peer in self.gossip.peers:
@@ -338,11 +383,48 @@ class Node:
         elif isinstance(message, StatusRequest):
             self.peers.send(peer, self.status(message.request_id, message.offset, page=True))
         elif isinstance(message, Traverse):
-            self.spawn(self._serve(message), f"traversal {message.traversal_id:x} from {peer}")
+            if self._from_route(peer, message.client, message.route, message.hop):
+                self.spawn(
+                    self._serve(message, peer), f"traversal {message.traversal_id:x} from {peer}"
+                )
+            else:
+                self._refuse(peer, message, "sender is not this hop's predecessor", PROTOCOL)
         elif isinstance(message, PipeStep):
-            self.spawn(self._serve_pipe(message), f"pipeline step from {peer}")
+            if self._from_route(peer, message.client, message.route, message.hop):
+                self.spawn(self._serve_pipe(message), f"pipeline step from {peer}")
+            else:
+                self._refuse(peer, message, "sender is not this hop's predecessor", PROTOCOL)
         else:
             log.debug("[%s] ignoring %s from %s", self.tag, type(message).__name__, peer.short())
+
+    @staticmethod
+    def _from_route(peer: PeerId, client: bytes, route: tuple[Hop, ...], hop: int) -> bool:
+        """A traversal reaches hop 0 from its client and hop k from route[k-1] (10 §10.4):
+        nobody else can make us run blocks for, or dial, a route they are not on."""
+        return peer.digest == (client if hop == 0 else route[hop - 1].peer)
+
+    def _refuse(
+        self, peer: PeerId, message: Message, reason: str, code: ErrorCode = ErrorCode.OVERLOADED
+    ) -> None:
+        """Answer a request we will not serve on the connection it came from (never by
+        dialling), or drop it when its type has no answer (gossip, status)."""
+        log.debug("[%s] refusing %s from %s: %s", self.tag, type(message).__name__, peer, reason)
+        answer: Message | None = None
+        if isinstance(message, Traverse | PipeStep):
+            tid = message.traversal_id if isinstance(message, Traverse) else message.session_id
+            answer = TraverseError(
+                traversal_id=tid,
+                hop=message.hop,
+                peer=self.key.peer_id.digest,
+                code=int(code),
+                reason=reason,
+            )
+        elif isinstance(message, VersionGet | ChunkGet):
+            answer = TransferError(request_id=message.request_id, code=int(code), reason=reason)
+        elif isinstance(message, DeltaHeader):
+            self.transfers.refuse_delta(peer, message, code, reason)
+        if answer is not None:
+            self.peers.send(peer, answer)
 
     def _announce_served(self, now: float) -> None:
         runtime = self.runtime
@@ -395,7 +477,7 @@ class Node:
             for addr in addrs.get(peer, ()):
                 try:
                     async with asyncio.timeout(PROBE_TIMEOUT_S):
-                        await self.peers.dial(addr, expected=peer)
+                        await self.dial_learned(addr, peer)
                     return peer
                 except (DialError, TimeoutError) as exc:
                     log.info("[%s] cannot reach %s at %s: %s", self.tag, peer.short(), addr, exc)
@@ -503,16 +585,16 @@ class Node:
         target = PeerId(peer)
         if target not in self.peers.connected():
             try:
-                await self.peers.dial(addr, expected=target)
+                await self.dial_learned(addr, target)
             except DialError as exc:
                 return str(exc)
         return None if self.peers.send(target, message) else f"{target.short()} not connected"
 
-    async def _serve(self, req: Traverse) -> None:
+    async def _serve(self, req: Traverse, sender: PeerId) -> None:
         """Serve one traversal; a failure of ours answers the client with INTERNAL_ERROR
         (and is logged by :meth:`spawn`) instead of leaving it to time out."""
         try:
-            await self._serve_traverse(req)
+            await self._serve_traverse(req, sender)
         except Exception:
             error = TraverseError(
                 traversal_id=req.traversal_id,
@@ -524,7 +606,7 @@ class Node:
             await self._send_to(req.client, req.reply_addr, error)
             raise
 
-    async def _serve_traverse(self, req: Traverse) -> None:
+    async def _serve_traverse(self, req: Traverse, sender: PeerId) -> None:
         """Run our blocks for one traversal, then forward it or answer the client."""
         arrived = time.monotonic()
         hop = req.route[req.hop]
@@ -580,18 +662,22 @@ class Node:
             await fail(ErrorCode.TIMEOUT, f"deadline passed after {waited_ms:.0f} ms in queue")
             return
         try:
-            out = await runtime.run(
-                hop.first_block,
-                hop.last_block,
-                req.prefix,
-                None if starting else bytes(req.z.data),
-                z_dtype,
-                req.steps_per_block,
-                req.seed,
-                req.temperature,
-                req.want_logits,
-                start_by=arrived + req.deadline_ms / 1000,
-            )
+            async with self.turns.turn(sender.digest):
+                out = await runtime.run(
+                    hop.first_block,
+                    hop.last_block,
+                    req.prefix,
+                    None if starting else bytes(req.z.data),
+                    z_dtype,
+                    req.steps_per_block,
+                    req.seed,
+                    req.temperature,
+                    req.want_logits,
+                    start_by=arrived + req.deadline_ms / 1000,
+                )
+        except Overloaded as exc:
+            await fail(ErrorCode.OVERLOADED, str(exc))
+            return
         except TimeoutError as exc:
             await fail(ErrorCode.TIMEOUT, str(exc))
             return

@@ -156,6 +156,7 @@ class Transfers:
         self.spawn = spawn or self._spawn_here
         self.rates = LinkRates()
         self._ids = itertools.count(1)
+        self._last_id = 0  # the newest request id issued (without REQUEST_ID_BIT)
         self._requests: dict[int, tuple[_Fetch | asyncio.Future[Message], PeerId]] = {}
         self._fetches: list[_Fetch] = []
         self._deltas_in: dict[tuple[PeerId, int], _DeltaIn] = {}
@@ -197,7 +198,8 @@ class Transfers:
         return True
 
     def _rid(self) -> int:
-        return REQUEST_ID_BIT | next(self._ids)
+        self._last_id = next(self._ids)
+        return REQUEST_ID_BIT | self._last_id
 
     # -- dispatch -----------------------------------------------------------------------------
     def handle(self, peer: PeerId, message: Message) -> bool:
@@ -478,13 +480,18 @@ class Transfers:
     def _fetched_chunk(self, peer: PeerId, chunk: TensorChunk) -> None:
         entry = self._requests.get(chunk.stream_id)
         if entry is None or not isinstance(entry[0], _Fetch) or entry[1] != peer:
-            return  # an answer to a request we gave up on
+            if chunk.stream_id & ~REQUEST_ID_BIT > self._last_id:  # we never asked for it
+                self.peers.close_peer(
+                    peer, ErrorCode.PROTOCOL_VIOLATION, "chunk for a request never made"
+                )
+            return  # an answer to a request we gave up on (08 §8.5): dropped
         fetch = entry[0]
         spans = fetch.fetcher.spans
         index = chunk.index
         if index >= len(spans) or chunk.chunk_hash != spans[index].digest:
             fetch.fetcher.chunk_received(peer, index, chunk.chunk_hash)  # bans the holder
             fetch.wake.set()
+            self.peers.close_peer(peer, ErrorCode.HASH_MISMATCH, "chunk not in the manifest")
             return
         if index in fetch.fetcher.have or index in fetch.pending:
             return  # an endgame duplicate
@@ -690,6 +697,7 @@ class Transfers:
         if span is None or span.digest != chunk.chunk_hash or span.length != chunk.raw_len:
             self._drop_delta(key)
             self._ack(peer, state.header, ErrorCode.HASH_MISMATCH, "chunk not in the header")
+            self.peers.close_peer(peer, ErrorCode.HASH_MISMATCH, "delta chunk not in its header")
             return
         if chunk.index in state.have or chunk.index in state.pending:
             return
@@ -758,6 +766,10 @@ class Transfers:
                 reason=reason[:300],
             ),
         )
+
+    def refuse_delta(self, peer: PeerId, header: DeltaHeader, code: int, reason: str) -> None:
+        """Refuse a delta stream at its header (its chunks are then dropped as they come)."""
+        self._ack(peer, header, code, reason)
 
     def ack(self, delta: ReceivedDelta, code: int, reason: str = "") -> None:
         """Answer a received delta (the round code calls this once it has judged it)."""
