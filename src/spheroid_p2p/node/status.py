@@ -51,9 +51,10 @@ async def fetch_status(addr: str, timeout_s: float = 10.0) -> StatusResponse:
             # the records come in pages (07 §7.8): ask from where the last page ended
             records: list[RecordView] = []
             for page in range(MAX_STATUS_PAGES):
+                if page:
+                    answer = loop.create_future()
                 manager.send(peer, StatusRequest(request_id=page + 1, offset=len(records)))
                 result = await answer
-                answer = loop.create_future()
                 records += result.records
                 if not result.records or len(records) >= result.total:
                     break

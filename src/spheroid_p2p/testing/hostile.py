@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import struct
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -31,11 +32,24 @@ from spheroid_p2p.wire.framing import Buffer
 from spheroid_p2p.wire.messages import Message
 from spheroid_p2p.wire.signing import DOMAIN_ENVELOPE, DOMAIN_RECORD, KeyPair
 
-__all__ = ["HostilePeer", "crafted_record"]
+__all__ = ["HostilePeer", "crafted_record", "zstd_bomb"]
 
 
 def _wall_ms() -> int:
     return int(time.time() * 1000)
+
+
+def zstd_bomb(declared: int, actual: int) -> bytes:
+    """A zstd frame that declares ``declared`` content bytes and whose RLE blocks expand to
+    ``actual`` zero bytes: about 4 bytes per 128 KiB (a 256 MiB bomb is 8 KiB)."""
+    header = bytes([0b1110_0000]) + struct.pack("<Q", declared)  # 8-byte size, single segment
+    step = 128 * 1024
+    blocks = []
+    for start in range(0, actual, step):
+        size = min(step, actual - start)
+        last = 1 if start + step >= actual else 0
+        blocks.append(struct.pack("<I", last | (1 << 1) | (size << 3))[:3] + b"\x00")
+    return b"\x28\xb5\x2f\xfd" + header + b"".join(blocks)
 
 
 def crafted_record(key: KeyPair, fields: Mapping[str, Any]) -> tuple[bytes, bytes]:
