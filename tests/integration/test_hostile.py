@@ -18,10 +18,10 @@ from spheroid_p2p.node.status import fetch_status
 from spheroid_p2p.testing.hostile import HostilePeer, crafted_record, zstd_bomb
 from spheroid_p2p.wire.messages import GossipRecords, MessageType, RelayedRecord, StatusRequest
 from spheroid_p2p.wire.signing import KeyPair
-from spheroid_p2p.wire.tensors import chunk_digest
+from spheroid_p2p.wire.tensors import chunk_digest, content_hash
 from spheroid_p2p.wire.traversal import Hop, InlineTensor, Traverse, TraverseError
 from spheroid_p2p.wire.versions import REQUEST_ID_BIT, ChunkGet, TransferError, VersionGet
-from tests.support.swarm import NodeProcess
+from tests.support.swarm import NodeProcess, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -260,3 +260,136 @@ def test_zstd_bombs_are_refused_without_inflating(tmp_path: Path) -> None:
         assert target.status().uptime_ms > 0
     finally:
         target.stop()
+
+
+TRAINER = (
+    "--corpus",
+    "embedded",
+    "--context",
+    "16",
+    "--d-model",
+    "32",
+    "--layers-per-block",
+    "1",
+    "--batch",
+    "4",
+    "--threads",
+    "1",
+    "--train-block",
+    "0",
+    "--train-steps",
+    "100000",
+    "--round-steps",
+    "5",
+    "--round-period",
+    "4",
+    "--round-grace",
+    "2",
+)
+
+
+def test_poisoned_versions_and_oversized_delta_headers_are_refused(tmp_path: Path) -> None:
+    """Against a training replica: unsolicited VERSION_INFOs (NaN weights from a replica,
+    100x weights from a replica, NaN weights from a peer that is no replica) are refused and
+    never installed or persisted; a DELTA_HEADER declaring 1 GiB is refused before anything
+    is allocated. The replica trains on, its versions finite."""
+    import torch
+
+    from spheroid_p2p.ml.config import ModelConfig
+    from spheroid_p2p.wire.signing import PeerId
+    from spheroid_p2p.wire.versions import DeltaAck, DeltaHeader, TensorEntry
+
+    trainer = NodeProcess(tmp_path, "r0", *TRAINER, verbose=1).start()
+    model = ModelConfig(context=16, d_model=32, layers_per_block=1)
+    target = PeerId.from_text(trainer.peer_id)
+
+    async def poison(node: Node, make: Callable[[torch.Tensor], torch.Tensor], ahead: int) -> bytes:
+        recs = [r for r in node.gossip.owners_of(0) if r.owner == target and r.content_hash]
+        newest = max(recs, key=lambda r: r.version)
+        await node.connect_all([target])
+        signed = await node.transfers.get_manifest(target, 0, newest.content_hash)
+        base = (await node.transfers.fetch(signed, [target])).stored.tensors()
+        bad = node.store.put(
+            node.key,
+            {k: make(v) for k, v in base.items()},
+            block=0,
+            version=signed.manifest.version + ahead,
+            parent=signed.manifest.content,
+            config_hash=model.config_hash(),
+            created_ms=signed.manifest.created_ms,
+            next_deadline_ms=signed.manifest.next_deadline_ms,
+        )
+        assert node.transfers.push_manifest(target, bad.signed)
+        return bad.manifest.content
+
+    async def main() -> list[bytes]:
+        replica = NodeConfig(
+            data_dir=tmp_path / "evil",
+            key=tmp_path / "evil.key",
+            bootstrap=(trainer.addr,),
+            train_blocks=(0,),  # announces itself as a replica of block 0
+            model=model,
+        )
+        outsider = NodeConfig(
+            data_dir=tmp_path / "outsider", key=tmp_path / "o.key", bootstrap=(trainer.addr,)
+        )
+        sent = []
+        async with running_node(replica) as evil, running_node(outsider) as other:
+            await _until(
+                lambda: any(r.owner == target and r.version >= 1 for r in evil.gossip.owners_of(0)),
+                60,
+                "the trainer publishes version 1",
+            )
+            for _ in range(100):  # the trainer knows our replica record
+                view = await fetch_status(trainer.addr)
+                if any(r.owner == evil.key.peer_id.digest for r in view.records):
+                    break
+                await asyncio.sleep(0.2)
+            nan = float("nan")
+            sent.append(await poison(evil, lambda v: torch.full_like(v, nan), 2))
+            sent.append(await poison(evil, lambda v: v * 100 + 1, 2))
+            sent.append(await poison(other, lambda v: torch.full_like(v, nan), 1))
+            # a header declaring 1 GiB in one float32 tensor: refused before allocating
+            sid = 77
+            ack: asyncio.Future[DeltaAck] = asyncio.get_running_loop().create_future()
+            evil.transfers._acks[(target, sid)] = ack
+            hashes = bytes(32 * 1024)
+            entry = TensorEntry("w", 1, (1 << 28,), content_hash(1, (1 << 28,), hashes), hashes)
+            header = DeltaHeader(
+                stream_id=sid,
+                block=0,
+                round=1,
+                base=bytes(32),
+                base_version=0,
+                steps=1,
+                loss=1.0,
+                encoding=2,
+                tensors=(entry,),
+            )
+            before = _hwm_kib(trainer.proc.pid)  # type: ignore[union-attr]
+            assert evil.peers.send(target, header)
+            answer = await asyncio.wait_for(ack, 10)
+            assert answer.code == ErrorCode.DELTA_REJECTED, answer
+            assert _hwm_kib(trainer.proc.pid) - before < 64 * 1024  # type: ignore[union-attr]
+            await asyncio.sleep(3)  # the trainer fetches and judges the pushed versions
+        return sent
+
+    try:
+        sent = asyncio.run(main())
+        wait_for(lambda: trainer.log().count("refused") >= 3, timeout_s=30)
+        assert trainer.alive()
+        held = {p.name.split(".")[0] for p in (tmp_path / "r0" / "versions").glob("*")}
+        for content in sent:
+            assert content.hex() not in held, "a rejected version was persisted"
+        log = trainer.log()
+        assert "non-finite" in log and "exceeds" in log and "not a live replica" in log, log[-3000:]
+        # it goes on training and publishing versions
+        v0 = max(r.version for r in trainer.status().records if r.owner == target.digest)
+        wait_for(
+            lambda: (
+                max(r.version for r in trainer.status().records if r.owner == target.digest) > v0
+            ),
+            timeout_s=40,
+        )
+    finally:
+        trainer.stop()
