@@ -72,6 +72,9 @@ class RoundParams:
     late_weight: float = 0.5
     #: Close as soon as every live replica has delivered (the synchronous variant).
     barrier: bool = True
+    #: A delta's steps count for at most this many times the median of the round's accepted
+    #: deltas (09 §9.8): no contributor takes the round by claiming a huge step count.
+    max_steps_ratio: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -186,8 +189,14 @@ class Aggregation:
                     )
         for peer in self.rejected:
             self.accepted.pop(peer, None)
+        cap = (
+            self.params.max_steps_ratio * statistics.median(d.steps for d in self.accepted.values())
+            if self.accepted
+            else 0.0
+        )
         raw = {
-            p: d.steps * (self.params.late_weight if d.base_version < self.round - 1 else 1.0)
+            p: min(d.steps, cap)
+            * (self.params.late_weight if d.base_version < self.round - 1 else 1.0)
             for p, d in self.accepted.items()
         }
         total = sum(raw.values())

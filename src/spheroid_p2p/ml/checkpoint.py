@@ -7,10 +7,15 @@ state of its noise generator, so a killed worker resumes exactly where it stoppe
 
 Files are written to a temporary name in the same directory, fsynced, renamed over the
 target and the directory fsynced: a reader sees the old file or the new one, never a torn one.
+A trainer checkpoint also keeps the one before it (``NAME.prev``): if the newest is unreadable
+(a disk fault, a file cut short by hand), :func:`load_trainer_or_previous` says so, moves it
+aside (``NAME.corrupt``) and resumes from the previous one. Temporaries a killed writer left
+behind are removed by :func:`remove_stale_temporaries` when a node starts.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -25,21 +30,36 @@ from spheroid_p2p.ml.config import ModelConfig, TrainConfig
 from spheroid_p2p.ml.training import BlockTrainer
 
 __all__ = [
+    "CorruptCheckpointError",
     "atomic_write",
     "load_ar",
     "load_block",
     "load_trainer",
+    "load_trainer_or_previous",
+    "remove_stale_temporaries",
     "save_ar",
     "save_block",
     "save_trainer",
 ]
 
+log = logging.getLogger(__name__)
+
 BLOCK_FORMAT = "spheroid-block/1"
 TRAINER_FORMAT = "spheroid-trainer/1"
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically (tmp file, fsync, rename, fsync dir)."""
+class CorruptCheckpointError(ValueError):
+    """A checkpoint file that cannot be read back (not one written for another model)."""
+
+
+def previous_of(path: Path) -> Path:
+    return path.with_name(path.name + ".prev")
+
+
+def atomic_write(path: Path, data: bytes, keep_previous: bool = False) -> None:
+    """Replace ``path`` with ``data`` atomically (tmp file, fsync, rename, fsync dir). With
+    ``keep_previous`` the file it replaces becomes ``NAME.prev`` (a crash between the two
+    renames leaves ``NAME.prev`` and no ``NAME``: the loader falls back to it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -47,6 +67,8 @@ def atomic_write(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        if keep_previous and path.exists():
+            os.replace(path, previous_of(path))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -77,13 +99,26 @@ def save_block(path: Path, block: BlockDenoiser) -> None:
     atomic_write(path, block_bytes(block))
 
 
+def remove_stale_temporaries(directory: Path) -> list[Path]:
+    """Delete the temporaries :func:`atomic_write` leaves when killed mid-write
+    (``.NAME.PID.tmp``) in ``directory``; returns what was removed. Call it only where no
+    writer of this process is running (node start-up)."""
+    removed = []
+    for tmp in directory.glob(".*.tmp") if directory.is_dir() else ():
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
         with safe_open(str(path), framework="pt") as handle:
             meta = dict(handle.metadata() or {})
         tensors = st_load(path.read_bytes())
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ValueError(f"{path} is not a readable safetensors checkpoint: {exc}") from exc
+        raise CorruptCheckpointError(
+            f"{path} is not a readable safetensors checkpoint: {exc}"
+        ) from exc
     return tensors, meta
 
 
@@ -157,7 +192,29 @@ def save_trainer(path: Path, trainer: BlockTrainer) -> None:
     tensors["rng/noise"] = trainer.generator.get_state()
     meta = _block_meta(trainer.block, TRAINER_FORMAT)
     meta["step_count"] = str(trainer.step_count)
-    atomic_write(path, st_save(tensors, metadata=meta))
+    atomic_write(path, st_save(tensors, metadata=meta), keep_previous=True)
+
+
+def load_trainer_or_previous(
+    path: Path, tcfg: TrainConfig, expect: ModelConfig | None = None
+) -> BlockTrainer | None:
+    """The newest readable trainer checkpoint of ``path`` and ``NAME.prev``, or None when
+    neither exists. An unreadable one is moved aside to ``NAME.corrupt`` (nothing is deleted)
+    with a message naming it; one written for another model config still raises."""
+    for candidate in (path, previous_of(path)):
+        if not candidate.exists():
+            continue
+        try:
+            trainer = load_trainer(candidate, tcfg, expect)
+        except CorruptCheckpointError as exc:
+            aside = candidate.with_name(candidate.name + ".corrupt")
+            os.replace(candidate, aside)
+            log.error("%s; moved it to %s and trying the previous checkpoint", exc, aside)
+            continue
+        if candidate != path:
+            log.warning("resuming from the previous checkpoint %s", candidate)
+        return trainer
+    return None
 
 
 def load_trainer(path: Path, tcfg: TrainConfig, expect: ModelConfig | None = None) -> BlockTrainer:
@@ -167,8 +224,11 @@ def load_trainer(path: Path, tcfg: TrainConfig, expect: ModelConfig | None = Non
         raise ValueError(f"{path} is not a trainer checkpoint (format {meta.get('format')!r})")
     block = load_block(path, expect)
     trainer = BlockTrainer(block.cfg, tcfg, block.index, seed=0, block=block)
-    trainer.step_count = int(meta["step_count"])
-    trainer.generator.set_state(tensors["rng/noise"])
+    try:
+        trainer.step_count = int(meta["step_count"])
+        trainer.generator.set_state(tensors["rng/noise"])
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise CorruptCheckpointError(f"{path} misses its trainer state: {exc}") from exc
     names = dict(block.named_parameters())
     for name, param in names.items():
         if f"opt/{name}/exp_avg" in tensors:

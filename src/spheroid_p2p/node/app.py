@@ -92,6 +92,8 @@ PROTOCOL = ErrorCode.PROTOCOL_VIOLATION
 #: How long a probe of a possibly dead peer may take (connect and handshake).
 PROBE_TIMEOUT_S = 3.0
 GOSSIP_CAPABILITY = "gossip/1"
+#: What a node lists in its HELLO (06 §6.6): every service it answers.
+NODE_CAPABILITIES = (GOSSIP_CAPABILITY, "transfer/1", "average/1", "traverse/1")
 MAX_PARALLEL_DIALS = 8
 #: Dials a second (and burst) to addresses learned from peers (records, routes, replies), so
 #: records cannot turn the node into a tool that dials anything (security.md §S.4).
@@ -124,7 +126,7 @@ class Node:
             on_close=self._on_close,
             listen_addrs=lambda: self.gossip.addrs,
             agent=AGENT,
-            capabilities=(GOSSIP_CAPABILITY,),
+            capabilities=NODE_CAPABILITIES,
             max_connections=config.max_connections,
             versions=config.versions,
             # tensor chunks are hashed on the transfer worker thread, not while decoding

@@ -148,6 +148,13 @@ class VersionStore:
 
     # -- loading -------------------------------------------------------------------------------
     def _load_all(self) -> None:
+        # temporaries of a writer killed mid-put (a .part is a fetch to resume: kept), and
+        # blobs whose manifest never landed
+        stale = [*self.partial_dir.glob("*.put"), *self.root.glob("*.manifest.tmp")]
+        stale += [b for b in self.root.glob("*.blob") if not b.with_suffix(".manifest").exists()]
+        for path in stale:
+            log.info("version store: removing %s, left by an interrupted write", path.name)
+            path.unlink(missing_ok=True)
         for path in sorted(self.root.glob("*.manifest")):
             try:
                 data, sig = msgpack_profile.unpack(path.read_bytes())

@@ -20,7 +20,12 @@ from pathlib import Path
 
 import torch
 
-from spheroid_p2p.ml.checkpoint import load_trainer, save_block, save_trainer
+from spheroid_p2p.ml.checkpoint import (
+    load_trainer_or_previous,
+    remove_stale_temporaries,
+    save_block,
+    save_trainer,
+)
 from spheroid_p2p.ml.config import ModelConfig, TrainConfig
 from spheroid_p2p.ml.data import ByteCorpus
 from spheroid_p2p.ml.training import BlockTrainer
@@ -65,8 +70,11 @@ class TrainingJob:
         self.checkpoint_every = checkpoint_every
         self.tag = tag
         self.seed = seed
-        if self.state_path.exists():
-            self.trainer = load_trainer(self.state_path, tcfg, expect=cfg)
+        for stale in remove_stale_temporaries(data_dir):
+            log.info("[%s] removed %s, left by a writer that was killed", tag, stale.name)
+        resumed = load_trainer_or_previous(self.state_path, tcfg, expect=cfg)
+        if resumed is not None:
+            self.trainer = resumed
             log.info(
                 "[%s] block %d: resuming training at step %d from %s",
                 tag,

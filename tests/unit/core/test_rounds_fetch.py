@@ -57,6 +57,16 @@ def test_weights_by_steps_with_half_weight_for_staleness_one() -> None:
     assert [c[3] for c in out.contributors if c[0] == PEERS[2]] == [1]
 
 
+def test_a_contributor_claiming_huge_step_counts_is_capped_at_twice_the_median() -> None:
+    """09 §9.8: steps count for at most max_steps_ratio x the median of the round."""
+    agg = _agg(set(PEERS[:3]))
+    for peer, steps in ((PEERS[0], 10), (PEERS[1], 10), (PEERS[2], 10**9)):
+        assert agg.offer(_offer(peer, steps=steps), 90.0) == (0, "")
+    out = agg.close(90.0)
+    assert abs(out.weights[PEERS[2]] - 20 / 40) < 1e-9  # capped at 2 x 10, not 10^9 / (10^9+20)
+    assert abs(out.weights[PEERS[0]] - 10 / 40) < 1e-9
+
+
 def test_refusals_are_coded_and_reported() -> None:
     outsider = PeerId(b"\x09" * 32)
     agg = _agg(set(PEERS[:4]))
