@@ -23,6 +23,7 @@ __all__ = ["REQUEST_RATES", "FairQueue", "PeerLimits", "TokenBucket"]
 REQUEST_RATES: Final = {
     "status": (5.0, 20.0),
     "gossip": (50.0, 200.0),
+    "gossip_sync": (4.0, 8.0),
     "traverse": (200.0, 400.0),
     "version_get": (20.0, 40.0),
     "chunk_get": (64.0, 128.0),

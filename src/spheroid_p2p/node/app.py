@@ -81,7 +81,12 @@ _GOSSIP_TYPES = (GossipSummary, GossipDigest, GossipRecords, GossipRequest, Goss
 #: Which bucket of core.limits.REQUEST_RATES each request type spends from.
 _RATE_KINDS: dict[type[Message], str] = {
     StatusRequest: "status",
-    **dict.fromkeys(_GOSSIP_TYPES, "gossip"),
+    GossipRecords: "gossip",
+    GossipSuspect: "gossip",
+    # each of these makes us send a digest or records: a tighter bucket bounds amplification
+    GossipSummary: "gossip_sync",
+    GossipDigest: "gossip_sync",
+    GossipRequest: "gossip_sync",
     Traverse: "traverse",
     PipeStep: "traverse",
     VersionGet: "version_get",
@@ -257,7 +262,14 @@ class Node:
                 return
             now = time.monotonic()
             if self.gossip.next_deadline(now) <= now:
-                self._apply(self.gossip.handle_timer(now))
+                try:
+                    self._apply(self.gossip.handle_timer(now))
+                except Exception:  # a bug (perhaps on a peer's record): log it, back off, go on
+                    self.task_failures += 1
+                    log.exception("[%s] gossip timer failed; retrying in 1 s", self.tag)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(1.0):
+                            await self._stop.wait()
 
     # -- tasks ------------------------------------------------------------------------------
     def spawn(self, work: Coroutine[object, object, None], what: str) -> bool:
