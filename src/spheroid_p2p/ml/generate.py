@@ -20,7 +20,7 @@ import torch
 from spheroid_p2p.ml.block import BlockDenoiser, SpanPlan
 from spheroid_p2p.ml.config import ModelConfig
 from spheroid_p2p.ml.noise import NoisePartition
-from spheroid_p2p.ml.sampler import block_hop, block_points, initial_noise
+from spheroid_p2p.ml.sampler import StepGate, block_hop, block_points, initial_noise
 
 __all__ = ["generate", "pick_bytes", "run_blocks", "start_noise", "window"]
 
@@ -54,9 +54,10 @@ def run_blocks(
     clean: bytes,
     z: torch.Tensor,
     steps_per_block: int,
+    gate: StepGate | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One hop: blocks first..last in order. Returns (z, final logits if ``last`` is the
-    model's last block, else None)."""
+    model's last block, else None). ``gate`` is entered around every denoiser call."""
     cfg = blocks[first].cfg
     points = block_points(NoisePartition(cfg), steps_per_block)
     x = torch.tensor(list(clean), dtype=torch.long)[None]  # (1, Tc)
@@ -64,7 +65,7 @@ def run_blocks(
     logits = None
     for b in range(first, last + 1):
         pts, nxt = points[b]
-        result = block_hop(blocks[b], x, z, pts, nxt, plan)
+        result = block_hop(blocks[b], x, z, pts, nxt, plan, gate)
         z = result.z
         if nxt is None:
             logits = result.logits

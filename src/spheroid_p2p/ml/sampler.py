@@ -10,7 +10,9 @@ Euler on the probability-flow ODE dz/dsigma = (z - D)/sigma, with D_hat = softma
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +20,19 @@ import torch
 from spheroid_p2p.ml.block import BlockDenoiser, SpanPlan
 from spheroid_p2p.ml.noise import NoisePartition
 
-__all__ = ["HopResult", "block_hop", "block_points", "euler_step", "initial_noise", "traverse"]
+__all__ = [
+    "HopResult",
+    "StepGate",
+    "block_hop",
+    "block_points",
+    "euler_step",
+    "initial_noise",
+    "traverse",
+]
+
+#: Entered around every denoiser call of a hop: lets the caller interleave the steps of
+#: several requests on one compute (a server's fair scheduling); None runs them straight.
+StepGate = Callable[[], AbstractContextManager[object]]
 
 
 def euler_step(
@@ -68,6 +82,7 @@ def block_hop(
     points: Sequence[float],
     next_sigma: float | None,
     plan: SpanPlan | None = None,
+    gate: StepGate | None = None,
 ) -> HopResult:
     """Run one block's Euler steps over its sigma ``points``.
 
@@ -77,7 +92,8 @@ def block_hop(
     first = logits = torch.empty(0)
     for j, sigma in enumerate(points):
         sig = torch.full((x.shape[0],), sigma, dtype=torch.float32, device=x.device)
-        logits = block(x, z, sig, plan).logits  # (B, N, vocab)
+        with gate() if gate is not None else contextlib.nullcontext():
+            logits = block(x, z, sig, plan).logits  # (B, N, vocab)
         if j == 0:
             first = logits
         target = points[j + 1] if j + 1 < len(points) else next_sigma

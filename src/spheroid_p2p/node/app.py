@@ -104,8 +104,10 @@ MAX_PARALLEL_DIALS = 8
 #: records cannot turn the node into a tool that dials anything (security.md §S.4).
 DIAL_RATE = 5.0
 DIAL_BURST = 20.0
-#: Requests of one peer that may wait for the compute thread (more: OVERLOADED).
+#: Requests of one peer that may wait for compute (more: OVERLOADED), and requests that
+#: compute at once (as many as the runtime has traversal threads).
 MAX_WAITING_PER_PEER = 8
+TRAVERSAL_SLOTS = 4
 #: Estimated bytes of records in one STATUS_RESPONSE page (well under MAX_SIGNED_BYTES).
 STATUS_PAGE_BYTES = 40 * 1024
 #: Connections listed in a STATUS_RESPONSE.
@@ -157,7 +159,7 @@ class Node:
         self.traversals_served = 0
         #: what each peer may ask of us (security.md §S.4), and turns on the compute thread
         self.limits: PeerLimits[PeerId] = PeerLimits()
-        self.turns = ComputeTurns(per_peer=MAX_WAITING_PER_PEER)
+        self.turns = ComputeTurns(slots=TRAVERSAL_SLOTS, per_peer=MAX_WAITING_PER_PEER)
         #: dials to addresses learned from the network (records, routes, replies)
         self._dial_budget = TokenBucket(DIAL_RATE, DIAL_BURST)
         self.store = VersionStore(config.data_dir / "versions")
@@ -551,6 +553,7 @@ class Node:
             seed,
             self.tag,
         )
+        job.gate = self.runtime.gate
         if self.config.round_steps > 0:
             path = await self._train_in_rounds(job)
             if path is None:
@@ -569,6 +572,7 @@ class Node:
         assert self.runtime is not None
         cfg = self.config
         job.pool = self.runtime.pool
+        job.gate = self.runtime.gate
         settings = RoundSettings(
             round_steps=cfg.round_steps,
             encoding=cfg.delta_encoding,
@@ -688,6 +692,7 @@ class Node:
                     req.temperature,
                     req.want_logits,
                     start_by=arrived + req.deadline_ms / 1000,
+                    peer=sender.digest,
                 )
         except Overloaded as exc:
             await fail(ErrorCode.OVERLOADED, str(exc))

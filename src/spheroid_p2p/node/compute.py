@@ -20,6 +20,7 @@ from spheroid_p2p.ml.checkpoint import load_block
 from spheroid_p2p.ml.config import ModelConfig
 from spheroid_p2p.ml.generate import noisy_slots, pick_bytes, run_blocks, start_noise, window
 from spheroid_p2p.node.store import raw_of
+from spheroid_p2p.node.turns import StepGate
 from spheroid_p2p.wire.versions import tensor_entry, weights_hash
 
 __all__ = ["BlockRuntime", "HopOutput"]
@@ -27,6 +28,8 @@ __all__ = ["BlockRuntime", "HopOutput"]
 log = logging.getLogger(__name__)
 
 _TORCH_DTYPES = {1: torch.float32, 2: torch.float16, 3: torch.bfloat16}
+#: Traversals computing at once (their steps interleave at the runtime's StepGate).
+TRAVERSAL_THREADS = 4
 
 
 class HopOutput:
@@ -52,8 +55,14 @@ class BlockRuntime:
         self.blocks: dict[int, BlockDenoiser] = {}
         self.hashes: dict[int, bytes] = {}
         self.config: ModelConfig | None = None
-        #: The node's one compute thread: traversals and training steps take turns on it.
+        #: Training and the pipeline baseline run on this thread ...
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
+        #: ... traversals on these; every denoiser step (training's too) takes its turn at
+        #: ``gate``, so the requests of different peers interleave step by step.
+        self.traversal_pool = ThreadPoolExecutor(
+            max_workers=TRAVERSAL_THREADS, thread_name_prefix="traverse"
+        )
+        self.gate = StepGate()
         for path in checkpoints:
             self.add(path)
 
@@ -94,6 +103,7 @@ class BlockRuntime:
         temperature: float,
         want_logits: bool,
         start_by: float = float("inf"),
+        peer: bytes = b"",
     ) -> HopOutput:
         """Run blocks first..last for one traversal on the worker thread.
 
@@ -102,7 +112,7 @@ class BlockRuntime:
         """
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self.pool,
+            self.traversal_pool,
             self._run,
             first,
             last,
@@ -114,6 +124,7 @@ class BlockRuntime:
             temperature,
             want_logits,
             start_by,
+            peer,
         )
 
     def _run(
@@ -128,6 +139,7 @@ class BlockRuntime:
         temperature: float,
         want_logits: bool,
         start_by: float,
+        peer: bytes,
     ) -> HopOutput:
         if time.monotonic() > start_by:
             raise TimeoutError("the deadline passed while the traversal waited for compute")
@@ -140,7 +152,9 @@ class BlockRuntime:
             n = noisy_slots(cfg, clean)
             z = torch.frombuffer(bytearray(z_raw), dtype=_TORCH_DTYPES[z_dtype])
             z = z.view(1, n, cfg.d_z).float()
-        z, logits = run_blocks(self.blocks, first, last, clean, z, steps)
+        z, logits = run_blocks(
+            self.blocks, first, last, clean, z, steps, lambda: self.gate.step(peer)
+        )
         seconds = time.perf_counter() - start
         if logits is None:
             return HopOutput(z, None, None, seconds)
@@ -149,6 +163,7 @@ class BlockRuntime:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.traversal_pool.shutdown(wait=False, cancel_futures=True)
 
 
 class ArStageRuntime:

@@ -12,6 +12,7 @@ is written to ``data_dir/block-B.safetensors`` for serving.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,8 +30,12 @@ from spheroid_p2p.ml.checkpoint import (
 from spheroid_p2p.ml.config import ModelConfig, TrainConfig
 from spheroid_p2p.ml.data import ByteCorpus
 from spheroid_p2p.ml.training import BlockTrainer
+from spheroid_p2p.node.turns import StepGate
 
 __all__ = ["TrainingJob", "TrainingProgress"]
+
+#: The step gate's key for training steps (no peer id is empty).
+TRAINING = b""
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +94,12 @@ class TrainingJob:
         self.data = torch.Generator().manual_seed(seed * 1_000_003 + self.trainer.step_count)
         self.losses: list[float] = []
         self.pool: ThreadPoolExecutor | None = None
+        #: The node's step gate (node.turns.StepGate): a training step takes its turn among
+        #: the traversals' steps. None: train straight.
+        self.gate: StepGate | None = None
+
+    def _turn(self) -> contextlib.AbstractContextManager[None]:
+        return self.gate.step(TRAINING) if self.gate is not None else contextlib.nullcontext()
 
     @property
     def done(self) -> bool:
@@ -100,7 +111,8 @@ class TrainingJob:
             if self.done:
                 break
             batch = self.corpus.batch(self.tcfg.batch_size, self.cfg.context, self.data)
-            self.losses.append(self.trainer.step(batch).loss)
+            with self._turn():
+                self.losses.append(self.trainer.step(batch).loss)
         if self.trainer.step_count % self.checkpoint_every == 0 or self.done:
             save_trainer(self.state_path, self.trainer)
         recent = self.losses[-20:]
@@ -117,7 +129,8 @@ class TrainingJob:
         losses: list[float] = []
         while done < steps and time.time() < stop_at_wall:
             batch = self.corpus.batch(self.tcfg.batch_size, self.cfg.context, self.data)
-            losses.append(self.trainer.step(batch).loss)
+            with self._turn():
+                losses.append(self.trainer.step(batch).loss)
             done += 1
         self.losses.extend(losses)
         if self.trainer.step_count % self.checkpoint_every < done or done == 0:
