@@ -4,6 +4,7 @@ Usage (from a fresh clone, with only Python 3.11+ and pip)::
 
     python3 scripts/devenv.py demo [demo flags...]   # set up, then run the local-swarm demo
     python3 scripts/devenv.py test [pytest args...]  # set up, then lint and run the tests
+    python3 scripts/devenv.py fuzz [fuzz.py flags...] # set up, add atheris, fuzz the decoders
     python3 scripts/devenv.py setup                  # only set up
 
 Setup creates ``.venv/`` in the repository, installs ``torch==2.13.0`` first (the CPU build;
@@ -58,6 +59,12 @@ def run_tests(extra: list[str]) -> int:
     return code
 
 
+def run_fuzz(extra: list[str]) -> int:
+    """Coverage-guided fuzzing of the decoders (scripts/fuzz.py), with atheris added."""
+    _run(PY, "-m", "pip", "install", "--disable-pip-version-check", "-q", "-e", f"{ROOT}[fuzz]")
+    return subprocess.run([str(PY), "scripts/fuzz.py", *extra], cwd=ROOT, check=False).returncode
+
+
 def run_demo(extra: list[str]) -> int:
     """The main job: a local swarm trains a model on loopback, then generates text."""
     return subprocess.run(
@@ -67,7 +74,7 @@ def run_demo(extra: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] not in {"setup", "test", "demo"}:
+    if not args or args[0] not in {"setup", "test", "demo", "fuzz"}:
         print(__doc__, file=sys.stderr)
         return 2
     command, extra = args[0], args[1:]
@@ -77,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_tests(extra)
     if command == "demo":
         return run_demo(extra)
+    if command == "fuzz":
+        return run_fuzz(extra)
     return 0
 
 

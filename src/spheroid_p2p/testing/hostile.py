@@ -14,7 +14,7 @@ import contextlib
 import os
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from spheroid_p2p.core.connection import (
@@ -89,6 +89,10 @@ class HostilePeer:
         self.opened = asyncio.Event()
         self.closed = asyncio.Event()
         self.received = asyncio.Event()
+        #: called with every message the node sends us (after the handshake)
+        self.on_message: Callable[[Envelope], None] | None = None
+        self.bytes_in = 0
+        self.bytes_out = 0
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
 
@@ -113,7 +117,11 @@ class HostilePeer:
     async def _read(self, reader: asyncio.StreamReader) -> None:
         assert self.conn is not None
         while True:
-            data = await reader.read(1 << 16)
+            try:
+                data = await reader.read(1 << 16)
+            except (ConnectionError, OSError):
+                data = b""
+            self.bytes_in += len(data)
             now = time.monotonic()
             events = self.conn.eof(now, _wall_ms()) if not data else []
             if data:
@@ -123,7 +131,10 @@ class HostilePeer:
                 if isinstance(event, HandshakeDone):
                     self.opened.set()
                 elif isinstance(event, MessageReceived):
-                    self.messages.append(event.envelope)
+                    if self.on_message is not None:
+                        self.on_message(event.envelope)
+                    else:
+                        self.messages.append(event.envelope)
                     self.received.set()
                 elif isinstance(event, ConnectionLost):
                     self.lost = event
@@ -140,7 +151,10 @@ class HostilePeer:
     def send(self, message: Message) -> None:
         """A well-formed message (after the handshake)."""
         assert self.conn is not None and self._writer is not None
+        if self.closed.is_set():
+            return
         for buf in self.conn.send(message, _wall_ms()):
+            self.bytes_out += len(buf)
             self._writer.write(buf)
 
     def frame(self, type_code: int, body: Mapping[str, Any], payload: Buffer = b"") -> bytes:
@@ -163,6 +177,9 @@ class HostilePeer:
 
     def send_raw(self, data: bytes) -> None:
         assert self._writer is not None
+        if self._writer.is_closing():
+            return
+        self.bytes_out += len(data)
         self._writer.write(data)
 
     async def wait_closed(self, timeout_s: float = 10.0) -> ConnectionLost | None:
