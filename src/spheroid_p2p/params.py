@@ -26,6 +26,7 @@ __all__ = [
     "MAX_MANIFEST_BYTES",
     "MAX_MAP_LEN",
     "MAX_MSGPACK_DEPTH",
+    "MAX_RECORDS_PER_ANSWER",
     "MAX_RECORDS_PER_MESSAGE",
     "MAX_RECORDS_PER_OWNER",
     "MAX_RECORD_TTL_MS",
@@ -106,6 +107,8 @@ MAX_RECORDS_PER_OWNER: Final = 16
 #: Bytes of relayed records a node puts in one GOSSIP_RECORDS message (the rest goes in the
 #: next), so a batch never approaches MAX_SIGNED_BYTES however long the records are.
 MAX_GOSSIP_BATCH_BYTES: Final = 48 * 1024
+#: Records one node sends in answer to one GOSSIP_DIGEST or GOSSIP_REQUEST (§7.5.2).
+MAX_RECORDS_PER_ANSWER: Final = 256
 #: Records in one STATUS_RESPONSE page (§7.8); a client asks for the next page from ``off``.
 MAX_STATUS_RECORDS: Final = 128
 

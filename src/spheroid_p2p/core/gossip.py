@@ -32,7 +32,11 @@ from dataclasses import dataclass, field
 from spheroid_p2p.core.actions import Action, Dial, Probe, Send
 from spheroid_p2p.core.ownership import OwnershipTable, RecordKey
 from spheroid_p2p.errors import RemoteProtocolError
-from spheroid_p2p.params import MAX_GOSSIP_BATCH_BYTES, MAX_RECORDS_PER_MESSAGE
+from spheroid_p2p.params import (
+    MAX_GOSSIP_BATCH_BYTES,
+    MAX_RECORDS_PER_ANSWER,
+    MAX_RECORDS_PER_MESSAGE,
+)
 from spheroid_p2p.wire.messages import (
     GossipDigest,
     GossipRecords,
@@ -100,6 +104,10 @@ class GossipStats:
     by_type: dict[str, int] = field(default_factory=dict)
 
 
+#: Seconds between two scans of the table for peers to dial (each walks every record).
+DIAL_SCAN_S = 0.25
+
+
 class GossipService:
     """One node's side of ownership gossip."""
 
@@ -123,6 +131,7 @@ class GossipService:
         self._peers: set[PeerId] = set()
         self._next_round: float | None = None
         self._dial_after: dict[PeerId, float] = {}
+        self._next_dials = 0.0
         self._departed = False
         self._outbox: list[tuple[SignedRecord, PeerId | None]] = []
         self._probing: set[PeerId] = set()
@@ -256,7 +265,7 @@ class GossipService:
             return self._answer_digest(peer, message, now)
         if isinstance(message, GossipRequest):
             keys = [k for k in message.keys if self.table.get(k) is not None]
-            return self._records_to(peer, keys, now)
+            return self._records_to(peer, keys[:MAX_RECORDS_PER_ANSWER], now)
         if isinstance(message, GossipRecords):
             return self._receive_records(peer, message, now)
         if isinstance(message, GossipSuspect):
@@ -285,7 +294,9 @@ class GossipService:
             if theirs.get(e.record.key, -1) < e.record.seq
         ]
         want = [key for key, seq in theirs.items() if not self.table.knows(key[0], key[1], seq)]
-        actions = self._records_to(peer, send, now)
+        # at most MAX_RECORDS_PER_ANSWER per answer (§7.5.2): anti-entropy converges over
+        # rounds, and one small digest never makes us send the whole table
+        actions = self._records_to(peer, send[:MAX_RECORDS_PER_ANSWER], now)
         if want:
             actions.append(self._send(peer, GossipRequest(keys=tuple(want[:4096]))))
         return actions
@@ -415,6 +426,10 @@ class GossipService:
     def _dials(self, now: float) -> list[Action]:
         if self._departed or len(self._peers) >= self.params.target_peers:
             return []
+        if now < self._next_dials:  # at most every DIAL_SCAN_S: a scan walks the whole table
+            return []
+        self._next_dials = now + DIAL_SCAN_S
+        self._dial_after = {p: t for p, t in self._dial_after.items() if t > now}
         known: dict[PeerId, tuple[str, ...]] = {}
         for entry in self.table.live():
             owner = entry.record.owner

@@ -13,7 +13,7 @@ No clock is read here: callers pass ``now`` (monotonic seconds).
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Final, Generic, TypeVar
 
@@ -22,9 +22,11 @@ __all__ = ["REQUEST_RATES", "FairQueue", "PeerLimits", "TokenBucket"]
 #: kind -> (tokens per second, burst): what one peer may ask of a node (security.md §S.4).
 REQUEST_RATES: Final = {
     "status": (5.0, 20.0),
-    "gossip": (50.0, 200.0),
-    "gossip_sync": (4.0, 8.0),
-    "traverse": (200.0, 400.0),
+    # records (a GOSSIP_RECORDS message costs one token per record: each is a signature check)
+    "gossip": (256.0, 512.0),
+    "gossip_sync": (1.0, 3.0),
+    # block-steps (a TRAVERSE costs m x the blocks it asks for)
+    "traverse": (4000.0, 8000.0),
     "version_get": (20.0, 40.0),
     "chunk_get": (64.0, 128.0),
     "delta": (4.0, 8.0),
@@ -103,16 +105,18 @@ class FairQueue(Generic[K, T]):
             if not queue:
                 del self._waiting[peer]
 
-    def next_ticket(self) -> T | None:
-        """The next peer's oldest ticket (that peer moves to the back of the rotation)."""
-        if not self._waiting:
-            return None
-        peer, queue = next(iter(self._waiting.items()))
-        ticket = queue.popleft()
-        del self._waiting[peer]
-        if queue:
-            self._waiting[peer] = queue  # to the back
-        return ticket
+    def next_ticket(self, eligible: Callable[[K], bool] | None = None) -> tuple[K, T] | None:
+        """The next (eligible) peer's oldest ticket; that peer moves to the back of the
+        rotation. ``eligible`` skips peers that may not take a turn now."""
+        for peer, queue in self._waiting.items():
+            if eligible is not None and not eligible(peer):
+                continue
+            ticket = queue.popleft()
+            del self._waiting[peer]
+            if queue:
+                self._waiting[peer] = queue  # to the back
+            return peer, ticket
+        return None
 
     def __len__(self) -> int:
         return sum(len(q) for q in self._waiting.values())

@@ -17,9 +17,9 @@ Spec: ``protocol/07-ownership-gossip.md`` §7.4. Theory of operation:
   record everywhere; they are not part of the live view.
 * The table is bounded (§7.4.1): at most ``MAX_TABLE_RECORDS`` records, at most
   ``MAX_RECORDS_PER_OWNER`` of one owner, and as many tombstones as records. When it is full,
-  a record for a new key evicts the soonest-expiring record among those introduced by the
-  source (the peer that relayed it first) that introduced the most; our own records are never
-  evicted. A flood of fresh keys from one peer therefore displaces that peer's own records,
+  a record for a new key evicts the oldest record (first introduced) among those introduced
+  by the source (the peer that relayed it first) that introduced the most; our own records
+  are never evicted. Both choices take constant time (a queue of keys per source). A flood of fresh keys from one peer therefore displaces that peer's own records,
   not those other peers brought.
 
 No clock is read here: every method takes ``now`` (monotonic seconds).
@@ -28,7 +28,7 @@ No clock is read here: every method takes ``now`` (monotonic seconds).
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 
 from spheroid_p2p.params import MAX_RECORDS_PER_OWNER, MAX_TABLE_RECORDS
@@ -72,6 +72,8 @@ class OwnershipTable:
         #: who introduced each held key (``SELF`` for our own records), and how many each did
         self._source: dict[RecordKey, bytes] = {}
         self._by_source: Counter[bytes] = Counter()
+        #: keys in the order each source introduced them (stale entries skipped lazily)
+        self._introduced: dict[bytes, deque[RecordKey]] = {}
         self._by_owner: Counter[bytes] = Counter()
         #: Records refused, by reason (``stale``, ``expired``, ``bad_signature``, ...).
         self.dropped: Counter[str] = Counter()
@@ -113,14 +115,18 @@ class OwnershipTable:
                 self.dropped["table_full"] += 1
                 return False
             _, top = max(others)
-            victim = min(
-                (k for k, s in self._source.items() if s == top),
-                key=lambda k: self._entries[k].expires_at,
-            )
-            self._remove(victim)
+            queue = self._introduced[top]
+            while self._source.get(queue[0]) != top or queue[0] not in self._entries:
+                queue.popleft()  # removed or expired since: skip
+            self._remove(queue.popleft())
             self.dropped["evicted"] += 1
         self._source[key] = source
         self._by_source[source] += 1
+        queue = self._introduced.setdefault(source, deque())
+        queue.append(key)
+        if len(queue) > 2 * self.max_records:  # drop the stale entries now and then
+            live = [k for k in queue if self._source.get(k) == source]
+            self._introduced[source] = deque(live)
         self._by_owner[key[0]] += 1
         return True
 
@@ -130,6 +136,7 @@ class OwnershipTable:
         self._by_source[source] -= 1
         if self._by_source[source] <= 0:
             del self._by_source[source]
+            self._introduced.pop(source, None)
         self._by_owner[key[0]] -= 1
         if self._by_owner[key[0]] <= 0:
             del self._by_owner[key[0]]

@@ -105,6 +105,7 @@ class _Link(asyncio.BufferedProtocol):
         self.outbound = outbound
         self.addr = "?"
         self.host = "?"  # the source address of an inbound connection
+        self.throttled = False
         self.transport: asyncio.Transport | None = None
         loop = asyncio.get_running_loop()
         self.opened: asyncio.Future[PeerId] = loop.create_future()
@@ -286,8 +287,9 @@ class PeerManager:
         self._server: asyncio.Server | None = None
         self.bytes_out = 0
         self.frames_out = 0
-        #: inbound connections refused by the caps
+        #: inbound connections refused by the caps, and reads paused by throttle()
         self.refused = 0
+        self.throttles = 0
         #: receive buffers for large frames, shared by this node's connections
         self.pool = BodyPool()
 
@@ -496,6 +498,24 @@ class PeerManager:
             await link.writable.wait()
             link = self._open_link(peer)
         return link is not None and self.send(peer, message)
+
+    def throttle(self, peer: PeerId, seconds: float) -> None:
+        """Stop reading from ``peer`` for ``seconds`` (it exceeded a rate limit): what it
+        sends meanwhile waits in the TCP buffers, so TCP's flow control slows it down and
+        the node spends no more on its frames than its budget (security.md §S.4)."""
+        link = self._by_peer.get(peer)
+        if link is None or link.transport is None or link.throttled:
+            return
+        link.throttled = True
+        link.transport.pause_reading()
+        self.throttles += 1
+
+        def resume() -> None:
+            link.throttled = False
+            if link.transport is not None and not link.transport.is_closing():
+                link.transport.resume_reading()
+
+        asyncio.get_running_loop().call_later(seconds, resume)
 
     def close_peer(self, peer: PeerId, code: ErrorCode, reason: str) -> None:
         """Close the connection to ``peer`` with a coded Close frame."""

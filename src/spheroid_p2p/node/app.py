@@ -108,6 +108,8 @@ DIAL_BURST = 20.0
 #: compute at once (as many as the runtime has traversal threads).
 MAX_WAITING_PER_PEER = 8
 TRAVERSAL_SLOTS = 4
+#: How long the node stops reading from a peer that exceeded one of its buckets.
+THROTTLE_S = 0.25
 #: Estimated bytes of records in one STATUS_RESPONSE page (well under MAX_SIGNED_BYTES).
 STATUS_PAGE_BYTES = 40 * 1024
 #: Connections listed in a STATUS_RESPONSE.
@@ -302,9 +304,12 @@ class Node:
                 and action.peer not in self._dialing
                 and self._group is not None
                 and not self._stop.is_set()
+                and self._dial_budget.take(time.monotonic())
             ):
                 self._dialing.add(action.peer)
-                if not self.spawn(self._dial(action.addrs[0], action.peer), "gossip dial"):
+                dial = self.peers.dial(action.addrs[0], action.peer)  # budget spent above
+                if not self.spawn(self._dial(dial, action.peer), "gossip dial"):
+                    dial.close()
                     self._dialing.discard(action.peer)
             elif isinstance(action, Probe):
                 self.spawn(self._probe(action.peer, action.addrs), f"probe of {action.peer}")
@@ -338,10 +343,10 @@ class Node:
             raise DialError(f"dial {addr} skipped: dial budget ({DIAL_RATE:g}/s) spent")
         return await self.peers.dial(addr, expected)
 
-    async def _dial(self, addr: str, expected: PeerId) -> None:
+    async def _dial(self, dial: Coroutine[object, object, PeerId], expected: PeerId) -> None:
         async with self._dial_slots:
             try:
-                await self.dial_learned(addr, expected)
+                await dial
             except DialError as exc:
                 log.info("[%s] %s", self.tag, exc)
             finally:
@@ -389,8 +394,11 @@ class Node:
     def _on_message(self, peer: PeerId, envelope: Envelope) -> None:
         message = envelope.message
         kind = _RATE_KINDS.get(type(message))
-        if kind is not None and not self.limits.allow(peer, kind, time.monotonic()):
+        if kind is not None and not self.limits.allow(
+            peer, kind, time.monotonic(), _request_cost(message)
+        ):
             self._refuse(peer, message, "request rate limit")
+            self.peers.throttle(peer, THROTTLE_S)  # read no more of it for a while
             return
         if self.transfers.handle(peer, message):
             return
@@ -894,6 +902,17 @@ async def running_node(config: NodeConfig, key: KeyPair | None = None) -> AsyncI
     finally:
         node.stop()
         await task
+
+
+def _request_cost(message: Message) -> float:
+    """Tokens a request spends (security.md §S.4): a record batch one per record (each is a
+    signature check), a traversal one per block-step it asks for, anything else one."""
+    if isinstance(message, GossipRecords):
+        return float(max(1, len(message.records)))
+    if isinstance(message, Traverse):
+        hop = message.route[message.hop]
+        return float(message.steps_per_block * (hop.last_block - hop.first_block + 1))
+    return 1.0
 
 
 def _tensor_bytes(z: object, dtype_name: str) -> bytes:

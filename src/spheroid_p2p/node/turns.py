@@ -28,41 +28,64 @@ class Overloaded(Exception):  # noqa: N818 (an answer, OVERLOADED, not an error 
 
 
 class ComputeTurns:
-    """Turns on the compute thread for requests, fair across peers (security.md §S.4): at most
-    ``slots`` run at once, the waiting ones are served round-robin by the peer that sent them,
-    and a peer with ``per_peer`` waiting is refused (:class:`Overloaded`). A flood from one
-    peer then waits behind itself: another peer's request waits for at most one of its jobs."""
+    """Admission to compute, fair across peers (security.md §S.4): at most ``slots`` requests
+    compute at once and at most ``per_peer_running`` of them from one peer, so a flood never
+    holds every slot; the waiting ones are let in round-robin by the peer that sent them, and
+    a peer with ``per_peer`` waiting is refused (:class:`Overloaded`)."""
 
-    def __init__(self, slots: int = 1, per_peer: int = 8) -> None:
+    def __init__(self, slots: int = 1, per_peer: int = 8, per_peer_running: int = 2) -> None:
         self.free = slots
+        self.per_peer_running = per_peer_running
+        self.running: dict[bytes, int] = {}
         self.queue: FairQueue[bytes, asyncio.Future[None]] = FairQueue(per_peer)
+
+    def _may_run(self, peer: bytes) -> bool:
+        return self.running.get(peer, 0) < self.per_peer_running
 
     @contextlib.asynccontextmanager
     async def turn(self, peer: bytes) -> AsyncIterator[None]:
-        if self.free > 0 and not len(self.queue):
-            self.free -= 1
+        if self.free > 0 and self._may_run(peer) and not len(self.queue):
+            self._grant(peer)
         else:
             ticket: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             if not self.queue.join(peer, ticket):
                 raise Overloaded(f"{len(self.queue)} requests wait for compute")
+            self._dispatch()  # a free slot may be ours while others wait only at their cap
             try:
                 await ticket
             except asyncio.CancelledError:
                 self.queue.leave(peer, ticket)
                 if ticket.done() and not ticket.cancelled():
-                    self._release()  # the turn was ours already: pass it on
+                    self._release(peer)  # the turn was granted already: pass it on
                 raise
         try:
             yield
         finally:
-            self._release()
+            self._release(peer)
 
-    def _release(self) -> None:
-        while (ticket := self.queue.next_ticket()) is not None:
-            if not ticket.done():
-                ticket.set_result(None)
-                return
+    def _grant(self, peer: bytes) -> None:
+        self.free -= 1
+        self.running[peer] = self.running.get(peer, 0) + 1
+
+    def _release(self, peer: bytes) -> None:
+        left = self.running.get(peer, 0) - 1
+        if left > 0:
+            self.running[peer] = left
+        else:
+            self.running.pop(peer, None)
         self.free += 1
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand the free slots to waiting peers below their running cap, in rotation."""
+        while self.free > 0:
+            nxt = self.queue.next_ticket(self._may_run)
+            if nxt is None:
+                return
+            waiter, ticket = nxt
+            if not ticket.done():
+                self._grant(waiter)
+                ticket.set_result(None)
 
 
 class StepGate:
