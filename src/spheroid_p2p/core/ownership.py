@@ -19,8 +19,9 @@ Spec: ``protocol/07-ownership-gossip.md`` §7.4. Theory of operation:
   ``MAX_RECORDS_PER_OWNER`` of one owner, and as many tombstones as records. When it is full,
   a record for a new key evicts the oldest record (first introduced) among those introduced
   by the source (the peer that relayed it first) that introduced the most; our own records
-  are never evicted. Both choices take constant time (a queue of keys per source). A flood of fresh keys from one peer therefore displaces that peer's own records,
-  not those other peers brought.
+  are never evicted. Both choices take constant time (a queue of keys per source). A flood
+  of fresh keys from one peer therefore displaces that peer's own records, not those other
+  peers brought.
 
 No clock is read here: every method takes ``now`` (monotonic seconds).
 """
