@@ -48,6 +48,7 @@ from spheroid_p2p.ml.block import BlockDenoiser  # noqa: E402
 from spheroid_p2p.ml.checkpoint import save_block  # noqa: E402
 from spheroid_p2p.ml.config import ModelConfig  # noqa: E402
 from spheroid_p2p.node.launcher import NodeProcess, wait_for  # noqa: E402
+from spheroid_p2p.testing import tiny_trainer_args  # noqa: E402
 from spheroid_p2p.testing.hostile import HostilePeer, crafted_record, zstd_bomb  # noqa: E402
 from spheroid_p2p.wire.codec import Envelope  # noqa: E402
 from spheroid_p2p.wire.messages import (  # noqa: E402
@@ -570,30 +571,7 @@ def kill_during_round(tmp: Path) -> dict[str, Any]:
     """Kill -9 a replica in the middle of its rounds; restart it with the same data dir."""
     import re
 
-    args = [
-        "--corpus",
-        "embedded",
-        "--context",
-        "16",
-        "--d-model",
-        "32",
-        "--layers-per-block",
-        "1",
-        "--batch",
-        "4",
-        "--threads",
-        "1",
-        "--train-block",
-        "0",
-        "--train-steps",
-        "100000",
-        "--round-steps",
-        "10",
-        "--round-period",
-        "3",
-        "--round-grace",
-        "1",
-    ]
+    args = tiny_trainer_args(round_steps=10, round_period=3, round_grace=1)
     node = NodeProcess(tmp, "replica", *args, verbose=1).start()
 
     def last_step(log: str) -> int:

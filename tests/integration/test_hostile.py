@@ -15,6 +15,7 @@ from spheroid_p2p.errors import ErrorCode
 from spheroid_p2p.node.app import Node, running_node
 from spheroid_p2p.node.config import NodeConfig
 from spheroid_p2p.node.status import fetch_status
+from spheroid_p2p.testing import tiny_trainer_args
 from spheroid_p2p.testing.hostile import HostilePeer, crafted_record, zstd_bomb
 from spheroid_p2p.wire.messages import GossipRecords, MessageType, RelayedRecord, StatusRequest
 from spheroid_p2p.wire.signing import KeyPair
@@ -262,30 +263,7 @@ def test_zstd_bombs_are_refused_without_inflating(tmp_path: Path) -> None:
         target.stop()
 
 
-TRAINER = (
-    "--corpus",
-    "embedded",
-    "--context",
-    "16",
-    "--d-model",
-    "32",
-    "--layers-per-block",
-    "1",
-    "--batch",
-    "4",
-    "--threads",
-    "1",
-    "--train-block",
-    "0",
-    "--train-steps",
-    "100000",
-    "--round-steps",
-    "5",
-    "--round-period",
-    "4",
-    "--round-grace",
-    "2",
-)
+TRAINER = tiny_trainer_args(round_steps=5, round_period=4, round_grace=2)
 
 
 def test_poisoned_versions_and_oversized_delta_headers_are_refused(tmp_path: Path) -> None:

@@ -616,14 +616,18 @@ class Node:
                 return str(exc)
         return None if self.peers.send(target, message) else f"{target.short()} not connected"
 
-    async def _serve(self, req: Traverse, sender: PeerId) -> None:
-        """Serve one traversal; a failure of ours answers the client with INTERNAL_ERROR
-        (and is logged by :meth:`spawn`) instead of leaving it to time out."""
+    async def _answering_failure(
+        self, work: Coroutine[object, object, None], req: Traverse | PipeStep
+    ) -> None:
+        """Run ``work`` for a traversal or pipeline step; a failure of ours answers the
+        client with INTERNAL_ERROR (and is logged by :meth:`spawn`) instead of leaving it to
+        time out."""
         try:
-            await self._serve_traverse(req, sender)
+            await work
         except Exception:
+            tid = req.traversal_id if isinstance(req, Traverse) else req.session_id
             error = TraverseError(
-                traversal_id=req.traversal_id,
+                traversal_id=tid,
                 hop=req.hop,
                 peer=self.key.peer_id.digest,
                 code=int(ErrorCode.INTERNAL_ERROR),
@@ -631,6 +635,9 @@ class Node:
             )
             await self._send_to(req.client, req.reply_addr, error)
             raise
+
+    async def _serve(self, req: Traverse, sender: PeerId) -> None:
+        await self._answering_failure(self._serve_traverse(req, sender), req)
 
     async def _serve_traverse(self, req: Traverse, sender: PeerId) -> None:
         """Run our blocks for one traversal, then forward it or answer the client."""
@@ -766,19 +773,7 @@ class Node:
 
     # -- the autoregressive pipeline baseline (10-traversal.md §10.7) -----------------------
     async def _serve_pipe(self, req: PipeStep) -> None:
-        """Serve one pipeline step; a failure of ours answers INTERNAL_ERROR (see _serve)."""
-        try:
-            await self._serve_pipe_step(req)
-        except Exception:
-            error = TraverseError(
-                traversal_id=req.session_id,
-                hop=req.hop,
-                peer=self.key.peer_id.digest,
-                code=int(ErrorCode.INTERNAL_ERROR),
-                reason="internal error at this stage",
-            )
-            await self._send_to(req.client, req.reply_addr, error)
-            raise
+        await self._answering_failure(self._serve_pipe_step(req), req)
 
     async def _serve_pipe_step(self, req: PipeStep) -> None:
         """Run our layers for one pipeline step, then forward it or answer the client."""
