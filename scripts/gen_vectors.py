@@ -1197,6 +1197,60 @@ def ownership_vectors() -> list[dict[str, Any]]:
     return out
 
 
+def session_vectors() -> list[dict[str, Any]]:
+    """06 §6.7: the key schedule from fixed ephemeral keys, and A's first frames sealed."""
+    from spheroid_p2p.core.session import Sealer, ephemeral_public, session_keys
+
+    a_priv, b_priv = bytes(range(32)), bytes(range(32, 64))
+    a_send, a_recv = session_keys(
+        a_priv,
+        ephemeral_public(b_priv),
+        local_id=KEY_A.peer_id.digest,
+        peer_id=KEY_B.peer_id.digest,
+        local_nonce=NONCE_A,
+        peer_nonce=NONCE_B,
+    )
+    out: list[dict[str, Any]] = [
+        {
+            "id": "session-keys",
+            "description": "HKDF-SHA256 key schedule of 06 §6.7 (A = KEY_A, B = KEY_B)",
+            "a_eph_private": a_priv.hex(),
+            "b_eph_private": b_priv.hex(),
+            "a_eph": ephemeral_public(a_priv).hex(),
+            "b_eph": ephemeral_public(b_priv).hex(),
+            "a_peer_id": KEY_A.peer_id.digest.hex(),
+            "b_peer_id": KEY_B.peer_id.digest.hex(),
+            "a_nonce": NONCE_A.hex(),
+            "b_nonce": NONCE_B.hex(),
+            "a_send_key": a_send.hex(),
+            "a_receive_key": a_recv.hex(),
+        }
+    ]
+    sealer = Sealer(a_send)
+    for i, nonce in enumerate((1, 2)):
+        plain = encode_frame(KEY_A, Ping(nonce=nonce), seq=SEQ + i, timestamp_ms=TS)
+        sealed = b"".join(bytes(b) for b in sealer.seal(plain))
+        out.append(
+            {
+                "id": f"sealed-frame-{i}",
+                "description": f"A's frame {i} after its HelloAck: PING {nonce}, sealed",
+                "frame": b"".join(bytes(b) for b in plain).hex(),
+                "sealed": sealed.hex(),
+            }
+        )
+    bad = bytearray(bytes.fromhex(out[-1]["sealed"]))
+    bad[10] ^= 0x01
+    out.append(
+        {
+            "id": "sealed-frame-1-tampered",
+            "description": "frame 1 with one ciphertext bit flipped",
+            "sealed": bytes(bad).hex(),
+            "error": "DECRYPTION_FAILED",
+        }
+    )
+    return out
+
+
 AREAS: dict[str, Callable[[], list[dict[str, Any]]]] = {
     "signing": signing_vectors,
     "framing": framing_vectors,
@@ -1204,6 +1258,7 @@ AREAS: dict[str, Callable[[], list[dict[str, Any]]]] = {
     "tensor_frames": tensor_vectors,
     "tensor_streams": stream_vectors,
     "ownership_merge": ownership_vectors,
+    "session": session_vectors,
 }
 
 

@@ -55,6 +55,7 @@ class ErrorCode(IntEnum):
     VERSION_UNKNOWN = 24
     DELTA_REJECTED = 25
     NOT_READY = 26
+    DECRYPTION_FAILED = 27
 
 
 def code_name(code: int) -> str:

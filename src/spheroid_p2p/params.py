@@ -44,6 +44,8 @@ __all__ = [
     "MAX_ZSTD_WINDOW_BYTES",
     "PROTOCOL_VERSION",
     "PUBLIC_KEY_BYTES",
+    "SESSION_KEY_BYTES",
+    "SESSION_TAG_BYTES",
     "SIGNATURE_BYTES",
     "SUPPORTED_VERSIONS",
     "TENSOR_CHUNK_BYTES",
@@ -93,6 +95,9 @@ SUPPORTED_VERSIONS: Final = (1,)
 HANDSHAKE_NONCE_BYTES: Final = 32
 #: Time allowed for the whole handshake, from connection open to DONE.
 HANDSHAKE_TIMEOUT_S: Final = 10.0
+#: X25519 public key in a HELLO's ``eph`` (§6.7), and the AES-GCM tag on every sealed frame.
+SESSION_KEY_BYTES: Final = 32
+SESSION_TAG_BYTES: Final = 16
 
 # --- 07-ownership-gossip.md ------------------------------------------------------------------
 #: Longest validity a record may claim; a record asking for more is dropped (STALE_RECORD),

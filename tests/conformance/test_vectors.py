@@ -235,3 +235,48 @@ def test_merge_vector(vector: dict[str, Any]) -> None:
         }
         for e in table.entries()
     ] == vector["table"]
+
+
+def test_session_vectors() -> None:
+    """06 §6.7: both sides derive the same keys; B opens A's sealed frames in order into the
+    plain frames; a flipped bit is DECRYPTION_FAILED."""
+    from spheroid_p2p.core.session import Sealer, ephemeral_public, session_keys
+
+    vectors = {v["id"]: v for v in load("session")}
+    k = vectors["session-keys"]
+    h = bytes.fromhex
+    a_priv, b_priv = h(k["a_eph_private"]), h(k["b_eph_private"])
+    assert ephemeral_public(a_priv).hex() == k["a_eph"]
+    assert ephemeral_public(b_priv).hex() == k["b_eph"]
+    a = session_keys(
+        a_priv,
+        h(k["b_eph"]),
+        local_id=h(k["a_peer_id"]),
+        peer_id=h(k["b_peer_id"]),
+        local_nonce=h(k["a_nonce"]),
+        peer_nonce=h(k["b_nonce"]),
+    )
+    b = session_keys(
+        b_priv,
+        h(k["a_eph"]),
+        local_id=h(k["b_peer_id"]),
+        peer_id=h(k["a_peer_id"]),
+        local_nonce=h(k["b_nonce"]),
+        peer_nonce=h(k["a_nonce"]),
+    )
+    assert (a[0].hex(), a[1].hex()) == (k["a_send_key"], k["a_receive_key"])
+    assert b == (a[1], a[0])
+    opener = Sealer(b[1])
+    for i in (0, 1):
+        v = vectors[f"sealed-frame-{i}"]
+        sealed = h(v["sealed"])
+        assert int.from_bytes(sealed[:4], "big") == len(sealed) - 4
+        body = opener.open(sealed[4:])
+        assert body == h(v["frame"])[4:]
+        decode_frame(body)  # a valid frame inside
+    tampered = h(vectors["sealed-frame-1-tampered"]["sealed"])
+    again = Sealer(b[1])
+    again.open(h(vectors["sealed-frame-0"]["sealed"])[4:])
+    with pytest.raises(RemoteProtocolError) as err:
+        again.open(tampered[4:])
+    assert err.value.code.name == "DECRYPTION_FAILED"

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from spheroid_p2p.core.freshness import SequenceGuard
 from spheroid_p2p.core.handshake import Handshake, HandshakeResult
+from spheroid_p2p.core.session import Sealer, ephemeral_public, session_keys
 from spheroid_p2p.errors import ErrorCode, LocalProtocolError, RemoteProtocolError, code_name
 from spheroid_p2p.params import HANDSHAKE_TIMEOUT_S, MAX_CLOCK_SKEW_MS, SUPPORTED_VERSIONS
 from spheroid_p2p.wire.codec import Envelope, decode_frame, encode_frame
@@ -134,8 +135,15 @@ class PeerConnection:
         versions: tuple[int, ...] = SUPPORTED_VERSIONS,
         expected_peer: PeerId | None = None,
         pool: BodyPool | None = None,
+        session_key: bytes | None = None,
     ) -> None:
+        """``session_key``: 32 random bytes, this connection's X25519 private key: the
+        machine offers an encrypted session (06 §6.7). None: it offers none (plaintext)."""
         self.params = params or ConnectionParams()
+        self._session_key = session_key
+        self._tx: Sealer | None = None
+        self._rx: Sealer | None = None
+        self._next_rx: Sealer | None = None  # armed at our HELLO_ACK, used after the peer's
         self.state = ConnectionState.HANDSHAKE
         self._signer = signer
         self._decoder = FrameDecoder(pool=pool)
@@ -150,6 +158,7 @@ class PeerConnection:
             agent=agent,
             timeout_s=self.params.handshake_timeout_s,
             expected_peer=expected_peer,
+            eph=ephemeral_public(session_key) if session_key is not None else b"",
         )
         self._out: list[Buffer] = []
         self.result: HandshakeResult | None = None
@@ -173,13 +182,21 @@ class PeerConnection:
         for message in self._handshake.start():
             self._queue(message, wall_ms)
 
+    @property
+    def encrypted(self) -> bool:
+        """Whether frames in both directions are sealed (both sides offered a session)."""
+        return self._tx is not None and self._rx is not None
+
     def send(self, message: Message, wall_ms: int) -> list[Buffer]:
         """Encode ``message`` for the peer (only once OPEN). Returns the frame's buffers."""
         if self.state is not ConnectionState.OPEN:
             raise LocalProtocolError(
                 f"cannot send {type(message).__name__} in state {self.state.value}"
             )
-        return self._signer.encode(message, wall_ms)
+        return self._seal(self._signer.encode(message, wall_ms))
+
+    def _seal(self, frame: list[Buffer]) -> list[Buffer]:
+        return self._tx.seal(frame) if self._tx is not None else frame
 
     def close(self, code: ErrorCode, reason: str, wall_ms: int) -> None:
         """Queue a Close frame and move to CLOSED (no-op if already closed)."""
@@ -194,7 +211,7 @@ class PeerConnection:
         return out
 
     def _queue(self, message: Message, wall_ms: int) -> None:
-        self._out.extend(self._signer.encode(message, wall_ms))
+        self._out.extend(self._seal(self._signer.encode(message, wall_ms)))
 
     # -- input ------------------------------------------------------------------------------
     def receive_data(self, data: Buffer, now: float, wall_ms: int) -> list[Event]:
@@ -236,6 +253,8 @@ class PeerConnection:
                     break
                 self.frames_in += 1
                 self.last_received = now
+                if self._rx is not None:
+                    body = self._rx.open(body)
                 self._on_frame(body, now, wall_ms, events)
         except RemoteProtocolError as exc:
             events.append(self._fail(exc, wall_ms))
@@ -280,11 +299,26 @@ class PeerConnection:
             events.append(ConnectionLost(message.code, message.reason, True, clean=True))
             return
         if self.state is ConnectionState.HANDSHAKE:
-            for reply in self._handshake.handle(envelope, now):
+            replies = self._handshake.handle(envelope, now)
+            for reply in replies:
                 self._queue(reply, wall_ms)
+            hello = self._handshake.peer_hello
+            if replies and hello is not None and self._session_key is not None and hello.eph:
+                # our HELLO_ACK was the last plaintext frame we send; the peer's will be the
+                # last it sends (§6.7)
+                send, receive = session_keys(
+                    self._session_key,
+                    hello.eph,
+                    local_id=self._signer.key.peer_id.digest,
+                    peer_id=envelope.sender.digest,
+                    local_nonce=self._handshake.nonce,
+                    peer_nonce=hello.nonce,
+                )
+                self._tx, self._next_rx = Sealer(send), Sealer(receive)
             if self._handshake.result is not None:
                 self.result = self._handshake.result
                 self.state = ConnectionState.OPEN
+                self._rx = self._next_rx
                 events.append(HandshakeDone(self.result))
             return
         if isinstance(message, Hello | HelloAck):

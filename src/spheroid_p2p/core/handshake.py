@@ -53,6 +53,8 @@ class HandshakeResult:
     agent: str
     local_nonce: bytes = b""
     peer_nonce: bytes = b""
+    #: The peer's X25519 key for an encrypted session (§6.7); empty: it offered none.
+    peer_eph: bytes = b""
 
 
 def choose_version(ours: tuple[int, ...], theirs: tuple[int, ...]) -> int:
@@ -81,6 +83,7 @@ class Handshake:
         agent: str = "",
         timeout_s: float = HANDSHAKE_TIMEOUT_S,
         expected_peer: PeerId | None = None,
+        eph: bytes = b"",
     ) -> None:
         if len(nonce) != HANDSHAKE_NONCE_BYTES:
             raise LocalProtocolError(f"nonce must be {HANDSHAKE_NONCE_BYTES} random bytes")
@@ -93,6 +96,7 @@ class Handshake:
         self._agent = agent
         self._deadline = now + timeout_s
         self._expected_peer = expected_peer
+        self._eph = eph
         self._peer_hello: Hello | None = None
         self._peer_key: bytes | None = None
         self._version: int | None = None
@@ -107,6 +111,7 @@ class Handshake:
                 nonce=self._nonce,
                 agent=self._agent,
                 listen_addrs=self._listen_addrs,
+                eph=self._eph,
             )
         ]
 
@@ -202,7 +207,18 @@ class Handshake:
             agent=hello.agent,
             local_nonce=self._nonce,
             peer_nonce=hello.nonce,
+            peer_eph=hello.eph,
         )
+
+    @property
+    def nonce(self) -> bytes:
+        """The nonce we put in our Hello."""
+        return self._nonce
+
+    @property
+    def peer_hello(self) -> Hello | None:
+        """The peer's Hello, once received."""
+        return self._peer_hello
 
     def _fail(self, exc: RemoteProtocolError) -> None:
         self.state = HandshakeState.FAILED

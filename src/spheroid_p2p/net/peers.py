@@ -270,8 +270,11 @@ class PeerManager:
         max_connections: int = 64,
         versions: tuple[int, ...] = SUPPORTED_VERSIONS,
         dial_timeout_s: float = 5.0,
+        encrypt: bool = True,
     ) -> None:
         self.signer = signer
+        #: offer an encrypted session on every connection (06 §6.7)
+        self.encrypt = encrypt
         self.on_open = on_open
         self.on_message = on_message
         self.on_close = on_close
@@ -354,6 +357,7 @@ class PeerManager:
             versions=self.versions,
             expected_peer=expected,
             pool=self.pool,
+            session_key=os.urandom(32) if self.encrypt else None,
         )
 
     async def dial(self, addr: str, expected: PeerId | None = None) -> PeerId:
@@ -431,11 +435,12 @@ class PeerManager:
         if not link.opened.done():
             link.opened.set_result(peer)
         log.info(
-            "[%s] connected to %s (%s, %s)",
+            "[%s] connected to %s (%s, %s, %s)",
             self.me.short(),
             peer.short(),
             link.addr,
             "outbound" if link.outbound else "inbound",
+            "encrypted" if link.conn.encrypted else "PLAINTEXT: the peer offered no session",
         )
         if existing is None:
             result = link.conn.result

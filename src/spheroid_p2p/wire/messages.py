@@ -24,6 +24,7 @@ from spheroid_p2p.params import (
     MAX_TENSOR_BYTES,
     MAX_TENSOR_CHUNKS,
     MAX_TENSOR_DIMS,
+    SESSION_KEY_BYTES,
     TENSOR_CHUNK_BYTES,
 )
 from spheroid_p2p.wire.addr import check_addrs
@@ -122,12 +123,15 @@ def wire(
     required: bool | None = None,
     encode: Callable[[Any], Any] | None = None,
     decode: Callable[[Any], Any] | None = None,
+    omit_default: bool = False,
 ) -> Any:
     """A message field and its body key: the field table :class:`Message` encodes from.
 
     ``array``: a tuple sent as a msgpack array. A field with a default may be absent from a
     received body (then it takes the default) unless ``required``. ``encode``/``decode``
     convert nested values (``decode`` gets the msgpack value, may raise ``LocalProtocolError``).
+    ``omit_default``: an optional field added by a later revision is left out of the body
+    while it holds its default, so messages that do not use it keep their earlier bytes.
     """
     meta = {
         "wire": key,
@@ -135,6 +139,7 @@ def wire(
         "required": default is MISSING if required is None else required,
         "encode": encode,
         "decode": decode,
+        "omit": omit_default,
     }
     if default is MISSING:
         return field(metadata=meta)
@@ -156,6 +161,8 @@ class Message:
         for f in _wire_fields(type(self)):
             meta = f.metadata
             value = getattr(self, f.name)
+            if meta["omit"] and value == f.default:
+                continue
             if meta["encode"] is not None:
                 value = meta["encode"](value)
             elif meta["array"]:
@@ -235,6 +242,8 @@ class Hello(Message):
     nonce: bytes = wire("nonce")
     agent: str = wire("agent", "")
     listen_addrs: tuple[str, ...] = wire("addrs", (), array=True)
+    #: X25519 public key for an encrypted session (06 §6.7, r7); empty: none offered.
+    eph: bytes = wire("eph", b"", omit_default=True)
 
     def __post_init__(self) -> None:
         if not isinstance(self.versions, tuple) or not self.versions:
@@ -246,6 +255,8 @@ class Hello(Message):
         _check_str("agent", self.agent)
         _check_str_tuple("listen_addrs", self.listen_addrs)
         check_addrs("listen_addrs", self.listen_addrs)
+        if not isinstance(self.eph, bytes) or len(self.eph) not in (0, SESSION_KEY_BYTES):
+            raise _bad(f"eph must be empty or {SESSION_KEY_BYTES} bytes")
 
 
 @_register
@@ -562,7 +573,7 @@ class StatusRequest(Message):
     TYPE: ClassVar[MessageType] = MessageType.STATUS_REQUEST
     request_id: int = wire("rid")
     #: Records to skip: the page starts at this index of the key-ordered table (r7).
-    offset: int = wire("off", 0)
+    offset: int = wire("off", 0, omit_default=True)
 
     def __post_init__(self) -> None:
         _check_uint("request_id", self.request_id)
@@ -647,7 +658,7 @@ class StatusResponse(Message):
                 [c.peer, c.addr, c.outbound, float(c.rtt_ms), c.idle_ms] for c in self.connections
             ],
             "drops": [[k, v] for k, v in self.dropped],
-            "total": self.total,
+            **({"total": self.total} if self.total else {}),
         }
 
     @classmethod

@@ -114,3 +114,53 @@ def test_garbage_closes_with_a_coded_close_frame() -> None:
     (closed,) = a.receive_data(join_frame(b.take_outgoing()), 1.0, WALL)
     assert isinstance(closed, ConnectionLost) and closed.by_peer
     assert closed.code == ErrorCode.MALFORMED_FRAME
+
+
+def _session_pair(
+    key_a: bytes | None, key_b: bytes | None
+) -> tuple[PeerConnection, PeerConnection]:
+    a = PeerConnection(
+        FrameSigner(A, 1000), now=0.0, nonce=b"a" * 32, params=PARAMS, session_key=key_a
+    )
+    b = PeerConnection(
+        FrameSigner(B, 5000), now=0.0, nonce=b"b" * 32, params=PARAMS, session_key=key_b
+    )
+    a.start(WALL)
+    b.start(WALL)
+    return a, b
+
+
+def test_encrypted_session_seals_every_frame_after_the_handshake() -> None:
+    """Both offer eph: the handshake completes (byte by byte), later frames are sealed (the
+    plaintext does not appear on the wire) and open on the other side; a flipped bit closes
+    the connection with DECRYPTION_FAILED."""
+    a, b = _session_pair(bytes(range(32)), bytes(range(32, 64)))
+    ev_a, ev_b = _pump(a, b)
+    assert isinstance(ev_a[0], HandshakeDone) and isinstance(ev_b[0], HandshakeDone)
+    assert a.encrypted and b.encrypted
+    summary = GossipSummary(table_hash=b"\x42" * 32, count=7)
+    wire = join_frame(a.send(summary, WALL))
+    assert b"\x42" * 32 not in wire  # sealed
+    for i in range(len(wire)):
+        events = b.receive_data(wire[i : i + 1], 0.2, WALL)
+    assert isinstance(events[0], MessageReceived) and events[0].message == summary
+    # the keep-alive the machines queue themselves is sealed too
+    b.handle_timer(5.5, WALL)
+    assert a.receive_data(join_frame(b.take_outgoing()), 5.6, WALL) == []  # a sealed PING
+    assert a.take_outgoing()  # the sealed PONG
+    bad = bytearray(join_frame(a.send(summary, WALL)))
+    bad[-1] ^= 0x01
+    (lost,) = b.receive_data(bytes(bad), 0.3, WALL)
+    assert isinstance(lost, ConnectionLost) and lost.code == ErrorCode.DECRYPTION_FAILED
+
+
+def test_a_peer_that_offers_no_session_gets_a_plaintext_connection() -> None:
+    a, b = _session_pair(bytes(range(32)), None)
+    ev_a, ev_b = _pump(a, b)
+    assert isinstance(ev_a[0], HandshakeDone) and isinstance(ev_b[0], HandshakeDone)
+    assert not a.encrypted and not b.encrypted
+    summary = GossipSummary(table_hash=b"\x42" * 32, count=7)
+    wire = join_frame(a.send(summary, WALL))
+    assert b"\x42" * 32 in wire
+    (event,) = b.receive_data(wire, 0.2, WALL)
+    assert isinstance(event, MessageReceived) and event.message == summary
