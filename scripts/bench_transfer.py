@@ -214,7 +214,7 @@ def ceiling(mib: int, repeats: int) -> dict[str, float]:
 
 
 def _holder(
-    tmp: Path, name: str, tensors: dict[str, torch.Tensor], **manifest: Any
+    tmp: Path, name: str, tensors: dict[str, torch.Tensor], *flags: str, **manifest: Any
 ) -> tuple[NodeProcess, StoredSet]:
     """A node process whose store holds ``tensors`` as one set (put before it starts)."""
     store = VersionStore(tmp / name / "versions")
@@ -227,18 +227,26 @@ def _holder(
         **manifest,
     )
     store.close()
-    return NodeProcess(tmp, name, "--compression", "none", verbose=0).start(), stored
+    return NodeProcess(tmp, name, "--compression", "none", *flags, verbose=0).start(), stored
 
 
-async def stream(tmp: Path, mib: int, repeats: int) -> tuple[float, int]:
+async def stream(tmp: Path, mib: int, repeats: int, encrypt: bool = True) -> tuple[float, int]:
+    """Best time to fetch a ``mib`` MiB version from a holder process, over an encrypted
+    session (the default, 06 §6.7) or a plaintext one (both sides ``--plaintext``)."""
     tensors = _tensors(mib)
-    holder, stored = _holder(tmp, f"holder{mib}", tensors, version=1)
+    flags = () if encrypt else ("--plaintext",)
+    holder, stored = _holder(
+        tmp, f"holder{mib}{'' if encrypt else 'p'}", tensors, *flags, version=1
+    )
     content = stored.manifest.content
     times = []
     try:
         for i in range(repeats):
             cfg = NodeConfig(
-                data_dir=tmp / f"fetch{mib}-{i}", key=tmp / "fetch.key", compression="none"
+                data_dir=tmp / f"fetch{mib}-{i}{'' if encrypt else 'p'}",
+                key=tmp / "fetch.key",
+                compression="none",
+                encrypt=encrypt,
             )
             async with running_node(cfg) as node:
                 await node.peers.dial(holder.addr)
@@ -330,6 +338,17 @@ def main() -> int:
                     "fraction_of_ceiling": nbytes / ours / 1e9 / results["ceiling"]["ceiling_GBps"],
                 }
             )
+        # the cost of encrypted sessions: the same 64 MiB fetch, sealed against plaintext
+        sealed, nbytes = run_async(stream(tmp, 64, args.repeats, encrypt=True))
+        plain, _ = run_async(stream(tmp, 64, args.repeats, encrypt=False))
+        results["encryption"] = {
+            "mib": 64,
+            "encrypted_s": sealed,
+            "plaintext_s": plain,
+            "encrypted_GBps": nbytes / sealed / 1e9,
+            "plaintext_GBps": nbytes / plain / 1e9,
+            "rate_ratio": plain / sealed,
+        }
         allreduce = gloo(96, args.repeats, "allreduce")
         c = results["ceiling"]
         for encoding in ("float32", "bfloat16"):
@@ -367,6 +386,11 @@ def main() -> int:
             f"{x['floor_s']:.2f} s)"
             for x in r
         )  # type: ignore[union-attr]
+        + "; encrypted 64 MiB at {:.2f}x the plaintext rate ({:.2f} vs {:.2f} GB/s)".format(
+            results["encryption"]["rate_ratio"],  # type: ignore[index]
+            results["encryption"]["encrypted_GBps"],  # type: ignore[index]
+            results["encryption"]["plaintext_GBps"],  # type: ignore[index]
+        )
         + f" -> {args.out}"
     )
     return 0

@@ -138,6 +138,7 @@ class Node:
             capabilities=NODE_CAPABILITIES,
             max_connections=config.max_connections,
             versions=config.versions,
+            encrypt=config.encrypt,
             # tensor chunks are hashed on the transfer worker thread, not while decoding
             params=ConnectionParams(verify_chunks=False),
         )

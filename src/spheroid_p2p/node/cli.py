@@ -119,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--ar-stage", help="which stage of --ar-checkpoint, as S/N (e.g. 0/4)")
     run.add_argument("--max-connections", type=int)
+    run.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="offer no encrypted session (sessions are encrypted by default; this is for "
+        "measuring their cost, or for a peer that cannot)",
+    )
     run.add_argument("--record-ttl", type=float, help="seconds a gossiped record lives")
     run.add_argument("--gossip-interval", type=float, help="seconds between anti-entropy rounds")
     run.add_argument("--fanout", type=int, help="peers each change is pushed to")
@@ -256,6 +262,8 @@ def node_config(args: argparse.Namespace) -> Any:
             values[name] = getattr(args, name)
     if args.allow_peers is not None:
         values["allow_peers"] = args.allow_peers
+    if args.plaintext:
+        values["encrypt"] = False
     values["model"] = _model(args, values.get("model"))
     gossip = values.get("gossip", GossipParams())
     for flag, field_name in (

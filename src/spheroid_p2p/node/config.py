@@ -71,6 +71,9 @@ class NodeConfig:
     #: our blocks (contribute deltas, aggregate, publish versions we install). None: open.
     #: Given as a set of peer ids or the path of a file that lists them.
     allow_peers: frozenset[PeerId] | Path | None = None
+    #: Offer an encrypted session on every connection (06 §6.7); False only to measure the
+    #: cost (``--plaintext``) or to talk to a peer that cannot.
+    encrypt: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.allow_peers, str | Path):

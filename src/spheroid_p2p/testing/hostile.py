@@ -191,10 +191,16 @@ class HostilePeer:
             return None
         return self.lost
 
+    async def drain(self, timeout_s: float = 1.0) -> None:
+        """Wait (bounded) until TCP takes what we wrote: a flood then goes as fast as the node
+        reads, as a remote attacker's would, instead of piling up here."""
+        if self._writer is not None and not self._writer.is_closing():
+            with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+                await asyncio.wait_for(self._writer.drain(), timeout_s)
+
     async def close(self) -> None:
+        """Drop the connection at once (what is still unsent is discarded)."""
         if self._writer is not None:
-            self._writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await self._writer.wait_closed()
+            self._writer.transport.abort()
         if self._reader_task is not None:
             self._reader_task.cancel()
