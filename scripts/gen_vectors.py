@@ -82,7 +82,7 @@ from spheroid_p2p.wire.versions import (
     weights_hash,
 )
 
-SPEC_REVISION = "r5"
+SPEC_REVISION = "r7"
 OUT_DIR = Path(__file__).resolve().parent.parent / "protocol" / "vectors"
 
 SEED_A = bytes(range(32))
