@@ -584,10 +584,15 @@ def kill_during_round(tmp: Path) -> dict[str, Any]:
     wait_for(lambda: last_step(node.log()) >= 120, timeout_s=180)
     node.kill9()
     killed_at = last_step(node.log())
+    offset = len(node.log())  # the restart appends to the same log
     again = NodeProcess(tmp, "replica", *args, verbose=1).start()
-    wait_for(lambda: "joined at version" in again.log().split("resuming")[-1], timeout_s=120)
-    resumed = re.findall(r"resuming training at step (\d+)", again.log())
-    wait_for(lambda: last_step(again.log()) > killed_at + 20, timeout_s=120)
+
+    def new_log() -> str:
+        return again.log()[offset:]
+
+    wait_for(lambda: "joined at version" in new_log(), timeout_s=120)
+    resumed = re.findall(r"resuming training at step (\d+)", new_log())
+    wait_for(lambda: last_step(new_log()) > killed_at + 20, timeout_s=120)
     again.stop()
     step = int(resumed[-1]) if resumed else 0
     return {
@@ -605,10 +610,13 @@ async def kill_during_traversal(tmp: Path, ckpt: list[str]) -> dict[str, Any]:
 
     a = NodeProcess(tmp, "sa", *ckpt, "--threads", "1", verbose=0).start()
     b = NodeProcess(tmp, "sb", *ckpt, "--threads", "1", "--bootstrap", a.addr, verbose=0).start()
-    wait_for(
-        lambda: sum(r.role == "serve" for r in a.status().records) >= 2 * MODEL.n_blocks,
-        timeout_s=60,
-    )
+    from spheroid_p2p.node.status import fetch_status
+
+    for _ in range(300):  # both servers' records of every block reached a (bounded wait)
+        view = await fetch_status(a.addr)
+        if sum(r.role == "serve" for r in view.records) >= 2 * MODEL.n_blocks:
+            break
+        await asyncio.sleep(0.2)
     client = TraversalClient(timeout_s=30.0)
     await client.start()
     try:
@@ -666,15 +674,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle", type=float, default=2.0, help="seconds of idle baseline")
     parser.add_argument("--only", help="comma-separated scenario names (substrings)")
     parser.add_argument("--skip-kills", action="store_true")
+    parser.add_argument(
+        "--kills-only",
+        action="store_true",
+        help="run only the kill -9 scenarios and add them to the rows already in --out",
+    )
     args = parser.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
+    if args.kills_only and args.out.exists():
+        old = json.loads(args.out.read_text())
+        rows = [r for r in old.get("rows") or old.get("partial", []) if "status_ratio" in r]
     with tempfile.TemporaryDirectory() as td:
         tmp = Path(td)
         ckpt = _checkpoints(tmp)
         node = NodeProcess(tmp, "target", *ckpt, "--threads", "1", verbose=1).start()
         try:
             for name, (attack, expected) in SCENARIOS.items():
+                if args.kills_only:
+                    break
                 if args.only and not any(s in name for s in args.only.split(",")):
                     continue
                 result = asyncio.run(run_scenario(node, name, attack, args))
@@ -685,9 +703,13 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             node.stop()
         if not args.skip_kills:
-            rows.append(asyncio.run(kill_during_transfer(tmp)))
-            rows.append(kill_during_round(tmp))
-            rows.append(asyncio.run(kill_during_traversal(tmp, ckpt)))
+            for kill in (
+                lambda: asyncio.run(kill_during_transfer(tmp)),
+                lambda: kill_during_round(tmp),
+                lambda: asyncio.run(kill_during_traversal(tmp, ckpt)),
+            ):
+                rows.append(kill())
+                args.out.write_text(json.dumps({"partial": rows}, indent=2, default=str) + "\n")
     report = {
         "commit": git_commit(),
         "model": MODEL.to_json(),

@@ -23,7 +23,7 @@ __all__ = ["REQUEST_RATES", "FairQueue", "PeerLimits", "TokenBucket"]
 REQUEST_RATES: Final = {
     "status": (5.0, 20.0),
     # records (a GOSSIP_RECORDS message costs one token per record: each is a signature check)
-    "gossip": (256.0, 512.0),
+    "gossip": (128.0, 256.0),
     "gossip_sync": (1.0, 3.0),
     # block-steps (a TRAVERSE costs m x the blocks it asks for)
     "traverse": (4000.0, 8000.0),

@@ -64,6 +64,11 @@ MAX_PENDING_HANDSHAKES = 32
 MAX_PENDING_PER_ADDRESS = 4
 #: Inbound connections from one source address (handshaken or not).
 MAX_CONNECTIONS_PER_ADDRESS = 32
+#: After a peer was throttled (it exceeded a rate limit), its connection is read this many
+#: bytes at a time for THROTTLED_READ_S: each resume then decodes a few of its frames, not a
+#: socket buffer full of them in one go (which would stall everyone else).
+THROTTLED_READ_BYTES = 4096
+THROTTLED_READ_S = 5.0
 
 
 class DialError(TransportError):
@@ -106,6 +111,7 @@ class _Link(asyncio.BufferedProtocol):
         self.addr = "?"
         self.host = "?"  # the source address of an inbound connection
         self.throttled = False
+        self.small_reads_until = 0.0
         self.transport: asyncio.Transport | None = None
         loop = asyncio.get_running_loop()
         self.opened: asyncio.Future[PeerId] = loop.create_future()
@@ -151,7 +157,10 @@ class _Link(asyncio.BufferedProtocol):
         self._arm_timer()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self.conn.get_buffer()
+        buf = self.conn.get_buffer()
+        if self.small_reads_until and time.monotonic() < self.small_reads_until:
+            return buf[:THROTTLED_READ_BYTES]  # a peer that flooded us: small bites
+        return buf
 
     def buffer_updated(self, nbytes: int) -> None:
         self._handle(self.conn.buffer_updated(nbytes, time.monotonic(), _wall_ms()))
@@ -512,6 +521,7 @@ class PeerManager:
         if link is None or link.transport is None or link.throttled:
             return
         link.throttled = True
+        link.small_reads_until = time.monotonic() + THROTTLED_READ_S
         link.transport.pause_reading()
         self.throttles += 1
 
