@@ -645,6 +645,110 @@ async def kill_during_traversal(tmp: Path, ckpt: list[str]) -> dict[str, Any]:
     return out
 
 
+async def poison_a_trainer(tmp: Path, tries: int) -> dict[str, Any]:
+    """Against a training replica, ``tries`` times each: an unsolicited NaN version and a 100x
+    version from a peer that is a replica, a NaN version from one that is not, and a NaN delta.
+    Counts what was installed or persisted (the goal: nothing, in 100 % of tries)."""
+    import torch
+
+    from spheroid_p2p.node.app import running_node
+    from spheroid_p2p.node.config import NodeConfig
+    from spheroid_p2p.node.status import fetch_status
+    from spheroid_p2p.node.store import raw_of
+    from spheroid_p2p.node.transfer import FetchError
+
+    model = ModelConfig(context=16, d_model=32, layers_per_block=1)
+    trainer = NodeProcess(
+        tmp, "trainer", *tiny_trainer_args(round_steps=5, round_period=4, round_grace=2), verbose=1
+    ).start()
+    target = PeerId.from_text(trainer.peer_id)
+    sent: list[bytes] = []
+    delta_codes: Counter[str] = Counter()
+    replica = NodeConfig(
+        data_dir=tmp / "evil",
+        key=tmp / "evil.key",
+        bootstrap=(trainer.addr,),
+        train_blocks=(0,),
+        model=model,
+    )
+    outsider = NodeConfig(data_dir=tmp / "out", key=tmp / "out.key", bootstrap=(trainer.addr,))
+    try:
+        async with running_node(replica) as evil, running_node(outsider) as other:
+            for _ in range(600):  # the trainer has published a version and sees our record
+                view = await fetch_status(trainer.addr)
+                mine = [r for r in view.records if r.owner == evil.key.peer_id.digest]
+                if mine and any(r.owner == target.digest and r.version >= 1 for r in view.records):
+                    break
+                await asyncio.sleep(0.2)
+
+            async def newest() -> tuple[Any, dict[str, torch.Tensor]]:
+                recs = [r for r in evil.gossip.owners_of(0) if r.owner == target and r.content_hash]
+                rec = max(recs, key=lambda r: r.version)
+                await evil.connect_all([target])
+                signed = await evil.transfers.get_manifest(target, 0, rec.content_hash)
+                return signed, (await evil.transfers.fetch(signed, [target])).stored.tensors()
+
+            for _ in range(tries):
+                try:
+                    signed, base = await newest()
+                except FetchError:
+                    continue
+                m = signed.manifest
+                for node, make in (
+                    (evil, lambda v: torch.full_like(v, float("nan"))),
+                    (evil, lambda v: v * 100 + 1),
+                    (other, lambda v: torch.full_like(v, float("nan"))),
+                ):
+                    bad = node.store.put(
+                        node.key,
+                        {k: make(v) for k, v in base.items()},
+                        block=0,
+                        version=m.version + 2,
+                        parent=m.content,
+                        config_hash=model.config_hash(),
+                        created_ms=m.created_ms,
+                        next_deadline_ms=m.next_deadline_ms,
+                    )
+                    node.transfers.push_manifest(target, bad.signed)
+                    sent.append(bad.manifest.content)
+                poison = {
+                    k: torch.full_like(v, float("nan")).to(torch.bfloat16) for k, v in base.items()
+                }
+                try:
+                    ack = await evil.transfers.send_delta(
+                        target,
+                        block=0,
+                        round_=m.version + 1,
+                        base=m.content,
+                        base_version=m.version,
+                        steps=5,
+                        loss=1.0,
+                        encoding=2,
+                        tensors={k: raw_of(v) for k, v in poison.items()},
+                        timeout_s=20,
+                    )
+                    delta_codes[code_name(ack.code)] += 1
+                except (FetchError, TimeoutError):
+                    delta_codes["no answer"] += 1
+                await asyncio.sleep(1.0)
+            await asyncio.sleep(3.0)
+    finally:
+        alive = trainer.alive()
+        trainer.stop()
+    log = trainer.log()
+    held = {p.name.split(".")[0] for p in (tmp / "trainer" / "versions").glob("*")}
+    persisted = sum(c.hex() in held for c in sent)
+    return {
+        "scenario": "poisoned versions and NaN deltas to a trainer",
+        "versions_pushed": len(sent),
+        "versions_refused": log.count("refused: "),
+        "versions_persisted": persisted,
+        "nan_deltas": dict(delta_codes),
+        "alive": alive,
+        "data_lost": "none" if persisted == 0 and alive else "POISONED",
+    }
+
+
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -679,10 +783,23 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run only the kill -9 scenarios and add them to the rows already in --out",
     )
+    parser.add_argument(
+        "--poison-only",
+        action="store_true",
+        help="run only the poisoning scenario and add it to the rows already in --out",
+    )
     args = parser.parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
-    if args.kills_only and args.out.exists():
+    if args.poison_only:
+        old = json.loads(args.out.read_text()) if args.out.exists() else {}
+        rows = [
+            r for r in old.get("rows") or old.get("partial", []) if "poison" not in r["scenario"]
+        ]
+        with tempfile.TemporaryDirectory() as td:
+            rows.append(asyncio.run(poison_a_trainer(Path(td), args.tries)))
+        args.kills_only, args.skip_kills = True, True
+    if args.kills_only and args.out.exists() and not args.poison_only:
         old = json.loads(args.out.read_text())
         rows = [r for r in old.get("rows") or old.get("partial", []) if "status_ratio" in r]
     with tempfile.TemporaryDirectory() as td:
@@ -704,6 +821,7 @@ def main(argv: list[str] | None = None) -> int:
             node.stop()
         if not args.skip_kills:
             for kill in (
+                lambda: asyncio.run(poison_a_trainer(tmp, args.tries)),
                 lambda: asyncio.run(kill_during_transfer(tmp)),
                 lambda: kill_during_round(tmp),
                 lambda: asyncio.run(kill_during_traversal(tmp, ckpt)),
