@@ -88,17 +88,18 @@ class Sealer:
         return nonce
 
     def seal(self, buffers: list[Buffer]) -> list[Buffer]:
-        """A plaintext frame (its buffers, length prefix first) -> the sealed frame."""
-        body = b"".join(bytes(b) for b in buffers)[4:]
+        """A plaintext frame (its buffers, length prefix first) -> the sealed frame, as the
+        new length prefix and the ciphertext (two buffers: the ciphertext is not copied)."""
+        body = buffers[0][4:] if len(buffers) == 1 else b"".join(buffers)[4:]
         prefix = frame_header(len(body) + SESSION_TAG_BYTES)
-        return [prefix + self._aead.encrypt(self._nonce(), body, prefix)]
+        return [prefix, self._aead.encrypt(self._nonce(), body, prefix)]
 
     def open(self, sealed: Buffer) -> bytes:
         """A received sealed body -> the frame body; ``DECRYPTION_FAILED`` if it was not
         sealed by the peer's key for this position in the stream."""
         prefix = struct.pack(">I", len(sealed))
         try:
-            return self._aead.decrypt(self._nonce(), bytes(sealed), prefix)
+            return self._aead.decrypt(self._nonce(), sealed, prefix)
         except InvalidTag:
             raise RemoteProtocolError(
                 f"frame {self.count - 1} does not open with the session key",
