@@ -42,18 +42,21 @@ from spheroid_p2p.core.rounds import (
 )
 from spheroid_p2p.errors import ErrorCode, code_name
 from spheroid_p2p.ml.averaging import (
-    ENCODING_DTYPES,
-    SCALE_SUFFIX,
     DeltaEncoder,
     apply_average,
     check_delta,
     decode_delta,
     delta_of,
-    int8_scale_shape,
     tensors_norm,
 )
 from spheroid_p2p.ml.checkpoint import atomic_write, save_block
-from spheroid_p2p.node.store import StoredSet, raw_of, tensor_of, wire_dtype
+from spheroid_p2p.node.admission import (
+    SetCheck,
+    delta_layout_problem,
+    join_check,
+    version_check,
+)
+from spheroid_p2p.node.store import StoredSet, raw_of, tensor_of
 from spheroid_p2p.node.transfer import FetchError, ReceivedDelta, VersionRejected
 from spheroid_p2p.wire.signing import PeerId
 from spheroid_p2p.wire.versions import (
@@ -197,7 +200,8 @@ class BlockReplica:
                 manifest = await self.node.transfers.get_manifest(
                     newest.owner, self.block, newest.content_hash
                 )
-                stored = await self._fetch_full(manifest, [newest.owner], self._join_check())
+                like = self.job.trainer.block.state_dict()
+                stored = await self._fetch_full(manifest, [newest.owner], join_check(like))
                 break
             except FetchError as exc:  # it moved on (pruned that version) or went away
                 log.info(
@@ -226,24 +230,6 @@ class BlockReplica:
             stored.manifest.content.hex()[:12],
             stored.manifest.signer.short(),
         )
-
-    def _join_check(self) -> Callable[[dict[str, torch.Tensor]], str | None]:
-        """A version we join at has this block's tensors and is finite (with no base yet,
-        there is no parent to bound its change against)."""
-        like = self.job.trainer.block.state_dict()
-
-        def check(tensors: dict[str, torch.Tensor]) -> str | None:
-            if set(tensors) != set(like):
-                return "tensor names differ from the block's"
-            for name, t in like.items():
-                got = tensors[name]
-                if got.dtype != t.dtype or got.shape != t.shape:
-                    return f"tensor {name} differs from the block's"
-                if got.is_floating_point() and not bool(torch.isfinite(got).all()):
-                    return f"non-finite values in {name}"
-            return None
-
-        return check
 
     async def _wait_for_replicas(self) -> None:
         want = self.settings.min_replicas
@@ -322,7 +308,7 @@ class BlockReplica:
         self,
         signed: SignedManifest,
         holders: list[PeerId],
-        check: Callable[[dict[str, torch.Tensor]], str | None] | None = None,
+        check: SetCheck | None = None,
     ) -> StoredSet:
         m = signed.manifest
         more = [p for p in self.holders(m.content) if p not in holders]
@@ -508,21 +494,8 @@ class BlockReplica:
             return int(ErrorCode.NOT_READY), "this replica has not joined yet"
         if sender not in self.live_replicas():
             return int(ErrorCode.DELTA_REJECTED), "not a live replica of this block"
-        encoding = ENCODINGS.get(header.encoding)
-        if encoding not in ENCODING_DTYPES:
-            return int(ErrorCode.DELTA_REJECTED), f"unknown encoding {header.encoding}"
-        want: dict[str, tuple[int, tuple[int, ...]]] = {}
-        code = wire_dtype(ENCODING_DTYPES[encoding])
-        for name, t in base.tensors.items():
-            want[name] = (code, tuple(t.shape))
-            if encoding == "int8":
-                scale = int8_scale_shape(tuple(t.shape))
-                want[name + SCALE_SUFFIX] = (wire_dtype(torch.float32), scale)
-        got = {e.name: (e.dtype, tuple(e.shape)) for e in header.tensors}
-        if got != want:
-            wrong = sorted(n for n in set(got) | set(want) if got.get(n) != want.get(n))
-            return int(ErrorCode.DELTA_REJECTED), f"tensors differ from the block's: {wrong[:3]}"
-        return None
+        problem = delta_layout_problem(header, base.tensors)
+        return None if problem is None else (int(ErrorCode.DELTA_REJECTED), problem)
 
     def on_delta(self, delta: ReceivedDelta) -> None:
         """A delta for this block arrived (the node routes it here)."""
@@ -724,30 +697,10 @@ class BlockReplica:
                 return f"{signer.short()} is aggregator {rank} of round {version}, not yet its turn"
         return None
 
-    def _content_check(
-        self, base: _Base, gap: int, encoding: str | None
-    ) -> Callable[[dict[str, torch.Tensor]], str | None]:
-        """A check of a fetched set against our base: a full version's weights (``encoding``
-        None) or an update in ``encoding``: the block's tensor names, dtypes and shapes, all
-        finite, and a change of at most ``max_relative_norm`` x ``gap`` x the base's norm."""
+    def _content_check(self, base: _Base, gap: int, encoding: str | None) -> SetCheck:
+        """The check of a set fetched on top of ``base`` (node.admission.version_check)."""
         bound = self.settings.params.max_relative_norm * max(1, gap)
-
-        def check(tensors: dict[str, torch.Tensor]) -> str | None:
-            if encoding is None:
-                for name, t in base.tensors.items():
-                    got = tensors.get(name)
-                    if got is None or got.dtype != t.dtype or got.shape != t.shape:
-                        return f"tensor {name} differs from the block's"
-                if set(tensors) != set(base.tensors):
-                    return "tensor names differ from the block's"
-                change = delta_of(tensors, base.tensors)
-            else:
-                change, problem = decode_delta(tensors, encoding, base.tensors)
-                if problem is not None:
-                    return problem
-            return check_delta(change, base.norm, bound).problem
-
-        return check
+        return version_check(base.tensors, base.norm, bound, encoding)
 
     def on_manifest(self, sender: PeerId, signed: SignedManifest) -> None:
         m = signed.manifest
