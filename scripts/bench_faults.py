@@ -49,7 +49,12 @@ from spheroid_p2p.ml.checkpoint import save_block  # noqa: E402
 from spheroid_p2p.ml.config import ModelConfig  # noqa: E402
 from spheroid_p2p.node.launcher import NodeProcess, wait_for  # noqa: E402
 from spheroid_p2p.testing import tiny_trainer_args  # noqa: E402
-from spheroid_p2p.testing.hostile import HostilePeer, crafted_record, zstd_bomb  # noqa: E402
+from spheroid_p2p.testing.hostile import (  # noqa: E402
+    HostilePeer,
+    crafted_record,
+    oversized_delta_header,
+    zstd_bomb,
+)
 from spheroid_p2p.wire.codec import Envelope  # noqa: E402
 from spheroid_p2p.wire.messages import (  # noqa: E402
     GossipDigest,
@@ -388,26 +393,8 @@ async def attack_conn_flood(addr: str, server: bytes, end: float) -> Counter[str
 
 
 async def attack_delta_header(addr: str, server: bytes, end: float) -> Counter[str]:
-    from spheroid_p2p.wire.tensors import content_hash
-    from spheroid_p2p.wire.versions import DeltaHeader, TensorEntry
-
-    hashes = bytes(32 * 1024)
-    entry = TensorEntry("w", 1, (1 << 28,), content_hash(1, (1 << 28,), hashes), hashes)
-
     def act(p: HostilePeer, i: int) -> None:
-        p.send(
-            DeltaHeader(
-                stream_id=i + 1,
-                block=0,
-                round=1,
-                base=bytes(32),
-                base_version=0,
-                steps=1,
-                loss=1.0,
-                encoding=2,
-                tensors=(entry,),
-            )
-        )
+        p.send(oversized_delta_header(i + 1))
 
     return await _one_connection(addr, end, act, 0.01)
 

@@ -67,7 +67,7 @@ MAX_STR_LEN: Final = 4096
 MAX_BIN_LEN: Final = 48 * 1024
 MAX_ARRAY_LEN: Final = 4096
 MAX_MAP_LEN: Final = 64
-#: Longest address text (02 §2.5): a 253-character DNS name, ':' and a five-digit port.
+#: Longest address text (02 §2.4): a 253-character DNS name, ':' and a five-digit port.
 MAX_ADDR_LEN: Final = 259
 #: Addresses in one record or HELLO.
 MAX_ADDRS: Final = 8

@@ -248,22 +248,18 @@ def test_session_vectors() -> None:
     a_priv, b_priv = h(k["a_eph_private"]), h(k["b_eph_private"])
     assert ephemeral_public(a_priv).hex() == k["a_eph"]
     assert ephemeral_public(b_priv).hex() == k["b_eph"]
-    a = session_keys(
-        a_priv,
-        h(k["b_eph"]),
-        local_id=h(k["a_peer_id"]),
-        peer_id=h(k["b_peer_id"]),
-        local_nonce=h(k["a_nonce"]),
-        peer_nonce=h(k["b_nonce"]),
-    )
-    b = session_keys(
-        b_priv,
-        h(k["a_eph"]),
-        local_id=h(k["b_peer_id"]),
-        peer_id=h(k["a_peer_id"]),
-        local_nonce=h(k["b_nonce"]),
-        peer_nonce=h(k["a_nonce"]),
-    )
+
+    def keys(me: str, other: str) -> tuple[bytes, bytes]:
+        return session_keys(
+            h(k[f"{me}_eph_private"]),
+            h(k[f"{other}_eph"]),
+            local_id=h(k[f"{me}_peer_id"]),
+            peer_id=h(k[f"{other}_peer_id"]),
+            local_nonce=h(k[f"{me}_nonce"]),
+            peer_nonce=h(k[f"{other}_nonce"]),
+        )
+
+    a, b = keys("a", "b"), keys("b", "a")
     assert (a[0].hex(), a[1].hex()) == (k["a_send_key"], k["a_receive_key"])
     assert b == (a[1], a[0])
     opener = Sealer(b[1])

@@ -16,10 +16,15 @@ from spheroid_p2p.node.app import Node, running_node
 from spheroid_p2p.node.config import NodeConfig
 from spheroid_p2p.node.status import fetch_status
 from spheroid_p2p.testing import tiny_trainer_args
-from spheroid_p2p.testing.hostile import HostilePeer, crafted_record, zstd_bomb
+from spheroid_p2p.testing.hostile import (
+    HostilePeer,
+    crafted_record,
+    oversized_delta_header,
+    zstd_bomb,
+)
 from spheroid_p2p.wire.messages import GossipRecords, MessageType, RelayedRecord, StatusRequest
 from spheroid_p2p.wire.signing import KeyPair
-from spheroid_p2p.wire.tensors import chunk_digest, content_hash
+from spheroid_p2p.wire.tensors import chunk_digest
 from spheroid_p2p.wire.traversal import Hop, InlineTensor, Traverse, TraverseError
 from spheroid_p2p.wire.versions import REQUEST_ID_BIT, ChunkGet, TransferError, VersionGet
 from tests.support.swarm import NodeProcess, wait_for
@@ -275,7 +280,7 @@ def test_poisoned_versions_and_oversized_delta_headers_are_refused(tmp_path: Pat
 
     from spheroid_p2p.ml.config import ModelConfig
     from spheroid_p2p.wire.signing import PeerId
-    from spheroid_p2p.wire.versions import DeltaAck, DeltaHeader, TensorEntry
+    from spheroid_p2p.wire.versions import DeltaAck
 
     trainer = NodeProcess(tmp_path, "r0", *TRAINER, verbose=1).start()
     model = ModelConfig(context=16, d_model=32, layers_per_block=1)
@@ -331,19 +336,7 @@ def test_poisoned_versions_and_oversized_delta_headers_are_refused(tmp_path: Pat
             sid = 77
             ack: asyncio.Future[DeltaAck] = asyncio.get_running_loop().create_future()
             evil.transfers._acks[(target, sid)] = ack
-            hashes = bytes(32 * 1024)
-            entry = TensorEntry("w", 1, (1 << 28,), content_hash(1, (1 << 28,), hashes), hashes)
-            header = DeltaHeader(
-                stream_id=sid,
-                block=0,
-                round=1,
-                base=bytes(32),
-                base_version=0,
-                steps=1,
-                loss=1.0,
-                encoding=2,
-                tensors=(entry,),
-            )
+            header = oversized_delta_header(sid)
             before = _hwm_kib(trainer.proc.pid)  # type: ignore[union-attr]
             assert evil.peers.send(target, header)
             answer = await asyncio.wait_for(ack, 10)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from spheroid_p2p.core.actions import Action, Dial, Probe, Send
@@ -419,7 +420,7 @@ class GossipService:
                 for r, source in current
                 if source != peer
             )
-            for batch in _batches(list(relayed)):
+            for batch in _batches(relayed):
                 actions.append(self._send(peer, GossipRecords(records=batch)))
         return actions
 
@@ -461,7 +462,7 @@ class GossipService:
 _RELAYED_OVERHEAD = 16
 
 
-def _batches(relayed: list[RelayedRecord]) -> list[tuple[RelayedRecord, ...]]:
+def _batches(relayed: Sequence[RelayedRecord]) -> list[tuple[RelayedRecord, ...]]:
     """Split records into GOSSIP_RECORDS batches of at most ``MAX_RECORDS_PER_MESSAGE``
     records and ``MAX_GOSSIP_BATCH_BYTES`` bytes (§7.5), so no batch nears the signed-size
     limit a receiver enforces."""

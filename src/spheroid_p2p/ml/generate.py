@@ -20,7 +20,7 @@ import torch
 from spheroid_p2p.ml.block import BlockDenoiser, SpanPlan
 from spheroid_p2p.ml.config import ModelConfig
 from spheroid_p2p.ml.noise import NoisePartition
-from spheroid_p2p.ml.sampler import StepGate, block_hop, block_points, initial_noise
+from spheroid_p2p.ml.sampler import StepHook, block_hop, block_points, initial_noise
 
 __all__ = ["generate", "pick_bytes", "run_blocks", "start_noise", "window"]
 
@@ -54,7 +54,7 @@ def run_blocks(
     clean: bytes,
     z: torch.Tensor,
     steps_per_block: int,
-    gate: StepGate | None = None,
+    gate: StepHook | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One hop: blocks first..last in order. Returns (z, final logits if ``last`` is the
     model's last block, else None). ``gate`` is entered around every denoiser call."""

@@ -22,7 +22,7 @@ from spheroid_p2p.ml.noise import NoisePartition
 
 __all__ = [
     "HopResult",
-    "StepGate",
+    "StepHook",
     "block_hop",
     "block_points",
     "euler_step",
@@ -32,7 +32,7 @@ __all__ = [
 
 #: Entered around every denoiser call of a hop: lets the caller interleave the steps of
 #: several requests on one compute (a server's fair scheduling); None runs them straight.
-StepGate = Callable[[], AbstractContextManager[object]]
+StepHook = Callable[[], AbstractContextManager[object]]
 
 
 def euler_step(
@@ -82,7 +82,7 @@ def block_hop(
     points: Sequence[float],
     next_sigma: float | None,
     plan: SpanPlan | None = None,
-    gate: StepGate | None = None,
+    gate: StepHook | None = None,
 ) -> HopResult:
     """Run one block's Euler steps over its sigma ``points``.
 

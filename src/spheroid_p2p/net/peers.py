@@ -76,7 +76,7 @@ class DialError(TransportError):
 
 
 def parse_addr(addr: str, allow_any_port: bool = False) -> tuple[str, int]:
-    """``host:port`` -> (host, port) by the grammar of 02 §2.5 (``wire.addr``); raises
+    """``host:port`` -> (host, port) by the grammar of 02 §2.4 (``wire.addr``); raises
     ``ValueError`` with the offending text. Port 0 ("any free port") is only valid where we
     listen (``allow_any_port``)."""
     try:

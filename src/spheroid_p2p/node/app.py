@@ -52,6 +52,7 @@ from spheroid_p2p.wire.versions import (
     SignedManifest,
     TransferError,
     VersionGet,
+    VersionInfo,
 )
 
 if TYPE_CHECKING:
@@ -395,6 +396,8 @@ class Node:
     def _on_message(self, peer: PeerId, envelope: Envelope) -> None:
         message = envelope.message
         kind = _RATE_KINDS.get(type(message))
+        if isinstance(message, VersionInfo) and message.request_id == 0:
+            kind = "version_push"  # unasked: each may start a fetch (answers are not charged)
         if kind is not None and not self.limits.allow(
             peer, kind, time.monotonic(), _request_cost(message)
         ):
@@ -428,6 +431,19 @@ class Node:
         nobody else can make us run blocks for, or dial, a route they are not on."""
         return peer.digest == (client if hop == 0 else route[hop - 1].peer)
 
+    def _traverse_error(
+        self, req: Traverse | PipeStep, code: ErrorCode, reason: str, peer: bytes | None = None
+    ) -> TraverseError:
+        """The TRAVERSE_ERROR answering ``req`` (a pipeline step answers with its session id);
+        ``peer``: the one at fault, we by default."""
+        return TraverseError(
+            traversal_id=req.traversal_id if isinstance(req, Traverse) else req.session_id,
+            hop=req.hop,
+            peer=self.key.peer_id.digest if peer is None else peer,
+            code=int(code),
+            reason=reason[:300],
+        )
+
     def _refuse(
         self, peer: PeerId, message: Message, reason: str, code: ErrorCode = ErrorCode.OVERLOADED
     ) -> None:
@@ -436,14 +452,7 @@ class Node:
         log.debug("[%s] refusing %s from %s: %s", self.tag, type(message).__name__, peer, reason)
         answer: Message | None = None
         if isinstance(message, Traverse | PipeStep):
-            tid = message.traversal_id if isinstance(message, Traverse) else message.session_id
-            answer = TraverseError(
-                traversal_id=tid,
-                hop=message.hop,
-                peer=self.key.peer_id.digest,
-                code=int(code),
-                reason=reason,
-            )
+            answer = self._traverse_error(message, code, reason)
         elif isinstance(message, VersionGet | ChunkGet):
             answer = TransferError(request_id=message.request_id, code=int(code), reason=reason)
         elif isinstance(message, DeltaHeader):
@@ -512,23 +521,19 @@ class Node:
         reached = await asyncio.gather(*(one(p) for p in unique))
         return [p for p in reached if p is not None]
 
+    def _no_replica(self, block: int) -> tuple[int, str]:
+        if block in self.config.train_blocks:
+            return int(ErrorCode.NOT_READY), "this replica is still starting"
+        return int(ErrorCode.DELTA_REJECTED), f"block {block} is not trained here"
+
     def _admit_delta(self, peer: PeerId, header: DeltaHeader) -> tuple[int, str] | None:
         replica = self.replicas.get(header.block)
-        if replica is None and header.block in self.config.train_blocks:
-            return int(ErrorCode.NOT_READY), "this replica is still starting"
-        if replica is None:
-            return int(ErrorCode.DELTA_REJECTED), f"block {header.block} is not trained here"
-        return replica.admit(peer, header)
+        return self._no_replica(header.block) if replica is None else replica.admit(peer, header)
 
     def _on_delta(self, delta: ReceivedDelta) -> None:
-        replica = self.replicas.get(delta.header.block)
-        if replica is None and delta.header.block in self.config.train_blocks:
-            self.transfers.ack(delta, ErrorCode.NOT_READY, "this replica is still starting")
-            return
+        replica = self.replicas.get(delta.header.block)  # it was there at the header
         if replica is None:
-            self.transfers.ack(
-                delta, ErrorCode.DELTA_REJECTED, f"block {delta.header.block} is not trained here"
-            )
+            self.transfers.ack(delta, *self._no_replica(delta.header.block))
             return
         replica.on_delta(delta)
 
@@ -626,13 +631,8 @@ class Node:
         try:
             await work
         except Exception:
-            tid = req.traversal_id if isinstance(req, Traverse) else req.session_id
-            error = TraverseError(
-                traversal_id=tid,
-                hop=req.hop,
-                peer=self.key.peer_id.digest,
-                code=int(ErrorCode.INTERNAL_ERROR),
-                reason="internal error at this hop",
+            error = self._traverse_error(
+                req, ErrorCode.INTERNAL_ERROR, "internal error at this hop"
             )
             await self._send_to(req.client, req.reply_addr, error)
             raise
@@ -650,13 +650,7 @@ class Node:
             log.warning(
                 "[%s] traversal %x hop %d failed: %s", self.tag, req.traversal_id, req.hop, reason
             )
-            error = TraverseError(
-                traversal_id=req.traversal_id,
-                hop=req.hop,
-                peer=peer,
-                code=int(code),
-                reason=reason[:300],
-            )
+            error = self._traverse_error(req, code, reason, peer)
             await self._send_to(req.client, req.reply_addr, error)
 
         runtime = self.runtime
@@ -684,10 +678,11 @@ class Node:
         if starting != (hop.first_block == 0):
             await fail(ErrorCode.PROTOCOL_VIOLATION, "only block 0 starts from noise")
             return
-        if not starting and tuple(req.z.shape) != runtime.z_shape(hop.first_block, req.prefix):
-            want = list(runtime.z_shape(hop.first_block, req.prefix))
+        want = runtime.z_shape(hop.first_block, req.prefix)
+        if not starting and tuple(req.z.shape) != want:
             await fail(
-                ErrorCode.TENSOR_SHAPE_MISMATCH, f"z has shape {list(req.z.shape)}, want {want}"
+                ErrorCode.TENSOR_SHAPE_MISMATCH,
+                f"z has shape {list(req.z.shape)}, want {list(want)}",
             )
             return
         z_dtype = req.z.dtype
@@ -783,13 +778,7 @@ class Node:
         me = self.key.peer_id.digest
 
         async def fail(code: ErrorCode, reason: str, peer: bytes = me) -> None:
-            error = TraverseError(
-                traversal_id=req.session_id,
-                hop=req.hop,
-                peer=peer,
-                code=int(code),
-                reason=reason[:300],
-            )
+            error = self._traverse_error(req, code, reason, peer)
             await self._send_to(req.client, req.reply_addr, error)
 
         if stage is None or req.route[req.hop].peer != me or req.config_hash != stage.config_hash:

@@ -24,9 +24,9 @@ from spheroid_p2p.core.freshness import initial_seq
 from spheroid_p2p.core.routing import NoRouteError, ServerOffer, plan_route
 from spheroid_p2p.errors import ErrorCode, TransportError, code_name
 from spheroid_p2p.net.peers import DialError, PeerManager
-from spheroid_p2p.node.status import MAX_STATUS_PAGES
+from spheroid_p2p.node.status import every_page
 from spheroid_p2p.wire.codec import Envelope
-from spheroid_p2p.wire.messages import Message, RecordView, StatusRequest, StatusResponse
+from spheroid_p2p.wire.messages import Message, StatusRequest, StatusResponse
 from spheroid_p2p.wire.signing import KeyPair, PeerId
 from spheroid_p2p.wire.tensors import chunk_digest
 from spheroid_p2p.wire.traversal import (
@@ -124,18 +124,17 @@ class TraversalClient:
     async def offers(self, addr: str, kind: str = "blocktrain") -> list[ServerOffer]:
         """Ask the peer at ``addr`` for its view; return the live block servers it knows."""
         peer = await self.manager.dial(addr)
-        records: list[RecordView] = []
+
+        async def ask(request_id: int, offset: int) -> StatusResponse:
+            self._status = asyncio.get_running_loop().create_future()
+            self.manager.send(peer, StatusRequest(request_id=request_id, offset=offset))
+            return await self._status
+
         async with asyncio.timeout(self.timeout_s):
-            for page in range(MAX_STATUS_PAGES):  # the records come in pages (07 §7.8)
-                self._status = asyncio.get_running_loop().create_future()
-                self.manager.send(peer, StatusRequest(request_id=page + 1, offset=len(records)))
-                status = await self._status
-                records += status.records
-                if not status.records or len(records) >= status.total:
-                    break
+            status = await every_page(ask)
         offers = [
             ServerOffer(r.owner, r.addrs[0], r.block, r.load, r.n_blocks, r.config_hash)
-            for r in records
+            for r in status.records
             if r.role == "serve"
             and not r.departed
             and r.addrs

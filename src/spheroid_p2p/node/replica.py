@@ -157,6 +157,9 @@ class BlockReplica:
         self.rejected_versions = 0
         #: Own deltas discarded because they were not finite or too large.
         self.rejected_own = 0
+        #: Weights hashes of versions being fetched to adopt: a push of one already being
+        #: fetched starts nothing more.
+        self._adopting: set[bytes] = set()
 
     # -- membership -----------------------------------------------------------------------------
     def live_replicas(self) -> set[PeerId]:
@@ -706,7 +709,16 @@ class BlockReplica:
         m = signed.manifest
         if m.block != self.block or m.config_hash not in ("", self.config_hash):
             return
-        self.node.spawn(self._adopt(sender, signed), f"{self.tag} version from {sender}")
+        if m.result in self._adopting:
+            return
+        self._adopting.add(m.result)
+        self.node.spawn(self._adopting_one(sender, signed), f"{self.tag} version from {sender}")
+
+    async def _adopting_one(self, sender: PeerId, signed: SignedManifest) -> None:
+        try:
+            await self._adopt(sender, signed)
+        finally:
+            self._adopting.discard(signed.manifest.result)
 
     def _refuse(self, m: Manifest, why: str) -> None:
         self.rejected_versions += 1

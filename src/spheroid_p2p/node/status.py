@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import Awaitable, Callable
 
 from spheroid_p2p.core.connection import ConnectionLost, FrameSigner
 from spheroid_p2p.core.freshness import initial_seq
@@ -15,10 +16,23 @@ from spheroid_p2p.wire.codec import Envelope
 from spheroid_p2p.wire.messages import RecordView, StatusRequest, StatusResponse
 from spheroid_p2p.wire.signing import KeyPair, PeerId
 
-__all__ = ["fetch_status", "format_status"]
+__all__ = ["every_page", "fetch_status", "format_status"]
 
 #: Pages a status fetch asks for at most (a full table in pages of at least 8 records).
 MAX_STATUS_PAGES = MAX_TABLE_RECORDS // 8 + 1
+
+
+async def every_page(ask: Callable[[int, int], Awaitable[StatusResponse]]) -> StatusResponse:
+    """A peer's whole status: its records come in pages (07 §7.8), so ask again from where
+    the last page ended (``ask(request_id, offset)`` sends one STATUS_REQUEST and returns its
+    answer) until ``total`` is reached or a page is empty; the last answer, every record."""
+    records: list[RecordView] = []
+    for page in range(MAX_STATUS_PAGES):
+        result = await ask(page + 1, len(records))
+        records += result.records
+        if not result.records or len(records) >= result.total:
+            break
+    return dataclasses.replace(result, records=tuple(records))
 
 
 async def fetch_status(addr: str, timeout_s: float = 10.0) -> StatusResponse:
@@ -47,18 +61,16 @@ async def fetch_status(addr: str, timeout_s: float = 10.0) -> StatusResponse:
     error: Exception | None = None
     try:
         peer = await manager.dial(addr)
+
+        async def ask(request_id: int, offset: int) -> StatusResponse:
+            nonlocal answer
+            if request_id > 1:
+                answer = loop.create_future()
+            manager.send(peer, StatusRequest(request_id=request_id, offset=offset))
+            return await answer
+
         async with asyncio.timeout(timeout_s):
-            # the records come in pages (07 §7.8): ask from where the last page ended
-            records: list[RecordView] = []
-            for page in range(MAX_STATUS_PAGES):
-                if page:
-                    answer = loop.create_future()
-                manager.send(peer, StatusRequest(request_id=page + 1, offset=len(records)))
-                result = await answer
-                records += result.records
-                if not result.records or len(records) >= result.total:
-                    break
-            result = dataclasses.replace(result, records=tuple(records))
+            result = await every_page(ask)
     except TimeoutError:
         error = TransportError(f"{addr} did not answer the status request in {timeout_s} s")
     except TransportError as exc:

@@ -54,9 +54,8 @@ from spheroid_p2p.wire.versions import (
 )
 
 if TYPE_CHECKING:
-    import torch
-
     from spheroid_p2p.net.peers import PeerManager
+    from spheroid_p2p.node.admission import SetCheck
     from spheroid_p2p.node.store import StoredSet, VersionStore
 
 __all__ = ["FetchError", "FetchResult", "ReceivedDelta", "Transfers", "VersionRejected"]
@@ -142,9 +141,10 @@ class Transfers:
         peers: PeerManager,
         store: VersionStore,
         tag: str,
+        *,
+        spawn: Callable[[Coroutine[object, object, None], str], bool],
         compression: str = "auto",
         dial: Callable[[PeerId, str], Awaitable[bool]] | None = None,
-        spawn: Callable[[Coroutine[object, object, None], str], bool] | None = None,
     ) -> None:
         self.key = key
         self.peers = peers
@@ -153,7 +153,7 @@ class Transfers:
         self.compression = compression
         self.dial = dial
         #: runs a peer's request as a guarded task (the node's :meth:`Node.spawn`)
-        self.spawn = spawn or self._spawn_here
+        self.spawn = spawn
         self.rates = LinkRates()
         self._ids = itertools.count(1)
         self._last_id = 0  # the newest request id issued (without REQUEST_ID_BIT)
@@ -186,16 +186,6 @@ class Transfers:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    def _spawn_here(self, work: Coroutine[object, object, None], what: str) -> bool:
-        async def guarded() -> None:
-            try:
-                await work
-            except Exception:
-                log.exception("[%s] %s failed", self.tag, what)
-
-        self._background(guarded())
-        return True
 
     def _rid(self) -> int:
         self._last_id = next(self._ids)
@@ -347,7 +337,7 @@ class Transfers:
         params: FetchParams | None = None,
         timeout_s: float = 600.0,
         on_chunk: Callable[[int], None] | None = None,
-        check: Callable[[dict[str, torch.Tensor]], str | None] | None = None,
+        check: SetCheck | None = None,
     ) -> FetchResult:
         """Fetch the set ``signed`` names from ``holders`` (connected peers) and install it.
 
@@ -653,9 +643,10 @@ class Transfers:
         if key in self._deltas_in:
             self.peers.close_peer(peer, ErrorCode.PROTOCOL_VIOLATION, "delta stream id reused")
             return
-        verdict = None if self.admit_delta is None else self.admit_delta(peer, header)
-        if verdict is None and self.admit_delta is None:
-            verdict = (int(ErrorCode.DELTA_REJECTED), "not training")
+        if self.admit_delta is None:
+            verdict: tuple[int, str] | None = (int(ErrorCode.DELTA_REJECTED), "not training")
+        else:
+            verdict = self.admit_delta(peer, header)
         if verdict is not None:
             self._ack(peer, header, verdict[0], verdict[1])
             return
@@ -676,7 +667,7 @@ class Transfers:
     def _delta_expired(self, key: tuple[PeerId, int], state: _DeltaIn) -> None:
         if self._deltas_in.get(key) is not state:
             return
-        del self._deltas_in[key]
+        self._drop_delta(key)
         log.warning(
             "[%s] delta %d from %s incomplete after %.0f s (%d of %d chunks); dropped",
             self.tag,
@@ -735,15 +726,16 @@ class Transfers:
         if len(state.have) == len(state.spans):
             self._delta_done(key)
 
-    def _drop_delta(self, key: tuple[PeerId, int]) -> None:
+    def _drop_delta(self, key: tuple[PeerId, int]) -> _DeltaIn | None:
+        """Close a delta stream (its timer too); returns its state, if it was open."""
         state = self._deltas_in.pop(key, None)
         if state is not None and state.timer is not None:
             state.timer.cancel()
+        return state
 
     def _delta_done(self, key: tuple[PeerId, int]) -> None:
-        state = self._deltas_in.pop(key)
-        if state.timer is not None:
-            state.timer.cancel()
+        state = self._drop_delta(key)
+        assert state is not None
         view = memoryview(state.buffer)
         tensors: dict[str, tuple[TensorEntry, memoryview]] = {}
         offset = 0

@@ -31,8 +31,10 @@ from spheroid_p2p.wire.codec import Envelope, frame_body_parts
 from spheroid_p2p.wire.framing import Buffer
 from spheroid_p2p.wire.messages import Message
 from spheroid_p2p.wire.signing import DOMAIN_ENVELOPE, DOMAIN_RECORD, KeyPair
+from spheroid_p2p.wire.tensors import content_hash
+from spheroid_p2p.wire.versions import DeltaHeader, TensorEntry
 
-__all__ = ["HostilePeer", "crafted_record", "zstd_bomb"]
+__all__ = ["HostilePeer", "crafted_record", "oversized_delta_header", "zstd_bomb"]
 
 
 def _wall_ms() -> int:
@@ -50,6 +52,25 @@ def zstd_bomb(declared: int, actual: int) -> bytes:
         last = 1 if start + step >= actual else 0
         blocks.append(struct.pack("<I", last | (1 << 1) | (size << 3))[:3] + b"\x00")
     return b"\x28\xb5\x2f\xfd" + header + b"".join(blocks)
+
+
+def oversized_delta_header(stream_id: int) -> DeltaHeader:
+    """A well-formed, correctly hashed DELTA_HEADER declaring one 1 GiB float32 tensor: a
+    receiver must refuse it before allocating anything (09 §9.4)."""
+    hashes = bytes(32 * 1024)
+    shape = (1 << 28,)
+    entry = TensorEntry("w", 1, shape, content_hash(1, shape, hashes), hashes)
+    return DeltaHeader(
+        stream_id=stream_id,
+        block=0,
+        round=1,
+        base=bytes(32),
+        base_version=0,
+        steps=1,
+        loss=1.0,
+        encoding=2,
+        tensors=(entry,),
+    )
 
 
 def crafted_record(key: KeyPair, fields: Mapping[str, Any]) -> tuple[bytes, bytes]:

@@ -1,4 +1,4 @@
-"""Peer addresses: ``host:port`` text parsed into a validated value (spec: 02 §2.5).
+"""Peer addresses: ``host:port`` text parsed into a validated value (spec: 02 §2.4).
 
 Every address a peer sends (a record's ``addrs``, a ``HELLO``'s listen addresses, a route's
 hop addresses, a traversal's ``reply``) is checked here when its message is decoded, so the
