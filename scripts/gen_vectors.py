@@ -387,6 +387,17 @@ def message_vectors() -> list[dict[str, Any]]:
             ),
         ),
         (
+            "traverse-forward-timed",
+            "Traverse to hop 1 carrying hop 0's times (r8 tm: queued, compute, encode ms)",
+            dataclasses.replace(
+                TRAVERSE_0,
+                hop=1,
+                z=InlineTensor(2, (2, 2), 0, chunk_digest(Z_F16), Z_F16),
+                payload=Z_F16,
+                timings=(0.25, 12.5, 0.125),
+            ),
+        ),
+        (
             "pipe-step",
             "PipeStep to stage 0 with a 6-byte prompt",
             PipeStep(
@@ -426,6 +437,16 @@ def message_vectors() -> list[dict[str, Any]]:
             "traverse-result",
             "TraverseResult with one byte and the last hop's time",
             TraverseResult(traversal_id=7, output=b"x", hop_ms=(12.5,)),
+        ),
+        (
+            "traverse-result-timed",
+            "TraverseResult from a 2-hop route with both hops' times (r8 tm)",
+            TraverseResult(
+                traversal_id=7,
+                output=b"x",
+                hop_ms=(12.5, 11.0),
+                timings=(0.25, 12.5, 0.125, 1.5, 11.0, 0.0),
+            ),
         ),
         (
             "traverse-error",
@@ -754,6 +775,23 @@ def message_vectors() -> list[dict[str, Any]]:
         "Traverse whose codes do not match their hash",
         encode(bad_z),
         ErrorCode.HASH_MISMATCH,
+    )
+    timed = TraverseResult(traversal_id=7, output=b"x", hop_ms=(1.0,))
+    err(
+        "traverse-result-timings-not-triples",
+        "TraverseResult whose tm has 2 numbers (hop times come in threes, 10 §10.3.1)",
+        raw_body(
+            msgpack_profile.pack(signed_map(timed, body=dict(timed.to_body(), tm=[1.0, 2.0])))
+        ),
+        ErrorCode.MALFORMED_MESSAGE,
+    )
+    err(
+        "traverse-result-timings-negative",
+        "TraverseResult whose tm holds a negative time",
+        raw_body(
+            msgpack_profile.pack(signed_map(timed, body=dict(timed.to_body(), tm=[1.0, -2.0, 0.0])))
+        ),
+        ErrorCode.MALFORMED_MESSAGE,
     )
     err(
         "ping-string-nonce",

@@ -42,6 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="dtype of the codes between hops",
     )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per traversal")
+    parser.add_argument(
+        "--listen",
+        help="HOST:PORT for the reply listener (default: the interface that reaches --peer)",
+    )
+    parser.add_argument(
+        "--advertise",
+        help="HOST:PORT the last hop may dial back if its connection is lost (default: the "
+        "listener's; answers normally come over the connection the client opens)",
+    )
+    parser.add_argument(
+        "--tcp-congestion", help="TCP congestion control for the client's connections"
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0)
     return parser
 
@@ -49,7 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
 async def _run(args: argparse.Namespace) -> int:
     from spheroid_p2p.node.client import TraversalClient
 
-    client = TraversalClient(timeout_s=args.timeout)
+    client = TraversalClient(
+        timeout_s=args.timeout,
+        listen=args.listen,
+        advertise=args.advertise,
+        tcp_congestion=args.tcp_congestion,
+    )
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
 
@@ -57,7 +74,7 @@ async def _run(args: argparse.Namespace) -> int:
         sys.stdout.write(piece.decode("utf-8", errors="replace"))
         sys.stdout.flush()
 
-    await client.start()
+    await client.start(toward=args.peer)
     try:
         report = await client.generate(
             args.peer,
@@ -92,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     failures: list[BaseException] = []
     try:
         return asyncio.run(_run(args))
-    except* (SpheroidError, ValueError) as group:
+    except* (SpheroidError, ValueError, OSError) as group:
         failures.extend(group.exceptions)
     for exc in failures:
         print(f"\nerror: {exc}", file=sys.stderr)

@@ -46,6 +46,11 @@ __all__ = [
 ]
 
 
+#: Ping interval of a connection kept hot (:meth:`PeerConnection.keep_hot`): below any TCP
+#: retransmission timeout (at least 200 ms on Linux), so the connection never counts as idle.
+HOT_PING_S = 0.1
+
+
 @dataclass(frozen=True)
 class ConnectionParams:
     """Per-connection timers (they do not affect interoperability)."""
@@ -164,6 +169,7 @@ class PeerConnection:
         self.result: HandshakeResult | None = None
         self.last_received = now
         self._next_ping = now + self.params.ping_interval_s
+        self._hot_until = 0.0
         self._ping_sent: dict[int, float] = {}
         self._ping_counter = 0
         self.rtt_s: float | None = None
@@ -372,5 +378,15 @@ class PeerConnection:
             self._ping_counter += 1
             self._ping_sent = {self._ping_counter: now}  # one outstanding ping is enough
             self._queue(Ping(nonce=self._ping_counter), wall_ms)
-            self._next_ping = now + self.params.ping_interval_s
+            hot = now < self._hot_until
+            self._next_ping = now + (HOT_PING_S if hot else self.params.ping_interval_s)
         return []
+
+    def keep_hot(self, now: float, seconds: float) -> None:
+        """Ping every ``HOT_PING_S`` for the next ``seconds``. A TCP connection left idle
+        for longer than its retransmission timeout falls back to slow start (Linux's
+        ``tcp_slow_start_after_idle``), so a traversal's burst over a long path would again
+        need several round trips; a small frame now and then keeps the window open while
+        traversals flow. The caller marks a connection hot each time it sends one."""
+        self._hot_until = max(self._hot_until, now + seconds)
+        self._next_ping = min(self._next_ping, now + HOT_PING_S)

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,7 +47,15 @@ from spheroid_p2p.wire.framing import BodyPool, Buffer
 from spheroid_p2p.wire.messages import Close, Message
 from spheroid_p2p.wire.signing import PeerId
 
-__all__ = ["DialError", "LinkInfo", "PeerManager", "parse_addr"]
+__all__ = [
+    "DialError",
+    "LinkInfo",
+    "PeerManager",
+    "available_congestion",
+    "parse_addr",
+    "set_congestion",
+    "source_address",
+]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +93,47 @@ def parse_addr(addr: str, allow_any_port: bool = False) -> tuple[str, int]:
     except BadAddressError as exc:
         raise ValueError(str(exc.args[0])) from None
     return parsed.host, parsed.port
+
+
+def available_congestion() -> tuple[str, ...]:
+    """The TCP congestion controls this host offers (empty where it cannot say)."""
+    try:
+        with open("/proc/sys/net/ipv4/tcp_available_congestion_control") as f:
+            return tuple(f.read().split())
+    except OSError:
+        return ()
+
+
+def set_congestion(sock: socket.socket | None, name: str) -> bool:
+    """Set ``TCP_CONGESTION`` on ``sock``; False (and logged once) where the host refuses."""
+    option = getattr(socket, "TCP_CONGESTION", None)
+    if sock is None or option is None:
+        return False
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, option, name.encode())
+    except OSError as exc:
+        if name not in _refused_congestion:
+            _refused_congestion.add(name)
+            log.warning("cannot set TCP congestion control %r: %s", name, exc.strerror or exc)
+        return False
+    return True
+
+
+_refused_congestion: set[str] = set()
+
+
+def source_address(addr: str) -> str:
+    """The local address this host would send from to reach ``addr`` (``host:port``): the
+    interface a peer there can dial us back on. Found by connecting a UDP socket, which sends
+    nothing; "127.0.0.1" where there is no route."""
+    host, port = parse_addr(addr)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((host, port))
+            return str(probe.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
 
 
 def _wall_ms() -> int:
@@ -134,6 +184,8 @@ class _Link(asyncio.BufferedProtocol):
             self.host = str(peer[0]) if peer else "?"
         transport.set_write_buffer_limits(high=WRITE_HIGH_BYTES, low=WRITE_LOW_BYTES)
         manager = self.manager
+        if manager.tcp_congestion:
+            set_congestion(transport.get_extra_info("socket"), manager.tcp_congestion)
         why = None if self.outbound else manager._admit(self.host)
         if why is not None:
             manager.refused += 1
@@ -280,8 +332,11 @@ class PeerManager:
         versions: tuple[int, ...] = SUPPORTED_VERSIONS,
         dial_timeout_s: float = 5.0,
         encrypt: bool = True,
+        tcp_congestion: str | None = None,
     ) -> None:
         self.signer = signer
+        #: TCP congestion control set on every connection (None: the host's default)
+        self.tcp_congestion = tcp_congestion
         #: offer an encrypted session on every connection (06 §6.7)
         self.encrypt = encrypt
         self.on_open = on_open
@@ -546,6 +601,22 @@ class PeerManager:
         """Whether we dialled the connection to ``peer``."""
         link = self._by_peer.get(peer)
         return link is not None and link.outbound
+
+    def keep_hot(self, peer: PeerId, seconds: float) -> None:
+        """Keep the connection to ``peer`` out of TCP's idle restart for ``seconds``
+        (``PeerConnection.keep_hot``): the node calls it each time it forwards a traversal."""
+        link = self._by_peer.get(peer)
+        if link is not None and seconds > 0:
+            link.conn.keep_hot(time.monotonic(), seconds)
+            link._arm_timer()
+
+    def local_host(self, peer: PeerId) -> str | None:
+        """Our own address on the connection to ``peer`` (the interface that reaches it)."""
+        link = self._by_peer.get(peer)
+        if link is None or link.transport is None:
+            return None
+        sockname = link.transport.get_extra_info("sockname")
+        return str(sockname[0]) if sockname else None
 
     def connected(self) -> list[PeerId]:
         return sorted(self._by_peer, key=lambda p: p.digest)

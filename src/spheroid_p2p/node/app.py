@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     from spheroid_p2p.node.replica import BlockReplica
     from spheroid_p2p.node.trainer import TrainingJob
 from spheroid_p2p.wire.traversal import (
+    HOP_TIMINGS,
     Z_DTYPES,
     Hop,
     InlineTensor,
@@ -101,6 +102,9 @@ GOSSIP_CAPABILITY = "gossip/1"
 #: What a node lists in its HELLO (06 §6.6): every service it answers.
 NODE_CAPABILITIES = (GOSSIP_CAPABILITY, "transfer/1", "average/1", "traverse/1")
 MAX_PARALLEL_DIALS = 8
+#: Seconds between checks that the next block's servers are connected (warm_next_hops); the
+#: check runs when the node's timer loop wakes (a gossip event or deadline), at most this often.
+WARM_CHECK_S = 1.0
 #: Dials a second (and burst) to addresses learned from peers (records, routes, replies), so
 #: records cannot turn the node into a tool that dials anything (security.md §S.4).
 DIAL_RATE = 5.0
@@ -140,12 +144,14 @@ class Node:
             max_connections=config.max_connections,
             versions=config.versions,
             encrypt=config.encrypt,
+            tcp_congestion=config.tcp_congestion,
             # tensor chunks are hashed on the transfer worker thread, not while decoding
             params=ConnectionParams(verify_chunks=False),
         )
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._dialing: set[PeerId] = set()
+        self._next_warm = 0.0
         self._dial_slots = asyncio.Semaphore(MAX_PARALLEL_DIALS)
         self._group: asyncio.TaskGroup | None = None
         #: guarded tasks that raised (see :meth:`spawn`); 0 on a healthy node
@@ -267,6 +273,9 @@ class Node:
             if self._stop.is_set():
                 return
             now = time.monotonic()
+            if now >= self._next_warm:
+                self._next_warm = now + WARM_CHECK_S
+                self._warm_next_hops()
             if self.gossip.next_deadline(now) <= now:
                 try:
                     self._apply(self.gossip.handle_timer(now))
@@ -276,6 +285,45 @@ class Node:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(1.0):
                             await self._stop.wait()
+
+    def _next_hop_servers(self) -> list[tuple[PeerId, str]]:
+        """Live servers of the block (or pipeline stage) after the last one we serve."""
+        wanted: list[tuple[int, str]] = []
+        runtime = self.runtime
+        if runtime is not None and runtime.config is not None and runtime.blocks:
+            nxt = max(runtime.blocks) + 1
+            if nxt < runtime.config.n_blocks:
+                wanted.append((nxt, runtime.config_hash))
+        if self.ar_stage is not None and self.ar_stage.stage + 1 < self.ar_stage.stages:
+            wanted.append((self.ar_stage.stage + 1, self.ar_stage.config_hash))
+        me = self.key.peer_id
+        out = []
+        for block, config_hash in wanted:
+            found = [
+                (e.record.owner, e.record.addrs[0])
+                for e in self.gossip.table.entries()
+                if e.record.role == "serve"
+                and e.record.block == block
+                and not e.record.departed
+                and e.record.addrs
+                and e.record.owner != me
+                and (not e.record.config_hash or e.record.config_hash == config_hash)
+            ]
+            out.extend(sorted(found, key=lambda f: f[0].digest)[: self.config.warm_next_hops])
+        return out
+
+    def _warm_next_hops(self) -> None:
+        """Keep connections open to servers of the next block (``warm_next_hops``), so a
+        traversal's forward does not wait for a dial and a handshake (two round trips on a
+        WAN): dialled within the dial budget, like any learned address."""
+        if not self.config.warm_next_hops:
+            return
+        connected = set(self.peers.connected())
+        dials = [
+            Dial(peer, (addr,)) for peer, addr in self._next_hop_servers() if peer not in connected
+        ]
+        if dials:
+            self._apply(list(dials))
 
     # -- tasks ------------------------------------------------------------------------------
     def spawn(self, work: Coroutine[object, object, None], what: str) -> bool:
@@ -712,6 +760,10 @@ class Node:
             await fail(ErrorCode.TIMEOUT, str(exc))
             return
         self.traversals_served += 1
+        computed = time.monotonic()
+        queued_ms = max(0.0, (computed - arrived) * 1000 - out.seconds * 1e3)
+        # the earlier hops' times travel on only if they are what hop `hop` should carry
+        earlier = req.timings if len(req.timings) == len(HOP_TIMINGS) * req.hop else ()
         log.debug(
             "[%s] traversal %x hop %d blocks %d..%d: %.1f ms",
             self.tag,
@@ -727,12 +779,15 @@ class Node:
             if out.logits is not None:
                 payload = out.logits.float().contiguous().numpy().tobytes()
                 logits = InlineTensor(1, tuple(out.logits.shape), 0, chunk_digest(payload), payload)
+            mine = (queued_ms, out.seconds * 1e3, (time.monotonic() - computed) * 1000)
+            timings = (*earlier, *mine)
             result = TraverseResult(
                 traversal_id=req.traversal_id,
                 output=out.output,
-                hop_ms=(out.seconds * 1e3,),
+                hop_ms=timings[1 :: len(HOP_TIMINGS)],
                 logits=logits,
                 payload=payload,
+                timings=timings,
             )
             error = await self._send_to(req.client, req.reply_addr, result)
             if error:
@@ -747,6 +802,7 @@ class Node:
             await fail(ErrorCode.PROTOCOL_VIOLATION, "route ends before the last block")
             return
         raw = _tensor_bytes(out.z, Z_DTYPES[z_dtype])
+        mine = (queued_ms, out.seconds * 1e3, (time.monotonic() - computed) * 1000)
         nxt = req.route[req.hop + 1]
         spent_ms = int((time.monotonic() - arrived) * 1000)
         if spent_ms >= req.deadline_ms:
@@ -758,8 +814,11 @@ class Node:
             deadline_ms=req.deadline_ms - spent_ms,
             payload=raw,
             z=InlineTensor(z_dtype, tuple(out.z.shape[1:]), 0, chunk_digest(raw), raw),
+            timings=(*earlier, *mine),
         )
         error = await self._send_to(nxt.peer, nxt.addr, forward)
+        if not error:
+            self.peers.keep_hot(PeerId(nxt.peer), self.config.keep_hot_s)
         if error:
             await fail(
                 ErrorCode.TIMEOUT,

@@ -125,6 +125,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="offer no encrypted session (sessions are encrypted by default; this is for "
         "measuring their cost, or for a peer that cannot)",
     )
+    run.add_argument(
+        "--tcp-congestion",
+        help="TCP congestion control for this node's connections (e.g. cubic, reno, bbr; "
+        "default: the host's)",
+    )
+    run.add_argument(
+        "--warm-next-hops",
+        type=int,
+        help="connections kept open to servers of the next block (default 2; 0: dial on demand)",
+    )
+    run.add_argument(
+        "--keep-hot",
+        dest="keep_hot_s",
+        type=float,
+        help="seconds a connection that carried a traversal is kept out of TCP's idle "
+        "restart by small pings (default 10; 0: off)",
+    )
     run.add_argument("--record-ttl", type=float, help="seconds a gossiped record lives")
     run.add_argument("--gossip-interval", type=float, help="seconds between anti-entropy rounds")
     run.add_argument("--fanout", type=int, help="peers each change is pushed to")
@@ -195,6 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", type=Path, help="append each score as a JSON line here")
     ev.add_argument("--timeout", type=float, default=300.0, help="wait this long for blocks")
     ev.add_argument("--data-dir", type=Path, help="where fetched versions go (default: temp)")
+    ev.add_argument(
+        "--listen",
+        help="HOST:PORT to listen on (default: the interface that reaches --bootstrap, any port)",
+    )
+    ev.add_argument("--advertise", help="HOST:PORT others should dial (default: --listen)")
 
     status = commands.add_parser("status", help="print a running peer's view of the swarm")
     status.add_argument("--peer", required=True, help="HOST:PORT of the peer to ask")
@@ -257,6 +279,9 @@ def node_config(args: argparse.Namespace) -> Any:
         "delta_encoding",
         "compression",
         "norm_ratio",
+        "tcp_congestion",
+        "warm_next_hops",
+        "keep_hot_s",
     ):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
@@ -310,6 +335,7 @@ async def _cmd_eval(args: argparse.Namespace) -> int:
     import tempfile
 
     from spheroid_p2p.ml.data import load_corpus
+    from spheroid_p2p.net.peers import source_address
     from spheroid_p2p.node.app import running_node
     from spheroid_p2p.node.config import NodeConfig
     from spheroid_p2p.node.evaluator import run_evaluator
@@ -320,6 +346,8 @@ async def _cmd_eval(args: argparse.Namespace) -> int:
     windows = corpus.eval_windows(model.context, args.windows)
     with tempfile.TemporaryDirectory(prefix="spheroid-eval-") as tmp:
         config = NodeConfig(
+            listen=args.listen or f"{source_address(args.bootstrap[0])}:0",
+            advertise=args.advertise,
             data_dir=args.data_dir or Path(tmp),
             key=Path(tmp) / "eval.key",
             bootstrap=tuple(args.bootstrap),

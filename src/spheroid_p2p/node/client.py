@@ -1,7 +1,11 @@
 """The traversal client: plan a route from gossip, send traversals, fail over (10-traversal.md).
 
-The client is a short-lived peer with its own throw-away key and a listener, so the last hop
-of each traversal can connect back with the result. Each traversal carries the prompt window,
+The client is a short-lived peer with its own throw-away key. Before a traversal it connects to
+the route's last hop as well as its first, so the result comes back over a connection the
+client opened: that works behind a NAT or a firewall, and the last hop does not spend a dial and
+a handshake (two round trips on a WAN) on the first traversal. It also listens, on the interface
+that reaches the swarm (``source_address``), and names that address as ``reply`` for a last hop
+that has lost the connection. Each traversal carries the prompt window,
 a seed (the first hop draws the initial noise from it), and the route; the client only waits.
 If a hop reports an error, or the traversal misses its deadline, the client probes the
 route's hops, avoids the dead or failing server for ``avoid_s``, re-plans and retries the
@@ -23,13 +27,14 @@ from spheroid_p2p.core.connection import ConnectionLost, FrameSigner
 from spheroid_p2p.core.freshness import initial_seq
 from spheroid_p2p.core.routing import NoRouteError, ServerOffer, plan_route
 from spheroid_p2p.errors import ErrorCode, TransportError, code_name
-from spheroid_p2p.net.peers import DialError, PeerManager
+from spheroid_p2p.net.peers import DialError, PeerManager, parse_addr, source_address
 from spheroid_p2p.node.status import every_page
 from spheroid_p2p.wire.codec import Envelope
 from spheroid_p2p.wire.messages import Message, StatusRequest, StatusResponse
 from spheroid_p2p.wire.signing import KeyPair, PeerId
 from spheroid_p2p.wire.tensors import chunk_digest
 from spheroid_p2p.wire.traversal import (
+    HOP_TIMINGS,
     Hop,
     InlineTensor,
     PipeResult,
@@ -71,15 +76,33 @@ class GenerationReport:
     retries: int = 0
     routes: list[tuple[str, ...]] = field(default_factory=list)
     last_ms: float = 0.0
+    #: Per successful traversal, the hops' own times (10 §10.3.1): one dict per hop with
+    #: ``queued_ms``, ``compute_ms``, ``encode_ms`` (empty where the servers did not say).
+    hop_timings: list[list[dict[str, float]]] = field(default_factory=list)
+    #: Per traversal tried, the ms spent connecting to its first and last hop before sending
+    #: (0 once both are connected).
+    connect_ms: list[float] = field(default_factory=list)
 
 
 class TraversalClient:
     """Generates text through a swarm of block servers."""
 
     def __init__(
-        self, *, timeout_s: float = 30.0, avoid_s: float = 60.0, max_retries: int = 4
+        self,
+        *,
+        timeout_s: float = 30.0,
+        avoid_s: float = 60.0,
+        max_retries: int = 4,
+        listen: str | None = None,
+        advertise: str | None = None,
+        tcp_congestion: str | None = None,
     ) -> None:
+        """``listen``: HOST:PORT for the reply listener (default: the interface that reaches
+        the first peer asked, any port); ``advertise``: the address to name as ``reply``
+        (default: the listener's); ``tcp_congestion``: TCP_CONGESTION for every connection."""
         self.key = KeyPair.generate()
+        self.listen_addr = listen
+        self.advertise = advertise
         self.timeout_s = timeout_s
         self.avoid_s = avoid_s
         self.max_retries = max_retries
@@ -93,6 +116,7 @@ class TraversalClient:
             on_close=self._on_close,
             capabilities=(),
             agent="spheroid_p2p generate",
+            tcp_congestion=tcp_congestion,
         )
         self.reply_addr = ""
         #: Short peer ids of the route the latest traversal took.
@@ -114,9 +138,17 @@ class TraversalClient:
     def _on_close(self, peer: PeerId, lost: ConnectionLost) -> None:
         pass
 
-    async def start(self) -> None:
-        host, port = await self.manager.listen("127.0.0.1", 0)
-        self.reply_addr = f"{host}:{port}"
+    async def start(self, toward: str | None = None) -> None:
+        """Listen for replies: on ``listen`` if given, else on the interface that reaches
+        ``toward`` (a peer's HOST:PORT; loopback when None)."""
+        if self.listen_addr is not None:
+            host, port = parse_addr(self.listen_addr, allow_any_port=True)
+        else:
+            host, port = (source_address(toward) if toward else "127.0.0.1"), 0
+        bound_host, bound_port = await self.manager.listen(host, port)
+        if bound_host in ("0.0.0.0", "::") and toward:
+            bound_host = source_address(toward)  # name an address a server can dial
+        self.reply_addr = self.advertise or f"{bound_host}:{bound_port}"
 
     async def close(self) -> None:
         await self.manager.close(reason="generation done", flush_s=0.5)
@@ -249,21 +281,48 @@ class TraversalClient:
             want_logits=False,
             z=InlineTensor(DTYPE_CODES[spec.z_dtype], (0,), 0, chunk_digest(b"")),
         )
-        answer = await self._exchange(route[0], request, tid, report)
+        answer = await self._exchange(route, request, tid, report)
         if isinstance(answer, TraverseResult):
             report.traversal_ms.append(report.last_ms)
+            n = len(HOP_TIMINGS)
+            t = answer.timings
+            report.hop_timings.append(
+                [dict(zip(HOP_TIMINGS, t[i : i + n], strict=True)) for i in range(0, len(t), n)]
+            )
         return answer  # type: ignore[no-any-return]
 
+    async def connect_route(self, route: tuple[Hop, ...]) -> float:
+        """Connect to the route's first hop (where the request goes) and its last (where the
+        answer comes from), in parallel; returns the milliseconds it took (0 when both were
+        connected). A last hop we cannot reach is left to dial ``reply`` itself."""
+        started = time.perf_counter()
+        ends = {route[0], route[-1]}
+        todo = [h for h in ends if PeerId(h.peer) not in self.manager.connected()]
+        if not todo:
+            return 0.0
+        results = await asyncio.gather(
+            *(self.manager.dial(h.addr, expected=PeerId(h.peer)) for h in todo),
+            return_exceptions=True,
+        )
+        for hop, result in zip(todo, results, strict=True):
+            if isinstance(result, BaseException):
+                if hop == route[0]:
+                    raise result if isinstance(result, DialError) else DialError(str(result))
+                log.info("reply path to the last hop not opened: %s", result)
+        return (time.perf_counter() - started) * 1000
+
     async def _exchange(
-        self, first: Hop, request: Message, key: int, report: GenerationReport
+        self, route: tuple[Hop, ...], request: Message, key: int, report: GenerationReport
     ) -> Any:
         """Send ``request`` to the route's first hop and wait for the answer filed under
-        ``key`` (a result or an error), or None if the hop cannot be reached or it times out."""
+        ``key`` (a result or an error), or None if the hop cannot be reached or it times out.
+        Connecting (first and last hop) is timed apart from the traversal."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._answers[key] = future
-        started = time.perf_counter()
         try:
-            peer = await self.manager.dial(first.addr, expected=PeerId(first.peer))
+            report.connect_ms.append(await self.connect_route(route))
+            started = time.perf_counter()
+            peer = PeerId(route[0].peer)
             before = self.manager.bytes_out
             self.manager.send(peer, request)
             async with asyncio.timeout(self.timeout_s):
@@ -349,7 +408,7 @@ class TraversalClient:
                 deadline_ms=int(self.timeout_s * 1000),
                 hidden=InlineTensor(1, (0,), 0, chunk_digest(b"")),
             )
-            answer = await self._exchange(route[0], step, session, report)
+            answer = await self._exchange(route, step, session, report)
             if not isinstance(answer, PipeResult):
                 report.retries += 1
                 if report.retries > self.max_retries:

@@ -21,7 +21,7 @@ from typing import Any
 from spheroid_p2p.core.gossip import GossipParams
 from spheroid_p2p.errors import ConfigError
 from spheroid_p2p.ml.config import ModelConfig
-from spheroid_p2p.net.peers import parse_addr
+from spheroid_p2p.net.peers import available_congestion, parse_addr
 from spheroid_p2p.wire.signing import PeerId
 
 __all__ = ["NodeConfig", "load_toml"]
@@ -74,6 +74,16 @@ class NodeConfig:
     #: Offer an encrypted session on every connection (06 §6.7); False only to measure the
     #: cost (``--plaintext``) or to talk to a peer that cannot.
     encrypt: bool = True
+    #: TCP congestion control for this node's connections (``TCP_CONGESTION``; None: the
+    #: host's default). On long, mostly idle paths cubic or reno send a traversal's burst at
+    #: once where BBR may pace it slowly (README, WAN).
+    tcp_congestion: str | None = None
+    #: Keep a connection open to up to this many servers of the block after ours, so a
+    #: traversal's next hop is not dialled while the traversal waits (0: dial on demand).
+    warm_next_hops: int = 2
+    #: After forwarding a traversal, keep that connection out of TCP's idle restart for this
+    #: many seconds (small pings, ``core.connection.HOT_PING_S``; 0: off).
+    keep_hot_s: float = 10.0
 
     def __post_init__(self) -> None:
         if isinstance(self.allow_peers, str | Path):
@@ -95,6 +105,15 @@ class NodeConfig:
             raise ConfigError(f"compression {self.compression!r}: auto, none, zstd or shuffle")
         if self.round_steps < 0 or self.round_period_s <= 0 or self.round_grace_s <= 0:
             raise ConfigError("round steps must be >= 0, round period and grace > 0")
+        if self.tcp_congestion is not None:
+            offered = available_congestion()
+            if offered and self.tcp_congestion not in offered:
+                raise ConfigError(
+                    f"TCP congestion control {self.tcp_congestion!r} is not offered by this "
+                    f"host; choose one of: {', '.join(offered)}"
+                )
+        if self.warm_next_hops < 0 or self.keep_hot_s < 0:
+            raise ConfigError("warm next hops and keep-hot seconds must be >= 0")
         if self.min_replicas < 1 or self.replica_wait_s < 0:
             raise ConfigError("min replicas must be >= 1 and the replica wait >= 0")
 

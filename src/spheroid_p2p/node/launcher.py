@@ -28,13 +28,24 @@ LISTENING = re.compile(r"spheroid node (\S+) listening on (\S+)")
 class NodeProcess:
     """One ``python -m spheroid_p2p.node run`` process, started by us and ended by PID."""
 
-    def __init__(self, workdir: Path, name: str, *args: str, verbose: int = 2) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        name: str,
+        *args: str,
+        verbose: int = 2,
+        listen: str = "127.0.0.1:0",
+        prefix: tuple[str, ...] = (),
+    ) -> None:
+        """``prefix``: a command the node runs under, e.g. ``("ip", "netns", "exec", NS)`` to
+        run it on an emulated host (scripts/wan) or an ssh command for a real one."""
         self.name = name
         self.workdir = workdir
         self.log_path = workdir / f"{name}.log"
+        self.prefix = prefix
         self.args = [
             "--listen",
-            "127.0.0.1:0",
+            listen,
             "--key",
             str(workdir / f"{name}.key"),
             "--data-dir",
@@ -51,6 +62,7 @@ class NodeProcess:
         with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(
                 [
+                    *self.prefix,
                     sys.executable,
                     "-m",
                     "spheroid_p2p.node",

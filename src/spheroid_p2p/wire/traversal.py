@@ -40,6 +40,7 @@ from spheroid_p2p.wire.messages import (
 from spheroid_p2p.wire.tensors import chunk_digest
 
 __all__ = [
+    "HOP_TIMINGS",
     "Z_DTYPES",
     "Hop",
     "InlineTensor",
@@ -127,6 +128,19 @@ class Hop:
     last_block: int
 
 
+#: Times a hop reports (10 §10.3.1), in this order, in milliseconds.
+HOP_TIMINGS = ("queued_ms", "compute_ms", "encode_ms")
+
+
+def _check_timings(values: tuple[float, ...], per_hop: int = len(HOP_TIMINGS)) -> None:
+    """Hop times: finite numbers >= 0, ``per_hop`` for each of at most MAX_ROUTE_HOPS hops."""
+    if len(values) % per_hop or len(values) > per_hop * MAX_ROUTE_HOPS:
+        raise _bad(f"hop times: {per_hop} per hop for at most {MAX_ROUTE_HOPS} hops")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < 1e9:
+            raise _bad("hop times must be numbers in [0, 1e9) ms")
+
+
 def _check_route(route: tuple[Hop, ...], hop: int) -> None:
     if not 1 <= len(route) <= MAX_ROUTE_HOPS:
         raise _bad(f"a route has 1..{MAX_ROUTE_HOPS} hops")
@@ -169,11 +183,14 @@ class Traverse(Message):
     deadline_ms: int
     want_logits: bool
     z: InlineTensor
+    #: r8: the earlier hops' times, three per hop (10 §10.3.1); () is left out of the body.
+    timings: tuple[float, ...] = ()
     payload: Buffer = field(default=b"", repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_uint("traversal_id", self.traversal_id)
         _check_bytes("client", self.client, 32)
+        _check_timings(self.timings)
         check_addr("reply_addr", self.reply_addr)
         _check_route(self.route, self.hop)
         _check_str("config_hash", self.config_hash)
@@ -212,6 +229,7 @@ class Traverse(Message):
             "dl": self.deadline_ms,
             "lg": self.want_logits,
             "z": self.z.to_body(),
+            **({"tm": [float(v) for v in self.timings]} if self.timings else {}),
         }
 
     @classmethod
@@ -231,6 +249,7 @@ class Traverse(Message):
             deadline_ms=_get(body, "dl"),
             want_logits=_get(body, "lg"),
             z=InlineTensor.from_body(_get(body, "z"), payload),
+            timings=_as_tuple(body.get("tm", []), "tm"),
             payload=payload,
         )
 
@@ -246,11 +265,15 @@ class TraverseResult(Message):
     output: bytes
     hop_ms: tuple[float, ...]
     logits: InlineTensor | None = None
+    #: r8: every hop's times, three per hop (10 §10.3.1); () is left out of the body.
+    timings: tuple[float, ...] = ()
     payload: Buffer = field(default=b"", repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_uint("traversal_id", self.traversal_id)
         _check_bytes("output", self.output)
+        _check_timings(self.hop_ms, per_hop=1)
+        _check_timings(self.timings)
         if self.logits is not None:
             self.logits.check()
 
@@ -260,6 +283,8 @@ class TraverseResult(Message):
             "out": self.output,
             "hms": [float(v) for v in self.hop_ms],
         }
+        if self.timings:
+            body["tm"] = [float(v) for v in self.timings]
         if self.logits is not None:
             body["lg"] = self.logits.to_body()
         return body
@@ -272,6 +297,7 @@ class TraverseResult(Message):
             output=_get(body, "out"),
             hop_ms=_as_tuple(body.get("hms", []), "hms"),
             logits=logits,
+            timings=_as_tuple(body.get("tm", []), "tm"),
             payload=payload,
         )
 
