@@ -196,7 +196,7 @@ def inside(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="wan-inference-"))
     results: dict[str, Any] = {}
     plan: list[str] = []
-    for variant in args.variants.split(","):
+    for variant in (args.force_variants or "bbr").split(","):
         congestion = None if variant in ("bbr", "cold") else variant
         setups = args.setups.split(",") if variant == "bbr" else ["Kfull", "K32"]
         if variant == "cold":
@@ -243,7 +243,7 @@ def inside(args: argparse.Namespace) -> int:
                 if setup in ("ar", "K1") and args.per_byte_sizes:
                     sizes = [int(s) for s in args.per_byte_sizes.split(",")]
                 if variant != "bbr":
-                    sizes = sizes[:1]
+                    sizes = sizes[-1:]
                 for n in sizes:
                     run = _generate(nodes[0].addr, n, setup == "ar", congestion, args.timeout)
                     run["split"] = _split(run, links, _pipeline_sizes(setup, args.context))
@@ -294,6 +294,16 @@ def _inner_args(args: argparse.Namespace, hosts: list[Host], links: dict, out: P
         "--timeout",
         str(args.timeout),
     ]
+
+
+#: What each profile runs: variants (bbr = the hosts' default congestion control), and whether
+#: the per-byte setups (K = 1, the pipeline) generate the larger size too (slow on long paths).
+PLAN: dict[str, tuple[str, bool]] = {
+    "default": ("bbr,reno,cold", True),
+    "harsh": ("bbr,reno", False),
+    "asymmetric": ("bbr,reno", False),
+    "default+iw64": ("bbr,reno", False),
+}
 
 
 def run_profile(args: argparse.Namespace, profile: Profile, out: Path) -> dict[str, Any]:
@@ -365,9 +375,11 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profiles", default="default,harsh,asymmetric")
+    parser.add_argument("--profiles", default=",".join(PLAN))
     parser.add_argument("--hosts", type=Path, help="three real machines (see hosts.py)")
-    parser.add_argument("--variants", default="bbr,cubic,reno,cold")
+    parser.add_argument(
+        "--variants", dest="force_variants", default="", help="override PLAN's variants"
+    )
     parser.add_argument("--setups", default="Kfull,K32,K1,ar")
     parser.add_argument("--sizes", default="128,512")
     parser.add_argument(
@@ -394,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
 
             links = measured_links(hosts)
             args.profile_name = "real"
+            args.variants = args.force_variants or "bbr,reno,cold"
+            args.per_byte_sizes = args.sizes
             out = args.out.with_suffix(".real.json")
             subprocess.run(_inner_args(args, hosts, links, out), check=True)
             report["profiles"]["real"] = json.loads(out.read_text())
@@ -404,6 +418,10 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             for name in args.profiles.split(","):
                 args.profile_name = name
+                variants, long_per_byte = PLAN.get(name, ("bbr,reno", False))
+                args.variants = args.force_variants or variants
+                sizes = args.sizes.split(",")
+                args.per_byte_sizes = args.sizes if long_per_byte else sizes[0]
                 part_path = args.out.with_suffix(f".{name}.json")
                 report["profiles"][name] = run_profile(args, profile_named(name), part_path)
     args.out.write_text(json.dumps(report, indent=1) + "\n")

@@ -97,6 +97,11 @@ PROFILES: dict[str, Profile] = {
         (HostLink(1000, 1000, 0.0),) * 3,
         notes="1 Gbit/s, no added delay: what the emulation itself costs",
     ),
+    "nodelay": Profile(
+        "nodelay",
+        (HostLink(100, 100, 0.0),) * 3,
+        notes="100 Mbit/s, no added delay (for checking the emulation)",
+    ),
     "asymmetric": Profile(
         "asymmetric",
         (_DEFAULT, HostLink(up_mbit=10), _DEFAULT),
@@ -222,6 +227,8 @@ class Topology:
             _in(h, "ip", "link", "set", "eth0", "up")
             iw = self.profile.initcwnd
             window = ("initcwnd", str(iw), "initrwnd", str(iw)) if iw else ()
+            if iw:  # a receive buffer whose first window holds the initial window
+                _sysctl(h, "net.ipv4.tcp_rmem", f"4096 {max(131072, 4 * iw * 1448)} 6291456")
             _in(h, "ip", "route", "add", "default", "via", f"{net}.1", *window)
             _in(r, "ip", "addr", "add", f"{net}.1/24", "dev", side)
             _sysctl(r, f"net.ipv4.conf.{side}.rp_filter", 0)

@@ -122,6 +122,24 @@ def set_congestion(sock: socket.socket | None, name: str) -> bool:
 _refused_congestion: set[str] = set()
 
 
+async def _connected_socket(host: str, port: int, congestion: str) -> socket.socket:
+    """A TCP socket connected to ``host:port`` with ``congestion`` set *before* it connects:
+    set afterwards, a switch away from BBR keeps BBR's pacing (the kernel leaves the socket
+    marked as needing it), and every burst is paced at a rate meant for BBR."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setblocking(False)
+        set_congestion(sock, congestion)
+        await loop.sock_connect(sock, address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def source_address(addr: str) -> str:
     """The local address this host would send from to reach ``addr`` (``host:port``): the
     interface a peer there can dial us back on. Found by connecting a UDP socket, which sends
@@ -184,8 +202,6 @@ class _Link(asyncio.BufferedProtocol):
             self.host = str(peer[0]) if peer else "?"
         transport.set_write_buffer_limits(high=WRITE_HIGH_BYTES, low=WRITE_LOW_BYTES)
         manager = self.manager
-        if manager.tcp_congestion:
-            set_congestion(transport.get_extra_info("socket"), manager.tcp_congestion)
         why = None if self.outbound else manager._admit(self.host)
         if why is not None:
             manager.refused += 1
@@ -383,6 +399,9 @@ class PeerManager:
         """Start accepting connections; returns the bound (host, port) (port 0 = any)."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _Link(self, None, False), host, port)
+        if self.tcp_congestion:
+            for sock in self._server.sockets:  # accepted connections inherit it
+                set_congestion(sock, self.tcp_congestion)  # type: ignore[arg-type]
         sockname = self._server.sockets[0].getsockname()
         return sockname[0], sockname[1]
 
@@ -442,7 +461,11 @@ class PeerManager:
         link.addr = addr
         try:
             async with asyncio.timeout(self.dial_timeout_s):
-                await loop.create_connection(lambda: link, host, port)
+                if self.tcp_congestion:
+                    sock = await _connected_socket(host, port, self.tcp_congestion)
+                    await loop.create_connection(lambda: link, sock=sock)
+                else:
+                    await loop.create_connection(lambda: link, host, port)
         except ConnectionRefusedError:
             raise DialError(
                 f"dial {addr} failed: connection refused (is a node listening there?)"
