@@ -63,9 +63,14 @@ def _swarm(args: argparse.Namespace, tmp: Path, cfg: ModelConfig) -> dict:
     evaluator = None
     eval_out = tmp / "eval.jsonl"
     start = time.monotonic()
+    hosts = json.loads(args.hosts_json) if args.hosts_json else None
     try:
         for i, (b, r) in enumerate(plan):
             extra = ["--bootstrap", nodes[0].addr] if nodes else []
+            placed = {}
+            if hosts:  # scripts/wan: a block's replicas on alternate hosts of the first two
+                host = hosts[(b + r) % 2]
+                placed = {"listen": f"{host['addr']}:0", "prefix": tuple(host["prefix"])}
             nodes.append(
                 NodeProcess(
                     tmp,
@@ -93,7 +98,8 @@ def _swarm(args: argparse.Namespace, tmp: Path, cfg: ModelConfig) -> dict:
                     str(i),
                     *extra,
                     verbose=1,
-                ).start()
+                    **placed,  # type: ignore[arg-type]
+                ).start(timeout_s=120)
             )
         evaluator = subprocess.Popen(
             evaluator_command(
@@ -135,6 +141,7 @@ def _swarm(args: argparse.Namespace, tmp: Path, cfg: ModelConfig) -> dict:
         "wall_s": wall,
         "blocks": blocks,
         "rounds": len(rounds),
+        "round_reports": rounds,
         "averaged_rounds": len(multi),
         "delta_bytes": delta_bytes,
         "update_bytes": update_bytes,
@@ -166,6 +173,10 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=7200.0)
     ap.add_argument("--out", type=Path, default=Path("bench_swarm_training.json"))
     ap.add_argument("--workdir", type=Path, help="keep the nodes' logs and data here")
+    ap.add_argument(
+        "--hosts-json",
+        help="run the trainers on these hosts (scripts/wan/bench_wan_training.py passes them)",
+    )
     args = ap.parse_args()
     args.replicas = [int(x) for x in args.replicas.split(",") if x.strip()]
     args.reference_seeds = [int(x) for x in args.reference_seeds.split(",") if x.strip()]
@@ -201,8 +212,8 @@ def main() -> int:
         ref_walls.append(time.monotonic() - t0)
         with torch.no_grad():
             ce_refs.append(evaluate_sampler([t.block for t in trainers], windows).ce_sampler)
-    ce_ref = sum(ce_refs) / len(ce_refs)
-    ref_wall = sum(ref_walls) / len(ref_walls)
+    ce_ref = sum(ce_refs) / len(ce_refs) if ce_refs else float("nan")
+    ref_wall = sum(ref_walls) / len(ref_walls) if ref_walls else 0.0
     result = {
         "commit": git_commit(),
         "corpus": args.corpus,

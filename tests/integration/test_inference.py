@@ -14,6 +14,7 @@ from spheroid_p2p.ml.checkpoint import load_block, save_block
 from spheroid_p2p.ml.config import ModelConfig
 from spheroid_p2p.ml.generate import generate
 from spheroid_p2p.node.client import GenerationReport, TraversalClient
+from spheroid_p2p.wire.signing import PeerId
 from tests.support.swarm import NodeProcess, wait_for
 
 pytestmark = pytest.mark.integration
@@ -99,6 +100,44 @@ def test_chain_of_four_servers_matches_the_in_process_sampler(
     first, second = asyncio.run(two_at_once())  # concurrent traversals share the servers
     assert first.output == generate(blocks, b"Day 1.", 12, seed=5)
     assert second.output == generate(blocks, b"Day 2.", 12, seed=5)
+    # every hop reported its times (10 §10.3.1)
+    assert all(len(hops) == 4 for hops in report.hop_timings)
+    assert all(h["compute_ms"] > 0 and h["queued_ms"] >= 0 for h in report.hop_timings[0])
+
+
+def test_a_client_no_server_can_dial_gets_its_answer_over_its_own_connection(
+    nodes: list[NodeProcess], tmp_path: Path
+) -> None:
+    """The client names a reply address where nothing listens: the last hop answers over
+    the connection the client opened to it before the first traversal. And every server
+    holds a connection to the next block's server before any traversal (warm next hops)."""
+    paths = _checkpoints(tmp_path, CFG)
+    for b, path in enumerate(paths):
+        _serve(nodes, tmp_path, f"s{b}", path)
+    wait_for(lambda: _serving(nodes[0], 4), timeout_s=30)
+
+    def warm() -> bool:
+        ids = [PeerId.from_text(n.peer_id).digest for n in nodes]
+        return all(
+            ids[i + 1] in {c.peer for c in node.status().connections}
+            for i, node in enumerate(nodes[:-1])
+        )
+
+    wait_for(warm, timeout_s=30)
+
+    async def run() -> GenerationReport:
+        client = TraversalClient(timeout_s=10.0, max_retries=0, advertise="127.0.0.1:9")
+        await client.start()
+        try:
+            return await client.generate(nodes[0].addr, b"Day 1.", 6, seed=5)
+        finally:
+            await client.close()
+
+    report = asyncio.run(run())
+    blocks = {b: load_block(p) for b, p in enumerate(paths)}
+    assert report.output == generate(blocks, b"Day 1.", 6, seed=5)
+    assert report.retries == 0
+    assert report.connect_ms[0] > 0 and all(ms == 0 for ms in report.connect_ms[1:])
 
 
 def test_a_killed_hop_is_routed_around_and_the_output_is_unchanged(

@@ -144,6 +144,8 @@ class BlockReplica:
         self.aggregations: dict[int, Aggregation] = {}
         self._agg_tasks: dict[int, asyncio.Task[None]] = {}
         self._decoded: dict[tuple[int, PeerId], dict[str, torch.Tensor]] = {}
+        #: (round, sender) -> (wire bytes, seconds) of each delta received, for the report
+        self._delta_times: dict[tuple[int, PeerId], tuple[int, float]] = {}
         self._own: dict[int, dict[str, torch.Tensor]] = {}
         self._late: dict[str, torch.Tensor] | None = None
         self.reports: list[dict[str, object]] = []
@@ -546,6 +548,7 @@ class BlockReplica:
         )
         code, reason = agg.offer(offer, time.time())
         transfers.ack(delta, code, reason)
+        self._delta_times[(h.round, delta.sender)] = (delta.nbytes, delta.seconds)
         if code == 0:
             # A staleness-1 delta (built on the version before our base) is applied to the
             # current base as it is, at the reduced weight the round gives it.
@@ -662,8 +665,16 @@ class BlockReplica:
             ],
             "late": [p.short() for p in outcome.late],
             "bytes_in": outcome.bytes_in,
+            # each received delta: wire bytes and seconds from its header to its last chunk
+            "deltas": [
+                {"peer": p.short(), "bytes": n, "seconds": round(sec, 4)}
+                for (rr, p), (n, sec) in sorted(self._delta_times.items(), key=lambda kv: kv[1])
+                if rr == r
+            ],
             "time": time.time(),
         }
+        for key in [k for k in self._delta_times if k[0] <= r]:
+            del self._delta_times[key]
         self.reports.append(entry)
         with open(self.reports_path, "a") as f:
             f.write(json.dumps(entry) + "\n")

@@ -100,6 +100,8 @@ class ReceivedDelta:
     header: DeltaHeader
     tensors: dict[str, tuple[TensorEntry, memoryview]]
     nbytes: int
+    #: From its header's arrival to its last chunk's (the round reports show it per delta).
+    seconds: float = 0.0
 
 
 @dataclass
@@ -130,6 +132,7 @@ class _DeltaIn:
     pending: set[int] = field(default_factory=set)
     wire_bytes: int = 0
     timer: asyncio.TimerHandle | None = None
+    opened_at: float = field(default_factory=time.monotonic)
 
 
 class Transfers:
@@ -745,7 +748,8 @@ class Transfers:
         if self.on_delta is None:
             self._ack(state.sender, state.header, ErrorCode.DELTA_REJECTED, "not training")
             return
-        self.on_delta(ReceivedDelta(state.sender, state.header, tensors, state.wire_bytes))
+        seconds = time.monotonic() - state.opened_at
+        self.on_delta(ReceivedDelta(state.sender, state.header, tensors, state.wire_bytes, seconds))
 
     def _ack(self, peer: PeerId, header: DeltaHeader, code: int, reason: str) -> None:
         self.peers.send(

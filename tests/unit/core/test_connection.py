@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from spheroid_p2p.core.connection import (
+    HOT_PING_S,
     ConnectionLost,
     ConnectionParams,
     ConnectionState,
@@ -87,6 +90,27 @@ def test_keepalive_measures_rtt_and_idle_peers_time_out() -> None:
     (lost,) = a.handle_timer(5.03 + 20.0, WALL)
     assert isinstance(lost, ConnectionLost) and lost.code == ErrorCode.TIMEOUT
     assert a.state is ConnectionState.CLOSED
+
+
+def test_a_hot_connection_pings_often_until_it_cools_down() -> None:
+    """keep_hot: a ping every HOT_PING_S for the given seconds (the connection never looks
+    idle to TCP), then the normal interval again."""
+    a, b = _pair()
+    _pump(a, b)
+    a.keep_hot(1.0, 0.35)
+    assert a.get_timer() == 1.0 + HOT_PING_S
+    times = []
+    now = 1.0
+    for _ in range(10):
+        now = a.get_timer()  # type: ignore[assignment]
+        if now > 3.0:
+            break
+        a.handle_timer(now, WALL)
+        if a.take_outgoing():
+            times.append(now)
+        b.receive_data(b"", now, WALL)
+    assert times == pytest.approx([1.0 + HOT_PING_S * k for k in (1, 2, 3, 4)])
+    assert a.get_timer() == pytest.approx(times[-1] + 5.0)  # cooled down: the normal interval
 
 
 def test_frames_from_another_key_and_replays_close_the_connection() -> None:

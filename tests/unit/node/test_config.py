@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from spheroid_p2p.errors import ConfigError
+from spheroid_p2p.net.peers import available_congestion
 from spheroid_p2p.node.cli import build_parser, node_config
 
 
@@ -35,3 +36,17 @@ def test_unknown_settings_and_bad_addresses_are_clear_errors(tmp_path: Path) -> 
         node_config(build_parser().parse_args(["run", "--config", str(config)]))
     with pytest.raises(ConfigError, match="not a host:port"):
         node_config(build_parser().parse_args(["run", "--bootstrap", "localhost"]))
+
+
+def test_wan_flags_reach_the_config_and_an_unknown_congestion_control_is_refused() -> None:
+    """--tcp-congestion must name one this host offers (the error lists them);
+    --warm-next-hops and --keep-hot are plain numbers."""
+    cfg = node_config(
+        build_parser().parse_args(
+            ["run", "--tcp-congestion", "reno", "--warm-next-hops", "0", "--keep-hot", "2.5"]
+        )
+    )
+    assert (cfg.tcp_congestion, cfg.warm_next_hops, cfg.keep_hot_s) == ("reno", 0, 2.5)
+    if available_congestion():
+        with pytest.raises(ConfigError, match=r"not offered by this host; choose one of: .*reno"):
+            node_config(build_parser().parse_args(["run", "--tcp-congestion", "nosuch"]))
