@@ -82,7 +82,12 @@ def traversal_floor(
 
 
 # -- what runs on the client's host ---------------------------------------------------------
-def _checkpoints(workdir: Path, span: int, context: int) -> list[Path]:
+def _shape(args: argparse.Namespace) -> dict[str, int]:
+    """The model shape flags (width, depth per block), for ModelConfig."""
+    return {"d_model": args.d_model, "layers_per_block": args.layers_per_block}
+
+
+def _checkpoints(workdir: Path, span: int, context: int, shape: dict[str, int]) -> list[Path]:
     import torch
 
     from spheroid_p2p.ml.block import BlockDenoiser
@@ -90,7 +95,7 @@ def _checkpoints(workdir: Path, span: int, context: int) -> list[Path]:
     from spheroid_p2p.ml.config import ModelConfig
 
     torch.manual_seed(0)
-    cfg = ModelConfig(context=context, layout="S" if span == 1 else "P", span=span)
+    cfg = ModelConfig(context=context, layout="S" if span == 1 else "P", span=span, **shape)
     paths = []
     for b in range(cfg.n_blocks):
         path = workdir / f"k{span}-block{b}.safetensors"
@@ -99,7 +104,7 @@ def _checkpoints(workdir: Path, span: int, context: int) -> list[Path]:
     return paths
 
 
-def _ar_checkpoint(workdir: Path, context: int) -> Path:
+def _ar_checkpoint(workdir: Path, context: int, shape: dict[str, int]) -> Path:
     import torch
 
     from spheroid_p2p.ml.baselines import ARTransformer
@@ -107,7 +112,7 @@ def _ar_checkpoint(workdir: Path, context: int) -> Path:
     from spheroid_p2p.ml.config import ModelConfig
 
     torch.manual_seed(0)
-    cfg = ModelConfig(context=context)
+    cfg = ModelConfig(context=context, **shape)
     path = workdir / "ar.safetensors"
     save_ar(path, ARTransformer(cfg, cfg.n_blocks * cfg.layers_per_block))
     return path
@@ -179,13 +184,14 @@ def _split(run: dict[str, Any], links: dict[str, Any], sizes: list[int]) -> dict
     }
 
 
-def _pipeline_sizes(setup: str, context: int) -> list[int]:
+def _pipeline_sizes(setup: str, context: int, d_model: int) -> list[int]:
     """Payload bytes of the five messages of one traversal (client -> ... -> client)."""
     if setup == "ar":
-        return [len(PROMPT) + 400, 512, 512, 512, 64]  # one new byte's hidden state, fp32
+        hidden = d_model * 4  # one new byte's hidden state, fp32
+        return [len(PROMPT) + 400, hidden, hidden, hidden, 64]
     span = context if setup == "Kfull" else int(setup[1:])
     rows = context if span == 1 else span  # layout S carries every position, P the span
-    z = rows * 128 * 4
+    z = rows * d_model * 4
     return [context + 400, z, z, z, 64]
 
 
@@ -208,11 +214,11 @@ def inside(args: argparse.Namespace) -> int:
             if variant == "cold":
                 extra += ("--warm-next-hops", "0", "--keep-hot", "0")
             if setup == "ar":
-                ar = _ar_checkpoint(workdir, args.context)
+                ar = _ar_checkpoint(workdir, args.context, _shape(args))
                 per_node = [["--ar-checkpoint", str(ar), "--ar-stage", f"{s}/4"] for s in range(4)]
             else:
                 span = args.context if setup == "Kfull" else int(setup[1:])
-                paths = _checkpoints(workdir, span, args.context)
+                paths = _checkpoints(workdir, span, args.context, _shape(args))
                 per_node = [["--checkpoint", str(p)] for p in paths]
             nodes: list[Any] = []
             try:
@@ -246,7 +252,9 @@ def inside(args: argparse.Namespace) -> int:
                     sizes = sizes[-1:]
                 for n in sizes:
                     run = _generate(nodes[0].addr, n, setup == "ar", congestion, args.timeout)
-                    run["split"] = _split(run, links, _pipeline_sizes(setup, args.context))
+                    run["split"] = _split(
+                        run, links, _pipeline_sizes(setup, args.context, args.d_model)
+                    )
                     results[key][str(n)] = run
                     s = run["split"]
                     print(
@@ -293,6 +301,10 @@ def _inner_args(args: argparse.Namespace, hosts: list[Host], links: dict, out: P
         str(args.context),
         "--timeout",
         str(args.timeout),
+        "--d-model",
+        str(args.d_model),
+        "--layers-per-block",
+        str(args.layers_per_block),
     ]
 
 
@@ -386,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         "--per-byte-sizes", default="", help="sizes for K=1 and the pipeline (default --sizes)"
     )
     parser.add_argument("--context", type=int, default=128)
+    parser.add_argument("--d-model", type=int, default=128)
+    parser.add_argument("--layers-per-block", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--max-seconds", type=float, default=3000, help="per profile")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "bench_wan_inference.json")
