@@ -6,10 +6,11 @@ different hosts (hosts 1 and 2), so every averaging round moves its deltas and i
 the emulated links; the evaluator runs on host 3 and fetches the swarm's current versions over
 the WAN too. Real checkpoints, deltas and versions cross the links; the router counts every
 byte between hosts. Reports CE at start and end against time and gigabytes moved, per round
-who contributed, the bytes, and how long each delta took against its link's floor (one-way delay
-plus the bytes at the link's rate), and the WAN bytes against moving fp32 checkpoints.
+who contributed, the bytes, and how long each delta took against its link's floor (timed from
+its header's arrival: the bytes at the link's rate), and the WAN bytes against moving fp32
+checkpoints.
 
-    python3 scripts/wan/bench_wan_training.py [--profile default] [--steps-per-block 300]
+    python3 scripts/wan/bench_wan_training.py [--profile default] [--steps-per-block 500]
 
 Writes JSON and a PNG under ``bench-out/`` and prints one summary line. Needs root.
 """
@@ -58,11 +59,12 @@ def _swarm_args(args: argparse.Namespace, out: Path) -> list[str]:
     ]
 
 
-def _delta_rows(part: dict[str, Any], mbit: float, one_way_ms: float) -> list[dict[str, Any]]:
+def _delta_rows(part: dict[str, Any], mbit: float) -> list[dict[str, Any]]:
     rows = []
     for rep in part.get("round_reports", []):
         for d in rep.get("deltas", []):
-            floor = one_way_ms / 1000 + d["bytes"] * WIRE_OVERHEAD * 8 / (mbit * 1e6)
+            # timed from the header's arrival, so the floor is the bytes at the link's rate
+            floor = d["bytes"] * WIRE_OVERHEAD * 8 / (mbit * 1e6)
             rows.append(
                 {
                     "block": rep["block"],
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="default")
     ap.add_argument("--corpus", default="embedded")
-    ap.add_argument("--steps-per-block", type=int, default=300)
+    ap.add_argument("--steps-per-block", type=int, default=500)
     ap.add_argument("--round-steps", type=int, default=50)
     ap.add_argument("--round-period", type=float, default=60.0)
     ap.add_argument("--eval-every", type=float, default=30.0)
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     wan_bytes = sum(v["bytes"] for v in router.values())
     between_trainers = sum(router.get(k, {}).get("bytes", 0) for k in ("1->2", "2->1"))
     link = profile.links[0]
-    rows = _delta_rows(wan, min(link.up_mbit, link.down_mbit), profile.one_way_ms(0, 1))
+    rows = _delta_rows(wan, min(link.up_mbit, link.down_mbit))
     fp32 = wan["fp32_full_checkpoint_bytes"]
     report = {
         "benchmark": "bench_wan_training",
