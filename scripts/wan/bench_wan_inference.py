@@ -272,6 +272,8 @@ def inside(args: argparse.Namespace) -> int:
     Path(args.out).write_text(
         json.dumps({"results": results, "plan": plan, "links": links}, indent=1) + "\n"
     )
+    for weights in workdir.glob("*.safetensors"):  # random weights, up to GBs: the logs stay
+        weights.unlink()
     return 0
 
 
