@@ -174,7 +174,6 @@ class Topology:
     tag: str = field(default_factory=lambda: f"{os.getpid() % 100000}")
     workdir: Path = field(default_factory=lambda: Path("/tmp"))
     router: subprocess.Popen[bytes] | None = None
-    started: list[subprocess.Popen[bytes] | subprocess.Popen[str]] = field(default_factory=list)
 
     @property
     def router_ns(self) -> str:
@@ -261,12 +260,6 @@ class Topology:
         _in(r, "ip", "link", "set", tun, "up", "mtu", "1500")
         _in(r, "ip", "route", "add", "default", "dev", tun, "table", "100")
 
-    def spawn(self, host: int, cmd: list[str], **popen: object) -> subprocess.Popen[bytes]:
-        """Start ``cmd`` in host ``host``; ended by PID at teardown."""
-        proc: subprocess.Popen[bytes] = subprocess.Popen([*self.exec_prefix(host), *cmd], **popen)  # type: ignore[call-overload]
-        self.started.append(proc)
-        return proc
-
     def router_stats(self) -> dict[str, dict[str, int]]:
         """Per host pair (``"1->2"``): packets, bytes, lost, overflow; read after ``down``."""
         if not self.stats_path.exists():
@@ -274,8 +267,6 @@ class Topology:
         return json.loads(self.stats_path.read_text())  # type: ignore[no-any-return]
 
     def down(self) -> None:
-        for proc in self.started:
-            _end(proc)
         if self.router is not None:
             _end(self.router)
         names = [self.router_ns, *(self.ns(i) for i in range(3))]
