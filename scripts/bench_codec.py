@@ -27,10 +27,11 @@ from typing import Any
 import torch
 
 from spheroid_p2p.core.session import Sealer
+from spheroid_p2p.wire.chunks import TensorChunk, TensorHeader
 from spheroid_p2p.wire.codec import decode_frame, encode_frame
+from spheroid_p2p.wire.control import Ping
 from spheroid_p2p.wire.dtypes import Codec, dtype_by_name
 from spheroid_p2p.wire.framing import Buffer, FrameDecoder
-from spheroid_p2p.wire.messages import Ping, TensorChunk, TensorHeader
 from spheroid_p2p.wire.signing import KeyPair
 from spheroid_p2p.wire.tensors import RawTensor, TensorAssembler, tensor_chunks, tensor_header
 

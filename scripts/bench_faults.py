@@ -56,16 +56,11 @@ from spheroid_p2p.testing.hostile import (  # noqa: E402
     zstd_bomb,
 )
 from spheroid_p2p.wire.codec import Envelope  # noqa: E402
-from spheroid_p2p.wire.messages import (  # noqa: E402
-    GossipDigest,
-    GossipRecords,
-    MessageType,
-    Ping,
-    RelayedRecord,
-    StatusRequest,
-    StatusResponse,
-)
+from spheroid_p2p.wire.control import Ping  # noqa: E402
+from spheroid_p2p.wire.gossip import GossipDigest, GossipRecords, RelayedRecord  # noqa: E402
+from spheroid_p2p.wire.message import MessageType  # noqa: E402
 from spheroid_p2p.wire.signing import KeyPair, PeerId  # noqa: E402
+from spheroid_p2p.wire.status import StatusRequest, StatusResponse  # noqa: E402
 from spheroid_p2p.wire.tensors import chunk_digest  # noqa: E402
 from spheroid_p2p.wire.traversal import (  # noqa: E402
     Hop,

@@ -44,8 +44,8 @@ from spheroid_p2p.node.cli import run_async
 from spheroid_p2p.node.config import NodeConfig
 from spheroid_p2p.node.launcher import NodeProcess
 from spheroid_p2p.node.store import StoredSet, VersionStore, raw_of
+from spheroid_p2p.wire.manifests import ENCODINGS
 from spheroid_p2p.wire.signing import KeyPair, PeerId
-from spheroid_p2p.wire.versions import ENCODINGS
 
 
 def _tensors(mib: int) -> dict[str, torch.Tensor]:
@@ -159,8 +159,8 @@ async def _raw_receive(mib: int, repeats: int) -> tuple[float, float]:
 def _seal_open_ms_per_mib(repeats: int) -> float:
     """CPU-ms to seal one 1 MiB chunk frame and open it again (06 §6.7), as a node does."""
     from spheroid_p2p.core.session import Sealer
+    from spheroid_p2p.wire.chunks import TensorChunk
     from spheroid_p2p.wire.codec import encode_frame
-    from spheroid_p2p.wire.messages import TensorChunk
 
     payload = memoryview(os.urandom(1 << 20))
     frame = encode_frame(
@@ -189,10 +189,10 @@ def _seal_open_ms_per_mib(repeats: int) -> float:
 
 def ceiling(mib: int, repeats: int) -> dict[str, float]:
     """What a checked, stored transfer costs in CPU per MiB here, and the rate that allows."""
+    from spheroid_p2p.wire.chunks import TensorChunk
     from spheroid_p2p.wire.codec import decode_frame, encode_frame
     from spheroid_p2p.wire.dtypes import Codec
     from spheroid_p2p.wire.framing import FRAME_HEADER_BYTES
-    from spheroid_p2p.wire.messages import TensorChunk
     from spheroid_p2p.wire.tensors import chunk_digest
 
     raw_wall, raw_cpu = run_async(_raw_receive(mib, repeats))

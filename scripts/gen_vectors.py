@@ -34,32 +34,28 @@ from spheroid_p2p.params import (
     TENSOR_CHUNK_BYTES,
 )
 from spheroid_p2p.wire import msgpack_profile
+from spheroid_p2p.wire.chunks import TensorChunk
 from spheroid_p2p.wire.codec import encode_frame, frame_body_parts
+from spheroid_p2p.wire.control import Close, Hello, HelloAck, Ping, Pong
+from spheroid_p2p.wire.deltas import DeltaAck, DeltaHeader
 from spheroid_p2p.wire.dtypes import Codec, dtype_by_name
 from spheroid_p2p.wire.framing import join_frame
-from spheroid_p2p.wire.messages import (
-    Close,
-    ConnView,
+from spheroid_p2p.wire.gossip import (
     DigestEntry,
     GossipDigest,
     GossipRecords,
     GossipRequest,
     GossipSummary,
     GossipSuspect,
-    Hello,
-    HelloAck,
-    Message,
-    Ping,
-    Pong,
-    RecordView,
     RelayedRecord,
-    StatusRequest,
-    StatusResponse,
-    TensorChunk,
 )
+from spheroid_p2p.wire.manifests import KIND_FULL, Manifest, tensor_entry, weights_hash
+from spheroid_p2p.wire.message import Message
 from spheroid_p2p.wire.records import OwnershipRecord, SignedRecord
 from spheroid_p2p.wire.signing import DOMAIN_ENVELOPE, DOMAIN_RECORD, KeyPair, signing_input
+from spheroid_p2p.wire.status import ConnView, RecordView, StatusRequest, StatusResponse
 from spheroid_p2p.wire.tensors import RawTensor, chunk_digest, tensor_chunks, tensor_header
+from spheroid_p2p.wire.transfer import ChunkGet, TransferError, VersionGet, VersionInfo
 from spheroid_p2p.wire.traversal import (
     Hop,
     InlineTensor,
@@ -69,20 +65,8 @@ from spheroid_p2p.wire.traversal import (
     TraverseError,
     TraverseResult,
 )
-from spheroid_p2p.wire.versions import (
-    KIND_FULL,
-    ChunkGet,
-    DeltaAck,
-    DeltaHeader,
-    Manifest,
-    TransferError,
-    VersionGet,
-    VersionInfo,
-    tensor_entry,
-    weights_hash,
-)
 
-SPEC_REVISION = "r7"
+SPEC_REVISION = "r9"
 OUT_DIR = Path(__file__).resolve().parent.parent / "protocol" / "vectors"
 
 SEED_A = bytes(range(32))
@@ -461,7 +445,7 @@ def message_vectors() -> list[dict[str, Any]]:
         ),
         (
             "status-response",
-            "StatusResponse with one record and one connection",
+            "StatusResponse with one record and one connection (r9: rows are maps)",
             StatusResponse(
                 request_id=42,
                 agent="spheroid_p2p/0.1.0",
@@ -479,6 +463,9 @@ def message_vectors() -> list[dict[str, Any]]:
                         100,
                         29900,
                         False,
+                        4,
+                        "ab" * 20,
+                        128,
                     ),
                 ),
                 connections=(ConnView(KEY_B.peer_id.digest, "127.0.0.1:7000", True, 0.25, 40),),
@@ -566,6 +553,23 @@ def message_vectors() -> list[dict[str, Any]]:
         "a 63-byte signature",
         frame_body(frame_body_parts(hello_signed, sig[:63], b"")),
         ErrorCode.MALFORMED_FRAME,
+    )
+    positional = {
+        "rid": 1,
+        "agent": "a",
+        "up": 0,
+        "recs": [[KEY_A.peer_id.digest, 0, "serve", 0, b"", [], 0.0, 1, 0, 0, False]],
+        "conns": [],
+    }
+    err(
+        "status-positional-row",
+        "r9: a STATUS_RESPONSE record row given as an r8 positional array, not a map",
+        raw_body(
+            msgpack_profile.pack(
+                signed_map(body=positional, type_code=int(StatusResponse.TYPE))
+            )
+        ),
+        ErrorCode.MALFORMED_MESSAGE,
     )
     err(
         "body-payload-on-hello",
@@ -1147,6 +1151,40 @@ def ownership_vectors() -> list[dict[str, Any]]:
             "record": raw.hex(),
             "signature": KEY_A.sign(DOMAIN_RECORD, raw).hex(),
             "error": ErrorCode.STALE_RECORD.name,
+        }
+    )
+    with_ctx = OwnershipRecord(
+        owner_key=KEY_A.public_key,
+        block=2,
+        role="serve",
+        version=0,
+        content_hash=b"",
+        addrs=("127.0.0.1:7000",),
+        load=0.0,
+        seq=101,
+        ttl_ms=30_000,
+        n_blocks=4,
+        config_hash="ab" * 20,
+        context=128,
+    ).sign(KEY_A)
+    out.append(
+        {
+            "id": "record-with-context",
+            "description": "r9: a server's record announcing its model's context (ctx)",
+            "record": with_ctx.data.hex(),
+            "signature": with_ctx.signature.hex(),
+            "signing_input": signing_input(DOMAIN_RECORD, with_ctx.data).hex(),
+            "fields": render(msgpack_profile.unpack(with_ctx.data)),
+        }
+    )
+    huge_ctx = msgpack_profile.pack(dict(msgpack_profile.unpack(with_ctx.data), ctx=1 << 30))
+    out.append(
+        {
+            "id": "record-context-too-large",
+            "description": "ctx above MAX_CONTEXT_BYTES",
+            "record": huge_ctx.hex(),
+            "signature": KEY_A.sign(DOMAIN_RECORD, huge_ctx).hex(),
+            "error": ErrorCode.MALFORMED_MESSAGE.name,
         }
     )
     bad_role = msgpack_profile.pack(dict(msgpack_profile.unpack(RECORD_A.data), role="boss"))

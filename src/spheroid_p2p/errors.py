@@ -56,6 +56,7 @@ class ErrorCode(IntEnum):
     DELTA_REJECTED = 25
     NOT_READY = 26
     DECRYPTION_FAILED = 27
+    SPAN_UNSUPPORTED = 28
 
 
 def code_name(code: int) -> str:

@@ -21,6 +21,7 @@ __all__ = [
     "MAX_BIN_LEN",
     "MAX_CHUNKS_PER_REQUEST",
     "MAX_CLOCK_SKEW_MS",
+    "MAX_CONTEXT_BYTES",
     "MAX_FRAME_BYTES",
     "MAX_GOSSIP_BATCH_BYTES",
     "MAX_MANIFEST_BYTES",
@@ -33,6 +34,7 @@ __all__ = [
     "MAX_REPORT_ENTRIES",
     "MAX_ROUTE_HOPS",
     "MAX_SIGNED_BYTES",
+    "MAX_STATUS_CONNECTIONS",
     "MAX_STATUS_RECORDS",
     "MAX_STR_LEN",
     "MAX_TABLE_RECORDS",
@@ -116,6 +118,11 @@ MAX_GOSSIP_BATCH_BYTES: Final = 48 * 1024
 MAX_RECORDS_PER_ANSWER: Final = 256
 #: Records in one STATUS_RESPONSE page (§7.8); a client asks for the next page from ``off``.
 MAX_STATUS_RECORDS: Final = 128
+#: Connections listed in one STATUS_RESPONSE (§7.8).
+MAX_STATUS_CONNECTIONS: Final = 64
+
+#: Largest model context a record may announce (``ctx``, r9), in bytes.
+MAX_CONTEXT_BYTES: Final = 1 << 20
 
 # --- 08-checkpoints.md -----------------------------------------------------------------------
 #: Chunks in one block version or delta (1 GiB of raw bytes at most).

@@ -8,7 +8,7 @@ from pathlib import Path
 from spheroid_p2p import params
 from spheroid_p2p.errors import ErrorCode
 from spheroid_p2p.wire.dtypes import DTYPES, Codec
-from spheroid_p2p.wire.messages import MessageType
+from spheroid_p2p.wire.message import MessageType
 
 SPEC = Path(__file__).resolve().parents[2] / "protocol"
 ROW = re.compile(r"^\|\s*`([A-Z0-9_]+)`\s*\|\s*([^|]+?)\s*\|")

@@ -13,9 +13,9 @@ import blake3
 import pytest
 
 from spheroid_p2p.errors import ErrorCode, RemoteProtocolError
+from spheroid_p2p.wire.chunks import TensorChunk, TensorHeader
 from spheroid_p2p.wire.codec import decode_frame
 from spheroid_p2p.wire.framing import FrameDecoder
-from spheroid_p2p.wire.messages import TensorChunk, TensorHeader
 from spheroid_p2p.wire.signing import DOMAINS, KeyPair, PeerId, signing_input
 from spheroid_p2p.wire.tensors import TensorAssembler
 from tests.support.vectors import VECTOR_DIR, envelope_fields, load, outcome
@@ -176,7 +176,7 @@ def test_enough_vectors_and_every_decode_error_code_has_one() -> None:
 
 def test_every_message_type_has_a_valid_vector() -> None:
     """Each registered message type appears in at least one valid vector."""
-    from spheroid_p2p.wire.messages import registry
+    from spheroid_p2p.wire.message import registry
 
     valid = [v for area in FRAME_AREAS for v in load(area) if "error" not in v]
     types = {decode_frame(bytes.fromhex(v["bytes"])).message.TYPE for v in valid}

@@ -22,11 +22,13 @@ from spheroid_p2p.testing.hostile import (
     oversized_delta_header,
     zstd_bomb,
 )
-from spheroid_p2p.wire.messages import GossipRecords, MessageType, RelayedRecord, StatusRequest
+from spheroid_p2p.wire.gossip import GossipRecords, RelayedRecord
+from spheroid_p2p.wire.message import MessageType
 from spheroid_p2p.wire.signing import KeyPair
+from spheroid_p2p.wire.status import StatusRequest
 from spheroid_p2p.wire.tensors import chunk_digest
+from spheroid_p2p.wire.transfer import REQUEST_ID_BIT, ChunkGet, TransferError, VersionGet
 from spheroid_p2p.wire.traversal import Hop, InlineTensor, Traverse, TraverseError
-from spheroid_p2p.wire.versions import REQUEST_ID_BIT, ChunkGet, TransferError, VersionGet
 from tests.support.swarm import NodeProcess, wait_for
 
 pytestmark = pytest.mark.integration
@@ -279,8 +281,8 @@ def test_poisoned_versions_and_oversized_delta_headers_are_refused(tmp_path: Pat
     import torch
 
     from spheroid_p2p.ml.config import ModelConfig
+    from spheroid_p2p.wire.deltas import DeltaAck
     from spheroid_p2p.wire.signing import PeerId
-    from spheroid_p2p.wire.versions import DeltaAck
 
     trainer = NodeProcess(tmp_path, "r0", *TRAINER, verbose=1).start()
     model = ModelConfig(context=16, d_model=32, layers_per_block=1)

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from spheroid_p2p.errors import RemoteProtocolError
 from spheroid_p2p.wire.codec import decode_frame, encode_frame
+from spheroid_p2p.wire.control import Close, Hello, Ping
 from spheroid_p2p.wire.framing import FrameDecoder, join_frame
-from spheroid_p2p.wire.messages import Close, Hello, Ping
 from spheroid_p2p.wire.signing import KeyPair
 from tests.support.vectors import load
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from spheroid_p2p.wire.messages import Message
+from spheroid_p2p.wire.message import Message
 from spheroid_p2p.wire.signing import PeerId
 
 __all__ = ["Action", "Dial", "Probe", "Send"]

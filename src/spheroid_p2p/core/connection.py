@@ -30,8 +30,9 @@ from spheroid_p2p.core.session import Sealer, ephemeral_public, session_keys
 from spheroid_p2p.errors import ErrorCode, LocalProtocolError, RemoteProtocolError, code_name
 from spheroid_p2p.params import HANDSHAKE_TIMEOUT_S, MAX_CLOCK_SKEW_MS, SUPPORTED_VERSIONS
 from spheroid_p2p.wire.codec import Envelope, decode_frame, encode_frame
+from spheroid_p2p.wire.control import Close, Hello, HelloAck, Ping, Pong
 from spheroid_p2p.wire.framing import BodyPool, Buffer, FrameDecoder
-from spheroid_p2p.wire.messages import Close, Hello, HelloAck, Message, MessageType, Ping, Pong
+from spheroid_p2p.wire.message import Message, MessageType
 from spheroid_p2p.wire.signing import KeyPair, PeerId
 
 __all__ = [

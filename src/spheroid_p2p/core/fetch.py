@@ -20,8 +20,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from spheroid_p2p.wire.manifests import ChunkSpan
 from spheroid_p2p.wire.signing import PeerId
-from spheroid_p2p.wire.versions import ChunkSpan
 
 __all__ = ["FetchParams", "Fetcher", "RequestChunks"]
 

@@ -38,15 +38,15 @@ from spheroid_p2p.params import (
     MAX_RECORDS_PER_ANSWER,
     MAX_RECORDS_PER_MESSAGE,
 )
-from spheroid_p2p.wire.messages import (
+from spheroid_p2p.wire.gossip import (
     GossipDigest,
     GossipRecords,
     GossipRequest,
     GossipSummary,
     GossipSuspect,
-    Message,
     RelayedRecord,
 )
+from spheroid_p2p.wire.message import Message
 from spheroid_p2p.wire.records import OwnershipRecord, SignedRecord
 from spheroid_p2p.wire.signing import KeyPair, PeerId
 
@@ -86,6 +86,7 @@ class LocalClaim:
     load: float = 0.0
     n_blocks: int = 0
     config_hash: str = ""
+    context: int = 0
 
 
 @dataclass
@@ -191,6 +192,7 @@ class GossipService:
             departed=departed,
             n_blocks=claim.n_blocks,
             config_hash=claim.config_hash,
+            context=claim.context,
         ).sign(self.key)
 
     # -- connections ------------------------------------------------------------------------

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from spheroid_p2p.errors import ErrorCode, LocalProtocolError, RemoteProtocolError, code_name
 from spheroid_p2p.params import HANDSHAKE_NONCE_BYTES, HANDSHAKE_TIMEOUT_S, SUPPORTED_VERSIONS
 from spheroid_p2p.wire.codec import Envelope
-from spheroid_p2p.wire.messages import Close, Hello, HelloAck, Message
+from spheroid_p2p.wire.control import Close, Hello, HelloAck
+from spheroid_p2p.wire.message import Message
 from spheroid_p2p.wire.signing import PeerId
 
 __all__ = ["Handshake", "HandshakeResult", "HandshakeState", "choose_version"]

@@ -33,7 +33,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 
 from spheroid_p2p.params import MAX_RECORDS_PER_OWNER, MAX_TABLE_RECORDS
-from spheroid_p2p.wire.messages import DigestEntry
+from spheroid_p2p.wire.gossip import DigestEntry
 from spheroid_p2p.wire.records import OwnershipRecord, SignedRecord
 
 __all__ = ["SELF", "Entry", "OwnershipTable", "RecordKey"]

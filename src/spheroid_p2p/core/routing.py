@@ -34,6 +34,8 @@ class ServerOffer:
     load: float = 0.0
     n_blocks: int = 0
     config_hash: str = ""
+    #: The model's context in bytes (0: not said).
+    context: int = 0
 
 
 def plan_route(

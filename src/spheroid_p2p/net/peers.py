@@ -43,8 +43,9 @@ from spheroid_p2p.params import SUPPORTED_VERSIONS, TENSOR_CHUNK_BYTES
 from spheroid_p2p.wire.addr import BadAddressError
 from spheroid_p2p.wire.addr import parse_addr as wire_parse_addr
 from spheroid_p2p.wire.codec import Envelope
+from spheroid_p2p.wire.control import Close
 from spheroid_p2p.wire.framing import BodyPool, Buffer
-from spheroid_p2p.wire.messages import Close, Message
+from spheroid_p2p.wire.message import Message
 from spheroid_p2p.wire.signing import PeerId
 
 __all__ = [

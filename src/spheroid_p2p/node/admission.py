@@ -17,7 +17,8 @@ from spheroid_p2p.ml.averaging import (
     int8_scale_shape,
 )
 from spheroid_p2p.node.store import wire_dtype
-from spheroid_p2p.wire.versions import ENCODINGS, DeltaHeader
+from spheroid_p2p.wire.deltas import DeltaHeader
+from spheroid_p2p.wire.manifests import ENCODINGS
 
 __all__ = ["SetCheck", "delta_layout_problem", "join_check", "version_check"]
 

@@ -32,28 +32,20 @@ from spheroid_p2p.node.transfer import ReceivedDelta, Transfers
 from spheroid_p2p.node.turns import ComputeTurns, Overloaded
 from spheroid_p2p.params import MAX_STATUS_RECORDS
 from spheroid_p2p.wire.codec import Envelope
-from spheroid_p2p.wire.messages import (
-    ConnView,
+from spheroid_p2p.wire.deltas import DeltaHeader
+from spheroid_p2p.wire.gossip import (
     GossipDigest,
     GossipRecords,
     GossipRequest,
     GossipSummary,
     GossipSuspect,
-    Message,
-    RecordView,
-    StatusRequest,
-    StatusResponse,
 )
+from spheroid_p2p.wire.manifests import SignedManifest
+from spheroid_p2p.wire.message import Message
 from spheroid_p2p.wire.signing import KeyPair, PeerId
+from spheroid_p2p.wire.status import ConnView, RecordView, StatusRequest, StatusResponse
 from spheroid_p2p.wire.tensors import chunk_digest
-from spheroid_p2p.wire.versions import (
-    ChunkGet,
-    DeltaHeader,
-    SignedManifest,
-    TransferError,
-    VersionGet,
-    VersionInfo,
-)
+from spheroid_p2p.wire.transfer import ChunkGet, TransferError, VersionGet, VersionInfo
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Coroutine
@@ -223,6 +215,7 @@ class Node:
                     role="serve",
                     n_blocks=self.ar_stage.stages,
                     config_hash=self.ar_stage.config_hash,
+                    context=self.ar_stage.context,
                 )
                 self._apply(self.gossip.publish(claim, now))
             model = self.config.model
@@ -520,6 +513,7 @@ class Node:
                 content_hash=digest,
                 n_blocks=runtime.config.n_blocks,
                 config_hash=runtime.config_hash,
+                context=runtime.config.context,
             )
             self._apply(self.gossip.publish(claim, now))
         log.info(
@@ -720,7 +714,7 @@ class Node:
             await fail(ErrorCode.BLOCK_NOT_SERVED, "request is for a different model config")
             return
         if req.span not in (0, cfg.span):
-            await fail(ErrorCode.BLOCK_NOT_SERVED, f"this model emits spans of {cfg.span}")
+            await fail(ErrorCode.SPAN_UNSUPPORTED, f"this model emits spans of {cfg.span}")
             return
         starting = len(req.z.shape) == 1 and req.z.shape[0] == 0
         if starting != (hop.first_block == 0):
@@ -910,6 +904,7 @@ class Node:
                 departed=e.record.departed,
                 n_blocks=e.record.n_blocks,
                 config_hash=e.record.config_hash,
+                context=e.record.context,
             )
             for e in entries
         )

@@ -30,8 +30,9 @@ from spheroid_p2p.errors import ErrorCode, TransportError, code_name
 from spheroid_p2p.net.peers import DialError, PeerManager, parse_addr, source_address
 from spheroid_p2p.node.status import every_page
 from spheroid_p2p.wire.codec import Envelope
-from spheroid_p2p.wire.messages import Message, StatusRequest, StatusResponse
+from spheroid_p2p.wire.message import Message
 from spheroid_p2p.wire.signing import KeyPair, PeerId
+from spheroid_p2p.wire.status import StatusRequest, StatusResponse
 from spheroid_p2p.wire.tensors import chunk_digest
 from spheroid_p2p.wire.traversal import (
     HOP_TIMINGS,
@@ -165,7 +166,9 @@ class TraversalClient:
         async with asyncio.timeout(self.timeout_s):
             status = await every_page(ask)
         offers = [
-            ServerOffer(r.owner, r.addrs[0], r.block, r.load, r.n_blocks, r.config_hash)
+            ServerOffer(
+                r.owner, r.addrs[0], r.block, r.load, r.n_blocks, r.config_hash, r.context
+            )
             for r in status.records
             if r.role == "serve"
             and not r.departed
@@ -242,11 +245,7 @@ class TraversalClient:
             answer = await self._send(route, spec, report)
             if isinstance(answer, TraverseResult):
                 return answer.output
-            if (
-                isinstance(answer, TraverseError)
-                and answer.code == ErrorCode.BLOCK_NOT_SERVED
-                and "spans of" in answer.reason
-            ):
+            if isinstance(answer, TraverseError) and answer.code == ErrorCode.SPAN_UNSUPPORTED:
                 raise TransportError(f"the swarm cannot do this: {answer.reason}")
             report.retries += 1
             bad = await self._blame(route, answer)
@@ -380,7 +379,9 @@ class TraversalClient:
             raise TransportError(f"no autoregressive pipeline stages known to {addr}")
         stages = max(o.n_blocks for o in offers)
         config = offers[0].config_hash
-        context = int(config.rpartition("-T")[2])
+        context = min((o.context for o in offers), default=0)
+        if context <= 0:
+            raise TransportError("the pipeline's stages do not announce their context (ctx)")
         start = time.perf_counter()
         out = b""
         session: int | None = None

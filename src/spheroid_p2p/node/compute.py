@@ -21,7 +21,7 @@ from spheroid_p2p.ml.config import ModelConfig
 from spheroid_p2p.ml.generate import noisy_slots, pick_bytes, run_blocks, start_noise, window
 from spheroid_p2p.node.store import raw_of
 from spheroid_p2p.node.turns import StepGate
-from spheroid_p2p.wire.versions import tensor_entry, weights_hash
+from spheroid_p2p.wire.manifests import tensor_entry, weights_hash
 
 __all__ = ["BlockRuntime", "HopOutput"]
 
@@ -190,8 +190,9 @@ class ArStageRuntime:
         self.stage, self.stages = stage, stages
         self.first = stage * n_layers // stages
         self.last = (stage + 1) * n_layers // stages
-        # "ar-<hash>-T<context>": the client reads the context (when to re-prefill) from it.
         self.config_hash = f"ar-{self.model.cfg.config_hash()[:40]}-T{self.model.cfg.context}"
+        #: announced in the stage's record (``ctx``): when the client starts a session over
+        self.context = self.model.cfg.context
         self.pool = pool
         self.max_sessions = max_sessions
         self.idle_s = idle_s

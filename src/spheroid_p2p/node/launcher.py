@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from spheroid_p2p.node.status import fetch_status
-from spheroid_p2p.wire.messages import StatusResponse
+from spheroid_p2p.wire.status import StatusResponse
 
 __all__ = ["NodeProcess", "evaluator_command", "live_view", "swarm_plan", "wait_for"]
 

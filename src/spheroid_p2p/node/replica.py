@@ -58,15 +58,15 @@ from spheroid_p2p.node.admission import (
 )
 from spheroid_p2p.node.store import StoredSet, raw_of, tensor_of
 from spheroid_p2p.node.transfer import FetchError, ReceivedDelta, VersionRejected
-from spheroid_p2p.wire.signing import PeerId
-from spheroid_p2p.wire.versions import (
+from spheroid_p2p.wire.deltas import DeltaHeader
+from spheroid_p2p.wire.manifests import (
     ENCODINGS,
     KIND_UPDATE,
-    DeltaHeader,
     Manifest,
     RoundReport,
     SignedManifest,
 )
+from spheroid_p2p.wire.signing import PeerId
 
 if TYPE_CHECKING:
     from spheroid_p2p.node.app import Node

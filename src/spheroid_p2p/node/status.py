@@ -13,8 +13,8 @@ from spheroid_p2p.errors import TransportError
 from spheroid_p2p.net.peers import PeerManager
 from spheroid_p2p.params import MAX_TABLE_RECORDS
 from spheroid_p2p.wire.codec import Envelope
-from spheroid_p2p.wire.messages import RecordView, StatusRequest, StatusResponse
 from spheroid_p2p.wire.signing import KeyPair, PeerId
+from spheroid_p2p.wire.status import RecordView, StatusRequest, StatusResponse
 
 __all__ = ["every_page", "fetch_status", "format_status"]
 

@@ -30,9 +30,7 @@ import torch
 
 from spheroid_p2p.wire import msgpack_profile
 from spheroid_p2p.wire.dtypes import DTYPES, dtype_by_name
-from spheroid_p2p.wire.signing import KeyPair
-from spheroid_p2p.wire.tensors import RawTensor, chunk_digest
-from spheroid_p2p.wire.versions import (
+from spheroid_p2p.wire.manifests import (
     KIND_FULL,
     ChunkSpan,
     Manifest,
@@ -43,6 +41,8 @@ from spheroid_p2p.wire.versions import (
     tensor_entry,
     weights_hash,
 )
+from spheroid_p2p.wire.signing import KeyPair
+from spheroid_p2p.wire.tensors import RawTensor, chunk_digest
 
 __all__ = ["StoredSet", "VersionStore", "raw_of", "tensor_of", "wire_dtype"]
 

@@ -32,25 +32,27 @@ from spheroid_p2p.core.fetch import Fetcher, FetchParams
 from spheroid_p2p.core.linkrate import LinkRates, choose_codec
 from spheroid_p2p.errors import ErrorCode, RemoteProtocolError, SpheroidError, code_name
 from spheroid_p2p.params import MAX_CHUNKS_PER_REQUEST
+from spheroid_p2p.wire.chunks import TensorChunk
 from spheroid_p2p.wire.codec import verify_chunk
 from spheroid_p2p.wire.compression import encode_payload
+from spheroid_p2p.wire.deltas import DeltaAck, DeltaHeader
 from spheroid_p2p.wire.dtypes import DTYPES, Codec
-from spheroid_p2p.wire.messages import Message, TensorChunk
-from spheroid_p2p.wire.signing import KeyPair, PeerId
-from spheroid_p2p.wire.tensors import RawTensor
-from spheroid_p2p.wire.versions import (
+from spheroid_p2p.wire.manifests import (
     KIND_FULL,
-    REQUEST_ID_BIT,
-    ChunkGet,
-    DeltaAck,
-    DeltaHeader,
     SignedManifest,
     TensorEntry,
+    chunk_spans,
+    tensor_entry,
+)
+from spheroid_p2p.wire.message import Message
+from spheroid_p2p.wire.signing import KeyPair, PeerId
+from spheroid_p2p.wire.tensors import RawTensor
+from spheroid_p2p.wire.transfer import (
+    REQUEST_ID_BIT,
+    ChunkGet,
     TransferError,
     VersionGet,
     VersionInfo,
-    chunk_spans,
-    tensor_entry,
 )
 
 if TYPE_CHECKING:

@@ -28,11 +28,12 @@ from spheroid_p2p.core.freshness import initial_seq
 from spheroid_p2p.net.peers import parse_addr
 from spheroid_p2p.wire import msgpack_profile
 from spheroid_p2p.wire.codec import Envelope, frame_body_parts
+from spheroid_p2p.wire.deltas import DeltaHeader
 from spheroid_p2p.wire.framing import Buffer
-from spheroid_p2p.wire.messages import Message
+from spheroid_p2p.wire.manifests import TensorEntry
+from spheroid_p2p.wire.message import Message
 from spheroid_p2p.wire.signing import DOMAIN_ENVELOPE, DOMAIN_RECORD, KeyPair
 from spheroid_p2p.wire.tensors import content_hash
-from spheroid_p2p.wire.versions import DeltaHeader, TensorEntry
 
 __all__ = ["HostilePeer", "crafted_record", "oversized_delta_header", "zstd_bomb"]
 

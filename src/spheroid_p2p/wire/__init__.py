@@ -5,20 +5,12 @@ Spec: ``protocol/`` (framing 01, encoding 02, messages 03, signing 04, tensor fr
 
 from __future__ import annotations
 
+from spheroid_p2p.wire.chunks import TensorChunk, TensorHeader
 from spheroid_p2p.wire.codec import Envelope, decode_frame, encode_frame
+from spheroid_p2p.wire.control import Close, Hello, HelloAck, Ping, Pong
 from spheroid_p2p.wire.dtypes import DTYPES, Codec, DType, dtype_by_name
 from spheroid_p2p.wire.framing import FrameDecoder
-from spheroid_p2p.wire.messages import (
-    Close,
-    Hello,
-    HelloAck,
-    Message,
-    MessageType,
-    Ping,
-    Pong,
-    TensorChunk,
-    TensorHeader,
-)
+from spheroid_p2p.wire.message import Message, MessageType
 from spheroid_p2p.wire.signing import KeyPair, PeerId
 from spheroid_p2p.wire.tensors import RawTensor, TensorAssembler, tensor_chunks, tensor_header
 

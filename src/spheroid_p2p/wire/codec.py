@@ -30,17 +30,12 @@ from spheroid_p2p.params import (
     SIGNATURE_BYTES,
     SUPPORTED_VERSIONS,
 )
+from spheroid_p2p.wire import messages as _messages  # noqa: F401  (registers every type)
 from spheroid_p2p.wire import msgpack_profile
-from spheroid_p2p.wire import versions as _versions  # noqa: F401  (registers 08/09 types)
+from spheroid_p2p.wire.chunks import TensorChunk, TensorHeader
 from spheroid_p2p.wire.compression import decode_payload
 from spheroid_p2p.wire.framing import Buffer, frame_header
-from spheroid_p2p.wire.messages import (
-    Message,
-    TensorChunk,
-    TensorHeader,
-    message_from_body,
-    registry,
-)
+from spheroid_p2p.wire.message import Message, message_from_body, registry
 from spheroid_p2p.wire.signing import DOMAIN_ENVELOPE, KeyPair, PeerId, verify
 from spheroid_p2p.wire.tensors import check_header, chunk_digest
 from spheroid_p2p.wire.traversal import PipeStep, Traverse, TraverseResult, verify_inline

@@ -14,7 +14,12 @@ from dataclasses import dataclass
 from typing import Final
 
 from spheroid_p2p.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from spheroid_p2p.params import MAX_RECORD_TTL_MS, PUBLIC_KEY_BYTES, SIGNATURE_BYTES
+from spheroid_p2p.params import (
+    MAX_CONTEXT_BYTES,
+    MAX_RECORD_TTL_MS,
+    PUBLIC_KEY_BYTES,
+    SIGNATURE_BYTES,
+)
 from spheroid_p2p.wire import msgpack_profile
 from spheroid_p2p.wire.addr import check_addrs
 from spheroid_p2p.wire.signing import DOMAIN_RECORD, KeyPair, PeerId, verify
@@ -44,6 +49,9 @@ class OwnershipRecord:
     #: Blocks in the owner's model (0: not said) and its config hash (hex; "": not said).
     n_blocks: int = 0
     config_hash: str = ""
+    #: The model's context in bytes (r9; 0: not said): what a client sends as the prompt
+    #: window, and when an autoregressive pipeline's session must start over.
+    context: int = 0
 
     def __post_init__(self) -> None:
         def bad(msg: str, code: ErrorCode = ErrorCode.MALFORMED_MESSAGE) -> LocalProtocolError:
@@ -79,6 +87,10 @@ class OwnershipRecord:
             raise bad("nb must be a block count")
         if not isinstance(self.config_hash, str) or len(self.config_hash) > 64:
             raise bad("cfg must be a string of at most 64 characters")
+        if not isinstance(self.context, int) or isinstance(self.context, bool):
+            raise bad("ctx must be an integer")
+        if not 0 <= self.context <= MAX_CONTEXT_BYTES:
+            raise bad(f"ctx must be in 0..{MAX_CONTEXT_BYTES}")
 
     @property
     def owner(self) -> PeerId:
@@ -104,6 +116,8 @@ class OwnershipRecord:
                 "dep": self.departed,
                 "nb": self.n_blocks,
                 "cfg": self.config_hash,
+                # r9, left out while 0 so that earlier records keep their bytes
+                **({"ctx": self.context} if self.context else {}),
             }
         )
 
@@ -148,6 +162,7 @@ class SignedRecord:
                 departed=fields.get("dep", False),
                 n_blocks=fields.get("nb", 0),
                 config_hash=fields.get("cfg", ""),
+                context=fields.get("ctx", 0),
             )
         except KeyError as exc:
             raise RemoteProtocolError(

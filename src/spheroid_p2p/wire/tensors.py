@@ -24,10 +24,10 @@ import blake3
 
 from spheroid_p2p.errors import ErrorCode, RemoteProtocolError
 from spheroid_p2p.params import TENSOR_CHUNK_BYTES
+from spheroid_p2p.wire.chunks import TensorChunk, TensorHeader, tensor_layout
 from spheroid_p2p.wire.compression import encode_payload
 from spheroid_p2p.wire.dtypes import DTYPES, Codec, DType
 from spheroid_p2p.wire.framing import Buffer
-from spheroid_p2p.wire.messages import TensorChunk, TensorHeader, tensor_layout
 
 __all__ = [
     "RawTensor",

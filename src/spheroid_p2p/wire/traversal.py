@@ -20,21 +20,21 @@ from typing import Any, ClassVar, Final
 from spheroid_p2p.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from spheroid_p2p.params import MAX_ROUTE_HOPS, TENSOR_CHUNK_BYTES
 from spheroid_p2p.wire.addr import check_addr
+from spheroid_p2p.wire.chunks import tensor_layout
 from spheroid_p2p.wire.compression import decode_payload
 from spheroid_p2p.wire.dtypes import DTYPES, Codec
 from spheroid_p2p.wire.framing import Buffer
-from spheroid_p2p.wire.messages import (
+from spheroid_p2p.wire.message import (
     Body,
     Message,
     MessageType,
-    _as_tuple,
-    _check_bytes,
-    _check_str,
-    _check_uint,
-    _get,
-    _pairs,
-    _register,
-    tensor_layout,
+    as_tuple,
+    check_bytes,
+    check_str,
+    check_uint,
+    get_field,
+    pairs,
+    register,
     wire,
 )
 from spheroid_p2p.wire.tensors import chunk_digest
@@ -78,7 +78,7 @@ class InlineTensor:
             raise _bad(f"unknown dtype code {self.dtype}", ErrorCode.UNKNOWN_DTYPE)
         if self.codec not in {c.value for c in Codec}:
             raise _bad(f"unknown codec id {self.codec}", ErrorCode.UNKNOWN_CODEC)
-        _check_bytes("tensor hash", self.digest, 32)
+        check_bytes("tensor hash", self.digest, 32)
         raw_len, _ = tensor_layout(DTYPES[self.dtype], self.shape)
         if raw_len > TENSOR_CHUNK_BYTES:
             raise _bad(
@@ -94,14 +94,14 @@ class InlineTensor:
     def from_body(cls, body: Any, payload: Buffer) -> InlineTensor:
         if not isinstance(body, dict):
             raise _bad("inline tensor must be a map")
-        shape = _as_tuple(_get(body, "shape"), "shape")
+        shape = as_tuple(get_field(body, "shape"), "shape")
         for dim in shape:
-            _check_uint("dimension", dim, TENSOR_CHUNK_BYTES)
+            check_uint("dimension", dim, TENSOR_CHUNK_BYTES)
         return cls(
-            dtype=_get(body, "dt"),
+            dtype=get_field(body, "dt"),
             shape=shape,
-            codec=_get(body, "c"),
-            digest=_get(body, "h"),
+            codec=get_field(body, "c"),
+            digest=get_field(body, "h"),
             payload=payload,
         )
 
@@ -145,13 +145,13 @@ def _check_route(route: tuple[Hop, ...], hop: int) -> None:
     if not 1 <= len(route) <= MAX_ROUTE_HOPS:
         raise _bad(f"a route has 1..{MAX_ROUTE_HOPS} hops")
     for h in route:
-        _check_bytes("hop peer", h.peer, 32)
+        check_bytes("hop peer", h.peer, 32)
         check_addr("hop addr", h.addr)
-        _check_uint("first block", h.first_block, 0xFFFE)
-        _check_uint("last block", h.last_block, 0xFFFE)
+        check_uint("first block", h.first_block, 0xFFFE)
+        check_uint("last block", h.last_block, 0xFFFE)
         if h.last_block < h.first_block:
             raise _bad("a hop's last block precedes its first")
-    _check_uint("hop", hop, len(route) - 1)
+    check_uint("hop", hop, len(route) - 1)
 
 
 def _route_body(route: tuple[Hop, ...]) -> list[list[Any]]:
@@ -159,10 +159,10 @@ def _route_body(route: tuple[Hop, ...]) -> list[list[Any]]:
 
 
 def _route_from(body: Mapping[str, Any]) -> tuple[Hop, ...]:
-    return tuple(Hop(*h) for h in _pairs(_get(body, "route"), "route", 4))
+    return tuple(Hop(*h) for h in pairs(get_field(body, "route"), "route", 4))
 
 
-@_register
+@register
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Traverse(Message):
     """A span's noisy codes on their way through the chain (10 §10.3)."""
@@ -188,25 +188,25 @@ class Traverse(Message):
     payload: Buffer = field(default=b"", repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        _check_uint("traversal_id", self.traversal_id)
-        _check_bytes("client", self.client, 32)
+        check_uint("traversal_id", self.traversal_id)
+        check_bytes("client", self.client, 32)
         _check_timings(self.timings)
         check_addr("reply_addr", self.reply_addr)
         _check_route(self.route, self.hop)
-        _check_str("config_hash", self.config_hash)
-        _check_uint("steps_per_block", self.steps_per_block, 64)
+        check_str("config_hash", self.config_hash)
+        check_uint("steps_per_block", self.steps_per_block, 64)
         if self.steps_per_block < 1:
             raise _bad("steps_per_block must be at least 1")
-        _check_bytes("prefix", self.prefix)
-        _check_uint("span", self.span, 4096)
-        _check_uint("seed", self.seed)
+        check_bytes("prefix", self.prefix)
+        check_uint("span", self.span, 4096)
+        check_uint("seed", self.seed)
         if (
             not isinstance(self.temperature, int | float)
             or not math.isfinite(self.temperature)
             or self.temperature < 0
         ):
             raise _bad("temperature must be a finite number >= 0")
-        _check_uint("deadline_ms", self.deadline_ms)
+        check_uint("deadline_ms", self.deadline_ms)
         if not isinstance(self.want_logits, bool):
             raise _bad("logits flag must be a boolean")
         self.z.check()
@@ -235,26 +235,26 @@ class Traverse(Message):
     @classmethod
     def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> Traverse:
         return cls(
-            traversal_id=_get(body, "tid"),
-            client=_get(body, "client"),
-            reply_addr=_get(body, "reply"),
+            traversal_id=get_field(body, "tid"),
+            client=get_field(body, "client"),
+            reply_addr=get_field(body, "reply"),
             route=_route_from(body),
-            hop=_get(body, "hop"),
-            config_hash=_get(body, "cfg"),
-            steps_per_block=_get(body, "m"),
-            prefix=_get(body, "x"),
-            span=_get(body, "k"),
-            seed=_get(body, "seed"),
-            temperature=_get(body, "temp"),
-            deadline_ms=_get(body, "dl"),
-            want_logits=_get(body, "lg"),
-            z=InlineTensor.from_body(_get(body, "z"), payload),
-            timings=_as_tuple(body.get("tm", []), "tm"),
+            hop=get_field(body, "hop"),
+            config_hash=get_field(body, "cfg"),
+            steps_per_block=get_field(body, "m"),
+            prefix=get_field(body, "x"),
+            span=get_field(body, "k"),
+            seed=get_field(body, "seed"),
+            temperature=get_field(body, "temp"),
+            deadline_ms=get_field(body, "dl"),
+            want_logits=get_field(body, "lg"),
+            z=InlineTensor.from_body(get_field(body, "z"), payload),
+            timings=as_tuple(body.get("tm", []), "tm"),
             payload=payload,
         )
 
 
-@_register
+@register
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TraverseResult(Message):
     """The last hop's answer to the client: the span's bytes, per-hop times, logits if asked."""
@@ -270,8 +270,8 @@ class TraverseResult(Message):
     payload: Buffer = field(default=b"", repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        _check_uint("traversal_id", self.traversal_id)
-        _check_bytes("output", self.output)
+        check_uint("traversal_id", self.traversal_id)
+        check_bytes("output", self.output)
         _check_timings(self.hop_ms, per_hop=1)
         _check_timings(self.timings)
         if self.logits is not None:
@@ -293,16 +293,16 @@ class TraverseResult(Message):
     def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> TraverseResult:
         logits = InlineTensor.from_body(body["lg"], payload) if "lg" in body else None
         return cls(
-            traversal_id=_get(body, "tid"),
-            output=_get(body, "out"),
-            hop_ms=_as_tuple(body.get("hms", []), "hms"),
+            traversal_id=get_field(body, "tid"),
+            output=get_field(body, "out"),
+            hop_ms=as_tuple(body.get("hms", []), "hms"),
             logits=logits,
-            timings=_as_tuple(body.get("tm", []), "tm"),
+            timings=as_tuple(body.get("tm", []), "tm"),
             payload=payload,
         )
 
 
-@_register
+@register
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TraverseError(Message):
     """A hop could not go on: which hop, which peer, why (an ``ErrorCode``)."""
@@ -315,15 +315,15 @@ class TraverseError(Message):
     reason: str = wire("msg", "")
 
     def __post_init__(self) -> None:
-        _check_uint("traversal_id", self.traversal_id)
-        _check_uint("hop", self.hop, MAX_ROUTE_HOPS)
-        _check_bytes("peer", self.peer, 32)
-        _check_uint("code", self.code, 0xFFFF)
-        _check_str("reason", self.reason)
+        check_uint("traversal_id", self.traversal_id)
+        check_uint("hop", self.hop, MAX_ROUTE_HOPS)
+        check_bytes("peer", self.peer, 32)
+        check_uint("code", self.code, 0xFFFF)
+        check_str("reason", self.reason)
 
 
 # -- the autoregressive pipeline baseline (10-traversal.md §10.7) -------------------------------
-@_register
+@register
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PipeStep(Message):
     """One step of the layer-pipelined autoregressive baseline: new tokens (first stage) or
@@ -345,14 +345,14 @@ class PipeStep(Message):
     payload: Buffer = field(default=b"", repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        _check_uint("session_id", self.session_id)
-        _check_bytes("client", self.client, 32)
+        check_uint("session_id", self.session_id)
+        check_bytes("client", self.client, 32)
         check_addr("reply_addr", self.reply_addr)
         _check_route(self.route, self.hop)
-        _check_str("config_hash", self.config_hash)
-        _check_uint("pos", self.pos, 1 << 20)
-        _check_bytes("tokens", self.tokens)
-        _check_uint("deadline_ms", self.deadline_ms)
+        check_str("config_hash", self.config_hash)
+        check_uint("pos", self.pos, 1 << 20)
+        check_bytes("tokens", self.tokens)
+        check_uint("deadline_ms", self.deadline_ms)
         self.hidden.check()
 
     def to_body(self) -> Body:
@@ -372,21 +372,21 @@ class PipeStep(Message):
     @classmethod
     def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> PipeStep:
         return cls(
-            session_id=_get(body, "sid"),
-            client=_get(body, "client"),
-            reply_addr=_get(body, "reply"),
+            session_id=get_field(body, "sid"),
+            client=get_field(body, "client"),
+            reply_addr=get_field(body, "reply"),
             route=_route_from(body),
-            hop=_get(body, "hop"),
-            config_hash=_get(body, "cfg"),
-            pos=_get(body, "pos"),
-            tokens=_get(body, "x"),
-            deadline_ms=_get(body, "dl"),
-            hidden=InlineTensor.from_body(_get(body, "h"), payload),
+            hop=get_field(body, "hop"),
+            config_hash=get_field(body, "cfg"),
+            pos=get_field(body, "pos"),
+            tokens=get_field(body, "x"),
+            deadline_ms=get_field(body, "dl"),
+            hidden=InlineTensor.from_body(get_field(body, "h"), payload),
             payload=payload,
         )
 
 
-@_register
+@register
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PipeResult(Message):
     """The last stage's answer: the next byte of session ``sid``."""
@@ -396,12 +396,12 @@ class PipeResult(Message):
     output: bytes
 
     def __post_init__(self) -> None:
-        _check_uint("session_id", self.session_id)
-        _check_bytes("output", self.output)
+        check_uint("session_id", self.session_id)
+        check_bytes("output", self.output)
 
     def to_body(self) -> Body:
         return {"sid": self.session_id, "out": self.output}
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> PipeResult:
-        return cls(session_id=_get(body, "sid"), output=_get(body, "out"))
+        return cls(session_id=get_field(body, "sid"), output=get_field(body, "out"))

@@ -16,8 +16,9 @@ from spheroid_p2p.core.connection import (
 )
 from spheroid_p2p.errors import ErrorCode
 from spheroid_p2p.wire.codec import encode_frame
+from spheroid_p2p.wire.control import Ping
 from spheroid_p2p.wire.framing import join_frame
-from spheroid_p2p.wire.messages import GossipSummary, Ping
+from spheroid_p2p.wire.gossip import GossipSummary
 from spheroid_p2p.wire.signing import KeyPair
 
 A = KeyPair.from_seed(bytes([1]) * 32)

@@ -7,8 +7,8 @@ import pytest
 from spheroid_p2p.core.freshness import SequenceGuard, initial_seq
 from spheroid_p2p.errors import ErrorCode, RemoteProtocolError
 from spheroid_p2p.wire.codec import Envelope, decode_frame, encode_frame
+from spheroid_p2p.wire.control import Ping
 from spheroid_p2p.wire.framing import join_frame
-from spheroid_p2p.wire.messages import Ping
 from spheroid_p2p.wire.signing import KeyPair
 
 KEY = KeyPair.from_seed(bytes(32))

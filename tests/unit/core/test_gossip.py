@@ -11,7 +11,8 @@ from spheroid_p2p.core.gossip import GossipParams, GossipService, LocalClaim
 from spheroid_p2p.core.ownership import OwnershipTable
 from spheroid_p2p.wire.codec import decode_frame, encode_frame
 from spheroid_p2p.wire.framing import join_frame
-from spheroid_p2p.wire.messages import GossipRecords, Message, RelayedRecord
+from spheroid_p2p.wire.gossip import GossipRecords, RelayedRecord
+from spheroid_p2p.wire.message import Message
 from spheroid_p2p.wire.records import OwnershipRecord, SignedRecord
 from spheroid_p2p.wire.signing import KeyPair, PeerId
 
@@ -258,7 +259,7 @@ def test_a_killed_neighbour_is_evicted_at_once_and_suspicion_spreads() -> None:
 def test_a_false_suspicion_evicts_nothing_and_the_suspect_refreshes() -> None:
     """A suspect that answers its probe keeps its records; if told it is suspected, it
     re-signs its records so any tombstone elsewhere is overridden."""
-    from spheroid_p2p.wire.messages import GossipSuspect
+    from spheroid_p2p.wire.gossip import GossipSuspect
 
     net = SimNet(3)
     _ring(net)

@@ -7,8 +7,9 @@ import pytest
 from spheroid_p2p.core.handshake import Handshake, HandshakeState, choose_version
 from spheroid_p2p.errors import ErrorCode, RemoteProtocolError
 from spheroid_p2p.wire.codec import Envelope, decode_frame, encode_frame
+from spheroid_p2p.wire.control import Close, HelloAck, Ping
 from spheroid_p2p.wire.framing import join_frame
-from spheroid_p2p.wire.messages import Close, HelloAck, Message, Ping
+from spheroid_p2p.wire.message import Message
 from spheroid_p2p.wire.signing import KeyPair
 
 A = KeyPair.from_seed(bytes([1]) * 32)

@@ -13,8 +13,8 @@ from spheroid_p2p.core.rounds import (
 )
 from spheroid_p2p.errors import ErrorCode
 from spheroid_p2p.wire.dtypes import Codec
+from spheroid_p2p.wire.manifests import ChunkSpan
 from spheroid_p2p.wire.signing import PeerId
-from spheroid_p2p.wire.versions import ChunkSpan
 
 PEERS = [PeerId(bytes([i]) * 32) for i in range(1, 7)]
 BASE = b"\x01" * 32

@@ -9,11 +9,11 @@ import pytest
 
 from spheroid_p2p.errors import ErrorCode, RemoteProtocolError
 from spheroid_p2p.params import TENSOR_CHUNK_BYTES
+from spheroid_p2p.wire.chunks import TensorChunk, TensorHeader
 from spheroid_p2p.wire.codec import decode_frame, encode_frame
 from spheroid_p2p.wire.compression import shuffle, unshuffle
 from spheroid_p2p.wire.dtypes import Codec, dtype_by_name
 from spheroid_p2p.wire.framing import join_frame
-from spheroid_p2p.wire.messages import TensorChunk, TensorHeader
 from spheroid_p2p.wire.signing import KeyPair
 from spheroid_p2p.wire.tensors import RawTensor, TensorAssembler, tensor_chunks, tensor_header
 

@@ -1,34 +1,24 @@
-"""Block versions, chunk transfers and deltas (spec: 08-checkpoints.md, 09-averaging.md).
+"""Block versions (spec: ``protocol/08-checkpoints.md`` §8.2-8.3, ``09-averaging.md`` §9.6).
 
 A *block version* is a signed :class:`Manifest` plus the raw bytes of its tensors. The
 manifest names every tensor (name, dtype, shape, content hash, chunk hashes), so each 1 MiB
 chunk can be fetched from any peer that holds the version and checked the moment it arrives.
 The chunks of a version are numbered globally, tensor after tensor, and the version's bytes
 are the tensors' raw bytes laid end to end (the *blob*); chunk ``g`` is a slice of it.
-
-A *delta* is a stream of tensors opened by a signed :class:`DeltaHeader` that names its block,
-round, base version and encoding; its chunks are ``TENSOR_CHUNK`` frames with the header's
-stream id. The header's signature covers every byte of the delta through the chunk hashes.
-
-Stream ids of ``TENSOR_CHUNK`` frames: a chunk answering a ``CHUNK_GET`` carries the request's
-id, which has bit 63 set (:data:`REQUEST_ID_BIT`); a stream its sender opens (a delta) has an
-id with bit 63 clear. The two kinds can never collide on one connection.
 """
 
 from __future__ import annotations
 
-import math
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final
+from typing import Any, Final
 
 import blake3
 
 from spheroid_p2p.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from spheroid_p2p.params import (
     CONTENT_HASH_BYTES,
-    MAX_CHUNKS_PER_REQUEST,
     MAX_MANIFEST_BYTES,
     MAX_REPORT_ENTRIES,
     MAX_VERSION_CHUNKS,
@@ -38,19 +28,16 @@ from spheroid_p2p.params import (
     TENSOR_CHUNK_BYTES,
 )
 from spheroid_p2p.wire import msgpack_profile
-from spheroid_p2p.wire.dtypes import DTYPES, Codec
-from spheroid_p2p.wire.messages import (
+from spheroid_p2p.wire.chunks import tensor_layout
+from spheroid_p2p.wire.dtypes import DTYPES
+from spheroid_p2p.wire.message import (
     Body,
-    Message,
-    MessageType,
-    _as_tuple,
-    _check_bytes,
-    _check_str,
-    _check_uint,
-    _get,
-    _register,
-    tensor_layout,
-    wire,
+    as_tuple,
+    bad,
+    check_bytes,
+    check_str,
+    check_uint,
+    get_field,
 )
 from spheroid_p2p.wire.signing import DOMAIN_MANIFEST, KeyPair, PeerId, verify
 from spheroid_p2p.wire.tensors import RawTensor, chunk_digest, content_hash
@@ -59,34 +46,24 @@ __all__ = [
     "ENCODINGS",
     "KIND_FULL",
     "KIND_UPDATE",
-    "REQUEST_ID_BIT",
-    "ChunkGet",
     "ChunkSpan",
-    "DeltaAck",
-    "DeltaHeader",
     "Manifest",
     "RoundReport",
     "SignedManifest",
     "TensorEntry",
-    "TransferError",
-    "VersionGet",
-    "VersionInfo",
+    "check_entries",
     "chunk_spans",
+    "entries_from",
     "tensor_entry",
     "weights_hash",
 ]
 
-REQUEST_ID_BIT: Final = 1 << 63
 _WEIGHTS_DOMAIN: Final = b"spheroid/v1/weights"
 #: Manifest kinds (08 §8.2).
 KIND_FULL: Final = 0
 KIND_UPDATE: Final = 1
 #: Delta encodings (09 §9.4): code -> name.
 ENCODINGS: Final = {0: "float32", 1: "float16", 2: "bfloat16", 3: "int8"}
-
-
-def _bad(msg: str, code: ErrorCode = ErrorCode.MALFORMED_MESSAGE) -> LocalProtocolError:
-    return LocalProtocolError(msg, code)
 
 
 # -- tensor lists ------------------------------------------------------------------------------
@@ -101,22 +78,22 @@ class TensorEntry:
     chunk_hashes: bytes
 
     def __post_init__(self) -> None:
-        _check_str("tensor name", self.name)
+        check_str("tensor name", self.name)
         if not 0 < len(self.name.encode()) <= 256:
-            raise _bad("tensor names are 1..256 bytes of UTF-8")
-        _check_uint("dtype", self.dtype, 0xFF)
+            raise bad("tensor names are 1..256 bytes of UTF-8")
+        check_uint("dtype", self.dtype, 0xFF)
         dtype = DTYPES.get(self.dtype)
         if dtype is None:
-            raise _bad(f"unknown dtype code {self.dtype}", ErrorCode.UNKNOWN_DTYPE)
+            raise bad(f"unknown dtype code {self.dtype}", ErrorCode.UNKNOWN_DTYPE)
         if not isinstance(self.shape, tuple):
-            raise _bad("shape must be an array")
+            raise bad("shape must be an array")
         for dim in self.shape:
-            _check_uint("dimension", dim, 2**40)
-        _check_bytes("content hash", self.content_hash, CONTENT_HASH_BYTES)
-        _check_bytes("chunk hashes", self.chunk_hashes)
+            check_uint("dimension", dim, 2**40)
+        check_bytes("content hash", self.content_hash, CONTENT_HASH_BYTES)
+        check_bytes("chunk hashes", self.chunk_hashes)
         _, n_chunks = tensor_layout(dtype, self.shape)
         if len(self.chunk_hashes) != n_chunks * CONTENT_HASH_BYTES:
-            raise _bad(
+            raise bad(
                 f"tensor {self.name!r}: {n_chunks} chunks need {n_chunks * 32} bytes of hashes",
                 ErrorCode.TENSOR_SHAPE_MISMATCH,
             )
@@ -144,9 +121,9 @@ class TensorEntry:
     @classmethod
     def from_wire(cls, item: object) -> TensorEntry:
         if not isinstance(item, list | tuple) or len(item) != 5:
-            raise _bad("a tensor entry is an array of 5: name, dtype, shape, hash, chunk hashes")
+            raise bad("a tensor entry is an array of 5: name, dtype, shape, hash, chunk hashes")
         name, dtype, shape, digest, hashes = item
-        return cls(name, dtype, _as_tuple(shape, "shape"), digest, hashes).check()
+        return cls(name, dtype, as_tuple(shape, "shape"), digest, hashes).check()
 
 
 def tensor_entry(name: str, tensor: RawTensor) -> TensorEntry:
@@ -196,22 +173,22 @@ def chunk_spans(entries: Sequence[TensorEntry]) -> list[ChunkSpan]:
     return spans
 
 
-def _check_entries(entries: tuple[TensorEntry, ...], what: str) -> None:
+def check_entries(entries: tuple[TensorEntry, ...], what: str) -> None:
     if not 0 < len(entries) <= MAX_VERSION_TENSORS:
-        raise _bad(f"{what} lists 1..{MAX_VERSION_TENSORS} tensors, got {len(entries)}")
+        raise bad(f"{what} lists 1..{MAX_VERSION_TENSORS} tensors, got {len(entries)}")
     names = [e.name for e in entries]
     if len(set(names)) != len(names):
-        raise _bad(f"{what} names a tensor twice")
+        raise bad(f"{what} names a tensor twice")
     chunks = sum(e.n_chunks for e in entries)
     if chunks > MAX_VERSION_CHUNKS:
-        raise _bad(
+        raise bad(
             f"{what} has {chunks} chunks, more than MAX_VERSION_CHUNKS={MAX_VERSION_CHUNKS}",
             ErrorCode.TENSOR_LIMIT,
         )
 
 
-def _entries_from(value: object) -> tuple[TensorEntry, ...]:
-    return tuple(TensorEntry.from_wire(item) for item in _as_tuple(value, "tensors"))
+def entries_from(value: object) -> tuple[TensorEntry, ...]:
+    return tuple(TensorEntry.from_wire(item) for item in as_tuple(value, "tensors"))
 
 
 # -- manifests ---------------------------------------------------------------------------------
@@ -239,34 +216,34 @@ class RoundReport:
     @classmethod
     def from_wire(cls, value: object) -> RoundReport:
         if not isinstance(value, dict):
-            raise _bad("round report must be a map")
+            raise bad("round report must be a map")
         contributors = []
-        for item in _as_tuple(value.get("c", []), "contributors"):
+        for item in as_tuple(value.get("c", []), "contributors"):
             if not isinstance(item, list) or len(item) != 4:
-                raise _bad("a contributor is [peer, weight, steps, staleness]")
+                raise bad("a contributor is [peer, weight, steps, staleness]")
             peer, weight, steps, stale = item
-            _check_bytes("contributor", peer, 32)
+            check_bytes("contributor", peer, 32)
             if not isinstance(weight, int | float) or not 0 <= weight <= 1:
-                raise _bad("contributor weight must be in 0..1")
-            _check_uint("steps", steps)
-            _check_uint("staleness", stale, 1)
+                raise bad("contributor weight must be in 0..1")
+            check_uint("steps", steps)
+            check_uint("staleness", stale, 1)
             contributors.append((peer, float(weight), steps, stale))
         rejected = []
-        for item in _as_tuple(value.get("x", []), "rejected"):
+        for item in as_tuple(value.get("x", []), "rejected"):
             if not isinstance(item, list) or len(item) != 3:
-                raise _bad("a rejection is [peer, code, reason]")
+                raise bad("a rejection is [peer, code, reason]")
             peer, code, reason = item
-            _check_bytes("rejected peer", peer, 32)
-            _check_uint("code", code, 0xFFFF)
-            _check_str("reason", reason)
+            check_bytes("rejected peer", peer, 32)
+            check_uint("code", code, 0xFFFF)
+            check_str("reason", reason)
             rejected.append((peer, code, reason))
-        late = _as_tuple(value.get("l", []), "late")
+        late = as_tuple(value.get("l", []), "late")
         for peer in late:
-            _check_bytes("late peer", peer, 32)
+            check_bytes("late peer", peer, 32)
         if len(contributors) + len(rejected) + len(late) > MAX_REPORT_ENTRIES:
-            raise _bad(f"a round report lists at most {MAX_REPORT_ENTRIES} peers")
+            raise bad(f"a round report lists at most {MAX_REPORT_ENTRIES} peers")
         bytes_in = value.get("bi", 0)
-        _check_uint("bytes in", bytes_in)
+        check_uint("bytes in", bytes_in)
         return cls(tuple(contributors), tuple(rejected), tuple(late), bytes_in)
 
 
@@ -291,30 +268,28 @@ class Manifest:
     report: RoundReport = RoundReport()
 
     def __post_init__(self) -> None:
-        _check_bytes("signer key", self.signer_key, PUBLIC_KEY_BYTES)
-        _check_uint("block", self.block, 0xFFFE)
-        _check_uint("version", self.version)
+        check_bytes("signer key", self.signer_key, PUBLIC_KEY_BYTES)
+        check_uint("block", self.block, 0xFFFE)
+        check_uint("version", self.version)
         if self.version == 0:
-            _check_bytes("parent", self.parent, 0)
+            check_bytes("parent", self.parent, 0)
         else:
-            _check_bytes("parent", self.parent, CONTENT_HASH_BYTES)
-        _check_str("config hash", self.config_hash)
+            check_bytes("parent", self.parent, CONTENT_HASH_BYTES)
+        check_str("config hash", self.config_hash)
         if len(self.config_hash) > 64:
-            raise _bad("config hash is at most 64 characters")
+            raise bad("config hash is at most 64 characters")
         if self.kind not in (KIND_FULL, KIND_UPDATE):
-            raise _bad(f"unknown manifest kind {self.kind}")
+            raise bad(f"unknown manifest kind {self.kind}")
         if self.encoding not in ENCODINGS or (self.kind == KIND_FULL and self.encoding != 0):
-            raise _bad(f"encoding {self.encoding} does not fit kind {self.kind}")
+            raise bad(f"encoding {self.encoding} does not fit kind {self.kind}")
         if self.kind == KIND_UPDATE and self.version == 0:
-            raise _bad("version 0 is always full weights")
-        _check_bytes("result", self.result, CONTENT_HASH_BYTES)
-        _check_entries(self.tensors, "a manifest")
+            raise bad("version 0 is always full weights")
+        check_bytes("result", self.result, CONTENT_HASH_BYTES)
+        check_entries(self.tensors, "a manifest")
         if self.kind == KIND_FULL and self.result != self.content:
-            raise _bad(
-                "a full manifest's result must be its tensors' hash", ErrorCode.HASH_MISMATCH
-            )
-        _check_uint("created", self.created_ms)
-        _check_uint("next deadline", self.next_deadline_ms)
+            raise bad("a full manifest's result must be its tensors' hash", ErrorCode.HASH_MISMATCH)
+        check_uint("created", self.created_ms)
+        check_uint("next deadline", self.next_deadline_ms)
 
     @property
     def signer(self) -> PeerId:
@@ -356,7 +331,7 @@ class Manifest:
             raise LocalProtocolError("a manifest is signed by the key it names")
         data = self.encode()
         if len(data) > MAX_MANIFEST_BYTES:
-            raise _bad(
+            raise bad(
                 f"manifest of {len(data)} bytes exceeds MAX_MANIFEST_BYTES={MAX_MANIFEST_BYTES}",
                 ErrorCode.TENSOR_LIMIT,
             )
@@ -388,17 +363,17 @@ class SignedManifest:
             raise RemoteProtocolError("manifest is not a map", ErrorCode.MALFORMED_MESSAGE)
         try:
             manifest = Manifest(
-                signer_key=_get(fields, "pk"),
-                block=_get(fields, "b"),
-                version=_get(fields, "ver"),
-                parent=_get(fields, "par"),
-                config_hash=_get(fields, "cfg"),
-                kind=_get(fields, "kind"),
-                encoding=_get(fields, "enc"),
-                result=_get(fields, "res"),
-                tensors=_entries_from(_get(fields, "ts")),
-                created_ms=_get(fields, "at"),
-                next_deadline_ms=_get(fields, "next"),
+                signer_key=get_field(fields, "pk"),
+                block=get_field(fields, "b"),
+                version=get_field(fields, "ver"),
+                parent=get_field(fields, "par"),
+                config_hash=get_field(fields, "cfg"),
+                kind=get_field(fields, "kind"),
+                encoding=get_field(fields, "enc"),
+                result=get_field(fields, "res"),
+                tensors=entries_from(get_field(fields, "ts")),
+                created_ms=get_field(fields, "at"),
+                next_deadline_ms=get_field(fields, "next"),
                 report=RoundReport.from_wire(fields.get("rep", {})),
             )
         except LocalProtocolError as exc:
@@ -407,163 +382,3 @@ class SignedManifest:
             raise RemoteProtocolError(f"manifest: {exc}", ErrorCode.MALFORMED_MESSAGE) from exc
         verify(manifest.signer_key, signature, DOMAIN_MANIFEST, data)
         return cls(data, signature, manifest)
-
-
-# -- messages ----------------------------------------------------------------------------------
-def _check_request_id(value: object) -> None:
-    _check_uint("request id", value)
-    assert isinstance(value, int)
-    if not value & REQUEST_ID_BIT:
-        raise _bad("request ids have bit 63 set (08 §8.4)")
-
-
-@_register
-@dataclass(frozen=True, slots=True, kw_only=True)
-class VersionGet(Message):
-    """Ask for a full manifest of ``block`` whose weights hash is ``weights`` (empty: the
-    newest the peer holds). The answer may be signed by any holder: the hash is what counts."""
-
-    TYPE: ClassVar[MessageType] = MessageType.VERSION_GET
-    request_id: int = wire("id")
-    block: int = wire("b")
-    weights: bytes = wire("w", b"", required=True)
-
-    def __post_init__(self) -> None:
-        _check_request_id(self.request_id)
-        _check_uint("block", self.block, 0xFFFE)
-        _check_bytes("weights", self.weights)
-        if len(self.weights) not in (0, CONTENT_HASH_BYTES):
-            raise _bad("weights is empty or a 32-byte hash")
-
-
-@_register
-@dataclass(frozen=True, slots=True, kw_only=True)
-class VersionInfo(Message):
-    """A signed manifest: the answer to ``VERSION_GET`` (``request_id``), or pushed (0)."""
-
-    TYPE: ClassVar[MessageType] = MessageType.VERSION_INFO
-    request_id: int
-    manifest: SignedManifest
-
-    def __post_init__(self) -> None:
-        _check_uint("request id", self.request_id)
-
-    def to_body(self) -> Body:
-        return {"id": self.request_id, "m": self.manifest.data, "s": self.manifest.signature}
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> VersionInfo:
-        data, sig = _get(body, "m"), _get(body, "s")
-        _check_bytes("manifest", data)
-        _check_bytes("signature", sig)
-        try:
-            manifest = SignedManifest.decode(data, sig)
-        except RemoteProtocolError as exc:
-            raise LocalProtocolError(str(exc.args[0]), exc.code) from exc
-        return cls(request_id=_get(body, "id"), manifest=manifest)
-
-
-@_register
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ChunkGet(Message):
-    """Ask for chunks of the version ``weights``; answered by ``TENSOR_CHUNK`` frames whose
-    stream id is ``request_id`` and whose index is the global chunk index, in any order."""
-
-    TYPE: ClassVar[MessageType] = MessageType.CHUNK_GET
-    request_id: int = wire("id")
-    weights: bytes = wire("w")
-    indices: tuple[int, ...] = wire("ix", array=True)
-    codec: int = wire("c", int(Codec.NONE))
-
-    def __post_init__(self) -> None:
-        _check_request_id(self.request_id)
-        _check_bytes("weights", self.weights, CONTENT_HASH_BYTES)
-        if not isinstance(self.indices, tuple) or not 0 < len(self.indices) <= (
-            MAX_CHUNKS_PER_REQUEST
-        ):
-            raise _bad(f"a request names 1..{MAX_CHUNKS_PER_REQUEST} chunks")
-        for index in self.indices:
-            _check_uint("chunk index", index, MAX_VERSION_CHUNKS - 1)
-        if self.codec not in {c.value for c in Codec}:
-            raise _bad(f"unknown codec id {self.codec}", ErrorCode.UNKNOWN_CODEC)
-
-
-@_register
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TransferError(Message):
-    """A ``VERSION_GET`` or ``CHUNK_GET`` cannot be served (``VERSION_UNKNOWN``, ``OVERLOADED``)."""
-
-    TYPE: ClassVar[MessageType] = MessageType.TRANSFER_ERROR
-    request_id: int = wire("id")
-    code: int = wire("code")
-    reason: str = wire("why")
-
-    def __post_init__(self) -> None:
-        _check_uint("request id", self.request_id)
-        _check_uint("code", self.code, 0xFFFF)
-        _check_str("reason", self.reason)
-
-
-def _as_float(value: object) -> object:
-    """msgpack may carry a whole-number float as an int; anything else is left to the check."""
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
-
-
-@_register
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DeltaHeader(Message):
-    """Opens a delta stream for round ``round`` of ``block`` (09 §9.4)."""
-
-    TYPE: ClassVar[MessageType] = MessageType.DELTA_HEADER
-    stream_id: int = wire("id")
-    block: int = wire("b")
-    round: int = wire("r")
-    base: bytes = wire("base")
-    base_version: int = wire("bv")
-    steps: int = wire("st")
-    loss: float = wire("loss", decode=_as_float)
-    encoding: int = wire("enc")
-    tensors: tuple[TensorEntry, ...] = wire(
-        "ts", encode=lambda es: [e.to_wire() for e in es], decode=_entries_from
-    )
-
-    def __post_init__(self) -> None:
-        _check_uint("stream id", self.stream_id, REQUEST_ID_BIT - 1)
-        _check_uint("block", self.block, 0xFFFE)
-        _check_uint("round", self.round)
-        if self.round < 1:
-            raise _bad("round 0 has no deltas; rounds start at 1")
-        _check_bytes("base", self.base, CONTENT_HASH_BYTES)
-        _check_uint("base version", self.base_version)
-        if self.base_version >= self.round:
-            raise _bad("a delta's base version precedes its round")
-        _check_uint("steps", self.steps, 2**32 - 1)
-        if not isinstance(self.loss, float) or not math.isfinite(self.loss):
-            raise _bad("loss must be a finite float")
-        if self.encoding not in ENCODINGS:
-            raise _bad(f"unknown delta encoding {self.encoding}")
-        _check_entries(self.tensors, "a delta")
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(e.raw_len for e in self.tensors)
-
-
-@_register
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DeltaAck(Message):
-    """The aggregator's answer to a delta: taken (code 0) or refused, and why."""
-
-    TYPE: ClassVar[MessageType] = MessageType.DELTA_ACK
-    stream_id: int = wire("id")
-    block: int = wire("b")
-    round: int = wire("r")
-    code: int = wire("code")
-    reason: str = wire("why", "")
-
-    def __post_init__(self) -> None:
-        _check_uint("stream id", self.stream_id, REQUEST_ID_BIT - 1)
-        _check_uint("block", self.block, 0xFFFE)
-        _check_uint("round", self.round)
-        _check_uint("code", self.code, 0xFFFF)
-        _check_str("reason", self.reason)
