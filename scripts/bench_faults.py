@@ -588,11 +588,11 @@ def kill_during_round(tmp: Path) -> dict[str, Any]:
 
 async def kill_during_traversal(tmp: Path, ckpt: list[str]) -> dict[str, Any]:
     """Two servers of every block; kill -9 one while a client generates; it fails over."""
-    from spheroid_p2p.node.client import TraversalClient
+    from spheroid_p2p.client.traversal import TraversalClient
 
     a = NodeProcess(tmp, "sa", *ckpt, "--threads", "1", verbose=0).start()
     b = NodeProcess(tmp, "sb", *ckpt, "--threads", "1", "--bootstrap", a.addr, verbose=0).start()
-    from spheroid_p2p.node.status import fetch_status
+    from spheroid_p2p.client.status import fetch_status
 
     for _ in range(300):  # both servers' records of every block reached a (bounded wait)
         view = await fetch_status(a.addr)
@@ -633,10 +633,10 @@ async def poison_a_trainer(tmp: Path, tries: int) -> dict[str, Any]:
     Counts what was installed or persisted (the goal: nothing, in 100 % of tries)."""
     import torch
 
+    from spheroid_p2p.client.status import fetch_status
     from spheroid_p2p.node.app import running_node
     from spheroid_p2p.node.config import NodeConfig
-    from spheroid_p2p.node.status import fetch_status
-    from spheroid_p2p.node.store import raw_of
+    from spheroid_p2p.node.tensor_bridge import raw_of
     from spheroid_p2p.node.transfer import FetchError
 
     model = ModelConfig(context=16, d_model=32, layers_per_block=1)

@@ -32,11 +32,11 @@ from benchlib import git_commit  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 
+from spheroid_p2p.client.traversal import GenerationReport, TraversalClient  # noqa: E402
 from spheroid_p2p.ml.baselines import ARTransformer  # noqa: E402
 from spheroid_p2p.ml.block import BlockDenoiser  # noqa: E402
 from spheroid_p2p.ml.checkpoint import save_ar, save_block  # noqa: E402
 from spheroid_p2p.ml.config import ModelConfig  # noqa: E402
-from spheroid_p2p.node.client import GenerationReport, TraversalClient  # noqa: E402
 from spheroid_p2p.node.launcher import NodeProcess, wait_for  # noqa: E402
 
 PROMPT = b"Day 12. Weather: rain from the west.\n"

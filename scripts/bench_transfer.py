@@ -43,7 +43,8 @@ from spheroid_p2p.node.app import running_node
 from spheroid_p2p.node.cli import run_async
 from spheroid_p2p.node.config import NodeConfig
 from spheroid_p2p.node.launcher import NodeProcess
-from spheroid_p2p.node.store import StoredSet, VersionStore, raw_of
+from spheroid_p2p.node.store import StoredSet, VersionStore
+from spheroid_p2p.node.tensor_bridge import raw_of
 from spheroid_p2p.wire.manifests import ENCODINGS
 from spheroid_p2p.wire.signing import KeyPair, PeerId
 

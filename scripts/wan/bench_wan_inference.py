@@ -128,7 +128,7 @@ def _serving(node: Any, count: int) -> bool:
 def _generate(
     addr: str, n: int, ar: bool, congestion: str | None, timeout_s: float
 ) -> dict[str, Any]:
-    from spheroid_p2p.node.client import TraversalClient
+    from spheroid_p2p.client.traversal import TraversalClient
 
     async def run() -> Any:
         client = TraversalClient(timeout_s=timeout_s, tcp_congestion=congestion)

@@ -14,8 +14,8 @@ import asyncio
 import sys
 import time
 
+from spheroid_p2p.client.status import fetch_status
 from spheroid_p2p.errors import SpheroidError
-from spheroid_p2p.node.status import fetch_status
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -144,7 +144,7 @@ def _score(workdir: Path, blocks: int, corpus_name: str, context: int) -> float:
 
 
 async def _generate(addr: str, prompt: str, n: int, temperature: float) -> None:
-    from spheroid_p2p.node.client import TraversalClient
+    from spheroid_p2p.client.traversal import TraversalClient
 
     client = TraversalClient(timeout_s=30.0)
     print(f"\n{prompt}", end="", flush=True)

@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from spheroid_p2p.node.client import TraversalClient
+    from spheroid_p2p.client.traversal import TraversalClient
 
     client = TraversalClient(
         timeout_s=args.timeout,

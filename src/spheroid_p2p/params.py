@@ -33,6 +33,7 @@ __all__ = [
     "MAX_RECORD_TTL_MS",
     "MAX_REPORT_ENTRIES",
     "MAX_ROUTE_HOPS",
+    "MAX_SHARDS",
     "MAX_SIGNED_BYTES",
     "MAX_STATUS_CONNECTIONS",
     "MAX_STATUS_RECORDS",
@@ -41,6 +42,7 @@ __all__ = [
     "MAX_TENSOR_BYTES",
     "MAX_TENSOR_CHUNKS",
     "MAX_TENSOR_DIMS",
+    "MAX_UPDATES_PER_SHARD",
     "MAX_VERSION_CHUNKS",
     "MAX_VERSION_TENSORS",
     "MAX_ZSTD_WINDOW_BYTES",
@@ -48,6 +50,7 @@ __all__ = [
     "PUBLIC_KEY_BYTES",
     "SESSION_KEY_BYTES",
     "SESSION_TAG_BYTES",
+    "SHARD_ALIGN_ELEMS",
     "SIGNATURE_BYTES",
     "SUPPORTED_VERSIONS",
     "TENSOR_CHUNK_BYTES",
@@ -139,6 +142,12 @@ MAX_CHUNKS_PER_REQUEST: Final = 32
 MAX_REPORT_ENTRIES: Final = 256
 #: Elements that share one float32 scale in the int8 delta encoding.
 INT8_BLOCK_ELEMS: Final = 256
+#: Shards of one round at most (a plan's length, a report's shard rows).
+MAX_SHARDS: Final = 64
+#: Shard boundaries are multiples of this many elements (whole int8 blocks, 256 KiB float32).
+SHARD_ALIGN_ELEMS: Final = 65536
+#: Updates of one shard a replica keeps per round (its aggregator's and one that took over).
+MAX_UPDATES_PER_SHARD: Final = 2
 
 # --- 10-traversal.md -------------------------------------------------------------------------
 #: Hops in one route (a chain of at most this many servers).

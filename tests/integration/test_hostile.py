@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from spheroid_p2p.client.status import fetch_status
 from spheroid_p2p.errors import ErrorCode
 from spheroid_p2p.node.app import Node, running_node
 from spheroid_p2p.node.config import NodeConfig
-from spheroid_p2p.node.status import fetch_status
 from spheroid_p2p.testing import tiny_trainer_args
 from spheroid_p2p.testing.hostile import (
     HostilePeer,

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from spheroid_p2p.client.traversal import GenerationReport, TraversalClient
 from spheroid_p2p.ml.block import BlockDenoiser
 from spheroid_p2p.ml.checkpoint import load_block, save_block
 from spheroid_p2p.ml.config import ModelConfig
 from spheroid_p2p.ml.generate import generate
-from spheroid_p2p.node.client import GenerationReport, TraversalClient
 from spheroid_p2p.wire.signing import PeerId
 from tests.support.swarm import NodeProcess, wait_for
 

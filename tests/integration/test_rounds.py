@@ -19,7 +19,7 @@ from spheroid_p2p.errors import ErrorCode
 from spheroid_p2p.ml.config import ModelConfig
 from spheroid_p2p.node.app import running_node
 from spheroid_p2p.node.config import NodeConfig
-from spheroid_p2p.node.store import raw_of
+from spheroid_p2p.node.tensor_bridge import raw_of
 from spheroid_p2p.node.transfer import FetchError
 from spheroid_p2p.wire.signing import PeerId
 from tests.support.swarm import NodeProcess, wait_for

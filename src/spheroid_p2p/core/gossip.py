@@ -145,13 +145,6 @@ class GossipService:
         self._own[claim.block] = _Own(claim, now)
         return self._push([self._sign(claim, departed=False)], now, exclude=None)
 
-    def withdraw(self, block: int, now: float) -> list[Action]:
-        """Stop announcing one block: a signed departure record replaces ours."""
-        own = self._own.pop(block, None)
-        if own is None:
-            return []
-        return self._push([self._sign(own.claim, departed=True)], now, exclude=None)
-
     def depart(self, now: float) -> list[Action]:
         """Clean shutdown: signed departures for every claim, pushed to every peer."""
         self._departed = True

@@ -28,10 +28,12 @@ REQUEST_RATES: Final = {
     # block-steps (a TRAVERSE costs m x the blocks it asks for)
     "traverse": (4000.0, 8000.0),
     "version_get": (20.0, 40.0),
-    # unsolicited VERSION_INFO (id 0): each may make a replica fetch a version
-    "version_push": (1.0, 4.0),
+    # unsolicited VERSION_INFO (id 0): one a round from each publisher; a replica fetches one
+    # only from the round's publisher in its turn (09 §9.8), once per version
+    "version_push": (8.0, 32.0),
     "chunk_get": (64.0, 128.0),
-    "delta": (4.0, 8.0),
+    # SHARD_DELTA headers: one per shard a peer sends us per round
+    "delta": (16.0, 32.0),
 }
 
 K = TypeVar("K", bound=Hashable)

@@ -1,13 +1,14 @@
-"""Averaging rounds without a central server (spec: 09-averaging.md), sans-I/O.
+"""Averaging one shard of a round without a central server (spec: 09-averaging.md), sans-I/O.
 
-Round ``r`` of block ``b`` turns version ``r-1`` into version ``r``. Its aggregator is chosen
-from the live replicas of ``b`` by rendezvous hashing on ``(b, r, peer id)``; the next peers
-in that order take over, one grace period after another, if the ones before stay silent.
+Round ``r`` of block ``b`` turns version ``r-1`` into version ``r``. Peers are ranked for it by
+rendezvous hashing on ``(b, r, peer id)`` (:func:`aggregator_order`); the round's plan
+(``core.plan``) says which of them aggregates each shard, and who takes over when one stays
+silent.
 
-:class:`Aggregation` is one candidate aggregator's view of one round: it takes delta
+:class:`Aggregation` is one aggregator's view of one shard of one round: it takes delta
 *descriptions* (who, which base, how many steps, the norm the glue measured, any problem the
-decoder found) and the clock, and decides what is accepted, when the round closes, the
-weights, and the report. The tensors themselves never enter this module.
+decoder found) and the clock, and decides what is accepted, when the shard closes, the
+weights, and the shard's report. The tensors themselves never enter this module.
 
 Staleness rule (09 §9.5): a delta for round ``r`` built on version ``r-1`` has staleness 0; one
 built on ``r-2`` (its sender missed round ``r-1`` and resubmits) has staleness 1 and counts at
@@ -72,9 +73,11 @@ class RoundParams:
     late_weight: float = 0.5
     #: Close as soon as every live replica has delivered (the synchronous variant).
     barrier: bool = True
-    #: A delta's steps count for at most this many times the median of the round's accepted
-    #: deltas (09 §9.8): no contributor takes the round by claiming a huge step count.
+    #: A delta's steps count for at most this many times the median of the shard's accepted
+    #: deltas (09 §9.8): no contributor takes a shard by claiming a huge step count.
     max_steps_ratio: float = 2.0
+    #: Shards a publisher plans for the next round (09 §9.2; 1: one aggregator per round).
+    max_shards: int = 64
 
 
 @dataclass(frozen=True)
@@ -93,9 +96,10 @@ class DeltaOffer:
 
 @dataclass
 class Outcome:
-    """A closed round: the weights of the accepted deltas and the report's lists."""
+    """A closed shard: the weights of the accepted deltas and the report's lists."""
 
     round: int
+    shard: int
     weights: dict[PeerId, float]
     contributors: list[tuple[PeerId, float, int, int]]
     rejected: list[tuple[PeerId, int, str]]
@@ -107,33 +111,34 @@ class Outcome:
 
 @dataclass
 class Aggregation:
-    """One candidate aggregator's view of round ``round`` of ``block``.
+    """One aggregator's view of shard ``shard`` of round ``round`` of ``block``.
 
-    ``rank`` is this peer's position in :func:`aggregator_order` (0 = first choice): it
-    closes the round at ``deadline + rank · grace`` unless the barrier closes it earlier.
-    ``known`` maps the version numbers this peer can check deltas against to their weights
-    hashes (at least ``round - 1``; ``round - 2`` too for staleness-1 deltas).
+    It takes deltas from ``opens_at`` on (its turn, 09 §9.5) and closes the shard at
+    ``closes_at``, or earlier once every live replica delivered (the barrier). ``known`` maps
+    the version numbers it can check deltas against to their weights hashes (at least
+    ``round - 1``; ``round - 2`` too for staleness-1 deltas); ``base_norm`` is the norm of the
+    base's shard (the bound of 09 §9.6).
     """
 
     block: int
     round: int
+    shard: int
     known: dict[int, bytes]
     base_norm: float
-    rank: int
     replicas: set[PeerId]
-    deadline: float
+    opens_at: float
+    closes_at: float
     params: RoundParams
     accepted: dict[PeerId, DeltaOffer] = field(default_factory=dict)
     rejected: dict[PeerId, tuple[int, str]] = field(default_factory=dict)
     bytes_in: int = 0
     closed: Outcome | None = None
 
-    @property
-    def closes_at(self) -> float:
-        return self.deadline + self.rank * self.params.grace_s
-
     def offer(self, delta: DeltaOffer, now: float) -> tuple[int, str]:
-        """Take or refuse a delta; returns (error code, reason), code 0 when taken."""
+        """Take or refuse a delta; returns (error code, reason), code 0 when taken. Before the
+        turn opens the answer is ``NOT_READY`` and nothing is recorded (09 §9.5)."""
+        if now < self.opens_at and self.closed is None:
+            return ErrorCode.NOT_READY, f"shard {self.shard}: this aggregator's turn has not begun"
         self.bytes_in += delta.nbytes
         verdict = self._judge(delta)
         if verdict[0] == 0:
@@ -145,7 +150,7 @@ class Aggregation:
 
     def _judge(self, delta: DeltaOffer) -> tuple[int, str]:
         if self.closed is not None:
-            return ErrorCode.ROUND_CLOSED, f"round {self.round} closed"
+            return ErrorCode.ROUND_CLOSED, f"round {self.round} shard {self.shard} closed"
         if delta.round != self.round:
             return ErrorCode.ROUND_CLOSED, f"delta for round {delta.round}, this is {self.round}"
         stale = self.round - 1 - delta.base_version
@@ -156,7 +161,7 @@ class Aggregation:
         if delta.sender not in self.replicas:
             return ErrorCode.DELTA_REJECTED, "sender is not a live replica of this block"
         if delta.sender in self.accepted:
-            return ErrorCode.DELTA_REJECTED, "one delta per replica and round"
+            return ErrorCode.DELTA_REJECTED, "one delta per replica and shard"
         if delta.problem is not None:
             return ErrorCode.DELTA_REJECTED, delta.problem
         if delta.steps == 0:
@@ -164,7 +169,7 @@ class Aggregation:
         return 0, ""
 
     def due(self, now: float) -> bool:
-        """Whether the round should close now."""
+        """Whether the shard should close now."""
         if self.closed is not None:
             return False
         if now >= self.closes_at:
@@ -173,7 +178,7 @@ class Aggregation:
         return self.params.barrier and bool(self.replicas) and self.replicas <= delivered
 
     def close(self, now: float) -> Outcome:
-        """Close the round: drop norm outliers, weigh the rest by steps (× staleness factor)."""
+        """Close the shard: drop norm outliers, weigh the rest by steps (× staleness factor)."""
         if self.closed is not None:
             return self.closed
         norms = {p: d.norm for p, d in self.accepted.items()}
@@ -205,6 +210,7 @@ class Aggregation:
         late = sorted(self.replicas - set(self.accepted) - set(self.rejected), key=_key)
         self.closed = Outcome(
             round=self.round,
+            shard=self.shard,
             weights=weights,
             contributors=[
                 (p, weights[p], d.steps, self.round - 1 - d.base_version)

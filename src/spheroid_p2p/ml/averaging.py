@@ -1,16 +1,18 @@
-"""Replica averaging, model-agnostic: named tensors in, named tensors out (design §10.2).
+"""Replica averaging, model-agnostic: a block as one flat float32 vector (design §10.2).
 
-A replica sends Δ = θ_local − θ_base; the aggregator checks every delta against the base
-(names, shapes, finiteness, norm), then sets θ_new = θ_base + Σ w_k Δ_k. Deltas can travel in
-four encodings; the lossy ones keep an error-feedback residual on the sender, so what one
-round's quantisation drops is sent in the next round instead of being lost:
+A replica's delta is Δ = θ_local − θ_base over the block's *flat vector* (its tensors in a
+fixed order, flattened and laid end to end). Averaging works on slices of that vector (the
+shards of a round): each aggregator checks every delta slice (finite, norm bound), weighs
+them, and every replica sets θ_new[slice] = θ_base[slice] + Σ w_k Δ_k[slice]. A slice travels
+in one of four encodings; the lossy ones keep an error-feedback residual over the whole
+vector, so what one round's quantisation drops is sent in the next round instead of lost:
 
 * ``float32``: exact;
 * ``float16`` / ``bfloat16``: half the bytes;
 * ``int8``: a quarter of the bytes, plus one float32 scale per ``INT8_BLOCK_ELEMS`` elements
-  (blockwise absmax quantisation), sent as a second tensor named ``<name>:scale``.
+  of the slice (blockwise absmax quantisation).
 
-Nothing here knows about the network; serialisation belongs to the transport.
+Nothing here knows about the network; the byte layout belongs to the transport.
 """
 
 from __future__ import annotations
@@ -26,22 +28,57 @@ from spheroid_p2p.params import INT8_BLOCK_ELEMS
 __all__ = [
     "ENCODING_DTYPES",
     "DeltaCheck",
-    "DeltaEncoder",
-    "apply_average",
-    "check_delta",
-    "decode_delta",
+    "Encoded",
+    "FlatLayout",
+    "SliceEncoder",
+    "check_values",
+    "decode_slice",
     "delta_of",
+    "dequantize_int8",
+    "quantize_int8",
     "tensors_norm",
+    "weighted_sum",
 ]
 
-#: Encoding name -> dtype of the main tensor on the wire.
+#: Encoding name -> dtype of the values on the wire.
 ENCODING_DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
     "int8": torch.int8,
 }
-SCALE_SUFFIX = ":scale"
+
+
+class FlatLayout:
+    """The order and shapes of a block's tensors: how they map onto one flat vector."""
+
+    def __init__(self, like: Mapping[str, torch.Tensor]) -> None:
+        self.names = list(like)
+        self.shapes = [tuple(t.shape) for t in like.values()]
+        self.dtypes = [t.dtype for t in like.values()]
+        sizes = [math.prod(s) for s in self.shapes]
+        self.offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+        self.numel = sum(sizes)
+
+    def flatten(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """A new float32 vector holding ``tensors`` in this layout's order."""
+        out = torch.empty(self.numel, dtype=torch.float32)
+        for name, offset, shape in zip(self.names, self.offsets, self.shapes, strict=True):
+            t = tensors[name]
+            if tuple(t.shape) != shape:
+                raise ValueError(f"{name}: shape {list(t.shape)} is not {list(shape)}")
+            out[offset : offset + t.numel()] = t.detach().reshape(-1)
+        return out
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The tensors of a flat vector, in their own dtypes (copies)."""
+        out = {}
+        for name, offset, shape, dtype in zip(
+            self.names, self.offsets, self.shapes, self.dtypes, strict=True
+        ):
+            n = math.prod(shape)
+            out[name] = flat[offset : offset + n].reshape(shape).to(dtype, copy=True)
+        return out
 
 
 def delta_of(
@@ -53,15 +90,16 @@ def delta_of(
     return {name: local[name].detach().float() - base[name].float() for name in base}
 
 
-def tensors_norm(tensors: Mapping[str, torch.Tensor]) -> float:
+def tensors_norm(tensors: Mapping[str, torch.Tensor] | torch.Tensor) -> float:
     """The L2 norm of all tensors together: NaN if any value is NaN, inf if any is infinite.
 
     Each tensor's norm is one float32 pass (no copy; the relative error, about 1e-6 per
     element summed pairwise, is far below what the norm checks care about); a float32
     overflow of finite values is redone in float64, and tensors combine in float64.
     """
+    values = [tensors] if isinstance(tensors, torch.Tensor) else list(tensors.values())
     total = 0.0
-    for t in tensors.values():
+    for t in values:
         x = t.detach()
         norm = float(torch.linalg.vector_norm(x.float()))
         if math.isinf(norm) and bool(torch.isfinite(x).all()):
@@ -70,124 +108,97 @@ def tensors_norm(tensors: Mapping[str, torch.Tensor]) -> float:
     return math.sqrt(total)
 
 
-def _quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    flat = x.reshape(-1)
-    n = flat.numel()
+def quantize_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Blockwise absmax int8 of a 1-D float32 slice: (q, one scale per block; 0 for a block
+    of zeros)."""
+    n = x.numel()
     blocks = -(-n // INT8_BLOCK_ELEMS)
     padded = torch.zeros(blocks * INT8_BLOCK_ELEMS, dtype=torch.float32)
-    padded[:n] = flat
+    padded[:n] = x.reshape(-1)
     grid = padded.view(blocks, INT8_BLOCK_ELEMS)
     scale = grid.abs().amax(dim=1) / 127.0
     safe = torch.where(scale > 0, scale, torch.ones_like(scale))
     q = torch.round(grid / safe[:, None]).clamp_(-127, 127).to(torch.int8)
-    return q.reshape(-1)[:n].reshape(x.shape), scale
+    return q.reshape(-1)[:n].contiguous(), scale
 
 
-def _dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``q × scale`` per block of ``INT8_BLOCK_ELEMS`` elements, in float32 (1-D)."""
     flat = q.reshape(-1).float()
     n = flat.numel()
     blocks = scale.numel()
     padded = torch.zeros(blocks * INT8_BLOCK_ELEMS, dtype=torch.float32)
     padded[:n] = flat
-    out = padded.view(blocks, INT8_BLOCK_ELEMS) * scale.float()[:, None]
-    return out.reshape(-1)[:n].reshape(q.shape)
+    return (padded.view(blocks, INT8_BLOCK_ELEMS) * scale.float()[:, None]).reshape(-1)[:n]
 
 
-def int8_scale_shape(shape: tuple[int, ...]) -> tuple[int]:
-    """Shape of the scale tensor that goes with an int8 tensor of ``shape``."""
-    return (-(-math.prod(shape) // INT8_BLOCK_ELEMS),)
+@dataclass(frozen=True)
+class Encoded:
+    """A slice in a wire encoding: the values, and the int8 scales (None otherwise)."""
+
+    values: torch.Tensor
+    scales: torch.Tensor | None = None
 
 
-class DeltaEncoder:
-    """Encode float32 deltas for the wire, with error feedback for the lossy encodings."""
+def decode_slice(encoded: Encoded) -> torch.Tensor:
+    """The float32 values of an encoded slice."""
+    if encoded.scales is not None:
+        return dequantize_int8(encoded.values, encoded.scales)
+    return encoded.values.float()
+
+
+class SliceEncoder:
+    """Encode float32 slices of a flat vector, with error feedback over the whole vector for
+    the lossy encodings (what a slice's quantisation dropped goes out with its next delta)."""
 
     def __init__(self, encoding: str, error_feedback: bool = True) -> None:
         if encoding not in ENCODING_DTYPES:
             raise ValueError(f"unknown delta encoding {encoding!r}; known: {list(ENCODING_DTYPES)}")
         self.encoding = encoding
         self.error_feedback = error_feedback and encoding != "float32"
-        self.residual: dict[str, torch.Tensor] = {}
+        self.residual: torch.Tensor | None = None
 
-    def encode(self, delta: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Wire tensors for ``delta``; updates the residual. Contiguous, CPU."""
-        out: dict[str, torch.Tensor] = {}
-        for name, d in delta.items():
-            x = d.float()
-            if self.error_feedback and name in self.residual:
-                # the residual buffer becomes x, then (in place) the new residual
-                x = self.residual.pop(name).add_(x)
-            elif self.error_feedback:
-                x = x.clone()
-            if self.encoding == "int8":
-                q, scale = _quantize_int8(x)
-                out[name] = q.contiguous()
-                out[name + SCALE_SUFFIX] = scale.contiguous()
-                if self.error_feedback:
-                    self.residual[name] = x.sub_(_dequantize_int8(q, scale))
-            else:
-                wire = x.to(ENCODING_DTYPES[self.encoding]).contiguous()
-                out[name] = wire
-                if self.error_feedback:
-                    self.residual[name] = x.sub_(wire)  # x - float(wire), without a copy
-        return out
+    def encode(self, x: torch.Tensor, start: int, numel: int) -> Encoded:
+        """Encode ``x`` (a 1-D float32 slice starting at element ``start`` of a vector of
+        ``numel`` elements); updates the residual of that slice."""
+        if self.error_feedback:
+            if self.residual is None or self.residual.numel() != numel:
+                self.residual = torch.zeros(numel, dtype=torch.float32)
+            r = self.residual[start : start + x.numel()]
+            x = r.add_(x)  # the residual slice becomes x, then (in place) the new residual
+        if self.encoding == "int8":
+            q, scale = quantize_int8(x)
+            if self.error_feedback:
+                x.sub_(dequantize_int8(q, scale))
+            return Encoded(q, scale)
+        wire = x.to(ENCODING_DTYPES[self.encoding]).contiguous()
+        if self.error_feedback:
+            x.sub_(wire)  # x - float(wire), without a copy
+        return Encoded(wire)
 
-    def reset(self) -> None:
-        """Drop the residual (after the replica moves to another block)."""
-        self.residual.clear()
+    def forget(self, start: int, end: int) -> None:
+        """Drop the residual of a slice (its encoded delta was refused and re-based)."""
+        if self.residual is not None:
+            self.residual[start:end] = 0
 
 
 @dataclass(frozen=True)
 class DeltaCheck:
-    """The aggregator's reading of one decoded delta. ``problem`` is None when usable."""
+    """The reading of one decoded delta (or slice). ``problem`` is None when usable."""
 
     norm: float
     problem: str | None = None
 
 
-def decode_delta(
-    wire: Mapping[str, torch.Tensor], encoding: str, like: Mapping[str, torch.Tensor]
-) -> tuple[dict[str, torch.Tensor], str | None]:
-    """float32 deltas from wire tensors, checked against the base ``like``.
-
-    Returns (delta, problem); a delta with the wrong names, dtypes or shapes comes back empty
-    with the problem stated, and is never applied.
-    """
-    if encoding not in ENCODING_DTYPES:
-        return {}, f"unknown encoding {encoding!r}"
-    want = dict.fromkeys(like)
-    if encoding == "int8":
-        want.update({name + SCALE_SUFFIX: None for name in like})
-    if set(wire) != set(want):
-        missing = sorted(set(want) - set(wire))[:3]
-        extra = sorted(set(wire) - set(want))[:3]
-        return {}, f"tensor names differ from the base (missing {missing}, unexpected {extra})"
-    dtype = ENCODING_DTYPES[encoding]
-    out: dict[str, torch.Tensor] = {}
-    for name, base in like.items():
-        t = wire[name]
-        if t.dtype != dtype:
-            return {}, f"{name}: dtype {t.dtype} is not the {encoding} encoding"
-        if tuple(t.shape) != tuple(base.shape):
-            return {}, f"{name}: shape {list(t.shape)} differs from the base {list(base.shape)}"
-        if encoding == "int8":
-            scale = wire[name + SCALE_SUFFIX]
-            if scale.dtype != torch.float32 or tuple(scale.shape) != int8_scale_shape(
-                tuple(base.shape)
-            ):
-                return {}, f"{name}: bad int8 scale tensor {scale.dtype}{list(scale.shape)}"
-            out[name] = _dequantize_int8(t, scale)
-        else:
-            out[name] = t.float()
-    return out, None
-
-
-def check_delta(
-    delta: Mapping[str, torch.Tensor], base_norm: float, max_relative: float
+def check_values(
+    delta: Mapping[str, torch.Tensor] | torch.Tensor, base_norm: float, max_relative: float
 ) -> DeltaCheck:
     """Finite, and ``‖Δ‖ <= max_relative · ‖θ_base‖``? (The comparison with the other
-    deltas of the round is the round's job: it needs all of them.)"""
+    deltas of the shard is the round's job: it needs all of them.)"""
     norm = tensors_norm(delta)
     if not math.isfinite(norm):
+        if isinstance(delta, torch.Tensor):
+            return DeltaCheck(norm, "non-finite values (NaN or Inf)")
         bad = next((n for n, t in delta.items() if not bool(torch.isfinite(t).all())), None)
         if bad is None:
             return DeltaCheck(norm, "norm overflows float64")
@@ -200,16 +211,9 @@ def check_delta(
     return DeltaCheck(norm)
 
 
-def apply_average(
-    base: Mapping[str, torch.Tensor],
-    deltas: list[tuple[Mapping[str, torch.Tensor], float]],
-    outer_lr: float = 1.0,
-) -> dict[str, torch.Tensor]:
-    """θ_base + outer_lr · Σ w_k Δ_k (weights already normalised); the base when empty."""
-    out: dict[str, torch.Tensor] = {}
-    for name, b in base.items():
-        acc = b.detach().float().clone()
-        for delta, weight in deltas:
-            acc.add_(delta[name], alpha=outer_lr * weight)
-        out[name] = acc.to(b.dtype)
+def weighted_sum(slices: list[tuple[torch.Tensor, float]], numel: int) -> torch.Tensor:
+    """Σ w_k x_k in float32 (zeros when empty)."""
+    out = torch.zeros(numel, dtype=torch.float32)
+    for x, weight in slices:
+        out.add_(x, alpha=weight)
     return out

@@ -163,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds before the next aggregator in line takes over",
     )
     rounds.add_argument(
+        "--round-shards",
+        type=int,
+        help="shards per averaging round, one aggregator each (default 64: one per replica; "
+        "1: a single aggregator)",
+    )
+    rounds.add_argument(
         "--allow-peers",
         type=Path,
         help="a private swarm: file of peer ids (one 'sp1...' per line, '#' comments) that "
@@ -274,6 +280,7 @@ def node_config(args: argparse.Namespace) -> Any:
         "round_steps",
         "round_period_s",
         "round_grace_s",
+        "round_shards",
         "min_replicas",
         "replica_wait_s",
         "delta_encoding",
@@ -355,7 +362,8 @@ async def _cmd_eval(args: argparse.Namespace) -> int:
         )
         async with running_node(config, KeyPair.generate()) as node:
             await run_evaluator(
-                node,
+                node.swarm,
+                node.transfers,
                 model,
                 windows,
                 every_s=args.every,
@@ -367,7 +375,7 @@ async def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 async def _cmd_status(args: argparse.Namespace) -> int:
-    from spheroid_p2p.node.status import fetch_status, format_status
+    from spheroid_p2p.client.status import fetch_status, format_status
 
     print(format_status(await fetch_status(args.peer, args.timeout)))
     return 0

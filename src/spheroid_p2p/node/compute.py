@@ -19,7 +19,7 @@ from spheroid_p2p.ml.block import BlockDenoiser
 from spheroid_p2p.ml.checkpoint import load_block
 from spheroid_p2p.ml.config import ModelConfig
 from spheroid_p2p.ml.generate import noisy_slots, pick_bytes, run_blocks, start_noise, window
-from spheroid_p2p.node.store import raw_of
+from spheroid_p2p.node.tensor_bridge import raw_of, torch_dtype
 from spheroid_p2p.node.turns import StepGate
 from spheroid_p2p.wire.manifests import tensor_entry, weights_hash
 
@@ -27,7 +27,6 @@ __all__ = ["BlockRuntime", "HopOutput"]
 
 log = logging.getLogger(__name__)
 
-_TORCH_DTYPES = {1: torch.float32, 2: torch.float16, 3: torch.bfloat16}
 #: Traversals computing at once (their steps interleave at the runtime's StepGate).
 TRAVERSAL_THREADS = 4
 
@@ -150,7 +149,7 @@ class BlockRuntime:
             z = start_noise(cfg, clean, seed, steps)
         else:
             n = noisy_slots(cfg, clean)
-            z = torch.frombuffer(bytearray(z_raw), dtype=_TORCH_DTYPES[z_dtype])
+            z = torch.frombuffer(bytearray(z_raw), dtype=torch_dtype(z_dtype))
             z = z.view(1, n, cfg.d_z).float()
         z, logits = run_blocks(
             self.blocks, first, last, clean, z, steps, lambda: self.gate.step(peer)

@@ -22,6 +22,7 @@ from spheroid_p2p.core.gossip import GossipParams
 from spheroid_p2p.errors import ConfigError
 from spheroid_p2p.ml.config import ModelConfig
 from spheroid_p2p.net.peers import available_congestion, parse_addr
+from spheroid_p2p.params import MAX_SHARDS
 from spheroid_p2p.wire.signing import PeerId
 
 __all__ = ["NodeConfig", "load_toml"]
@@ -61,6 +62,9 @@ class NodeConfig:
     #: included) are live, for at most ``replica_wait_s``; then it trains with whoever is there.
     min_replicas: int = 1
     replica_wait_s: float = 120.0
+    #: Shards a publisher plans per round (09 §9.2): one per replica up to this many; 1 is
+    #: the single-aggregator round.
+    round_shards: int = 64
     delta_encoding: str = "bfloat16"
     compression: str = "auto"
     norm_ratio: float = 10.0
@@ -114,6 +118,8 @@ class NodeConfig:
                 )
         if self.warm_next_hops < 0 or self.keep_hot_s < 0:
             raise ConfigError("warm next hops and keep-hot seconds must be >= 0")
+        if not 1 <= self.round_shards <= MAX_SHARDS:
+            raise ConfigError(f"round shards must be in 1..{MAX_SHARDS}")
         if self.min_replicas < 1 or self.replica_wait_s < 0:
             raise ConfigError("min replicas must be >= 1 and the replica wait >= 0")
 

@@ -27,11 +27,12 @@ import torch
 from spheroid_p2p.ml.block import BlockDenoiser
 from spheroid_p2p.ml.config import ModelConfig
 from spheroid_p2p.ml.evaluate import evaluate_sampler
-from spheroid_p2p.node.replica import version_records
+from spheroid_p2p.node.swarm import version_records
 from spheroid_p2p.node.transfer import FetchError
 
 if TYPE_CHECKING:
-    from spheroid_p2p.node.app import Node
+    from spheroid_p2p.node.swarm import SwarmView
+    from spheroid_p2p.node.transfer import Transfers
 
 __all__ = ["EvalPoint", "SwarmEvaluator"]
 
@@ -51,16 +52,18 @@ class EvalPoint:
 
 
 class SwarmEvaluator:
-    """Fetches the newest version of every block through ``node`` and scores the model."""
+    """Fetches the newest version of every block from the swarm and scores the model."""
 
     def __init__(
         self,
-        node: Node,
+        swarm: SwarmView,
+        transfers: Transfers,
         model: ModelConfig,
         windows: torch.Tensor,
         seeds: tuple[int, ...] = (0,),
     ) -> None:
-        self.node = node
+        self.swarm = swarm
+        self.transfers = transfers
         self.model = model
         self.windows = windows
         self.seeds = seeds
@@ -70,7 +73,7 @@ class SwarmEvaluator:
 
     def newest(self, block: int) -> tuple[int, bytes, list] | None:
         """(version, weights hash, holders) of the newest announced version of ``block``."""
-        recs = version_records(self.node, block, self.model.config_hash())
+        recs = version_records(self.swarm, block, self.model.config_hash())
         if not recs:
             return None
         top = max(recs, key=lambda r: r.version)
@@ -93,19 +96,20 @@ class SwarmEvaluator:
                         break
                     except FetchError as exc:
                         log.info("[eval] block %d v%d: %s; retrying", b, version, exc)
-                if time.monotonic() > deadline:
+                left = deadline - time.monotonic()
+                if left <= 0:
                     raise FetchError(f"no version of block {b} could be fetched in {timeout_s} s")
-                await asyncio.sleep(0.5)
+                await self.swarm.changed(min(left, 1.0))  # new records, or try again
         return [self._blocks[b][2] for b in range(self.model.n_blocks)]
 
     async def _fetch(self, block: int, weights: bytes, holders: list) -> BlockDenoiser:
-        reached = await self.node.connect_all(holders)
+        reached = await self.swarm.connect(holders)
         if not reached:
             raise FetchError("no holder reachable")
-        signed = await self.node.transfers.get_manifest(reached[0], block, weights)
+        signed = await self.transfers.get_manifest(reached[0], block, weights)
         if signed.manifest.config_hash != self.model.config_hash():
             raise FetchError(f"{reached[0].short()} holds block {block} of another model config")
-        result = await self.node.transfers.fetch(signed, reached)
+        result = await self.transfers.fetch(signed, reached)
         self.fetched_bytes += result.bytes_fetched
         tensors = await asyncio.to_thread(result.stored.tensors)
         module = BlockDenoiser(self.model, block)
@@ -140,7 +144,8 @@ class SwarmEvaluator:
 
 
 async def run_evaluator(
-    node: Node,
+    swarm: SwarmView,
+    transfers: Transfers,
     model: ModelConfig,
     windows: torch.Tensor,
     *,
@@ -150,7 +155,7 @@ async def run_evaluator(
     timeout_s: float,
 ) -> list[EvalPoint]:
     """Score the swarm's model ``count`` times, ``every_s`` apart; print and log each."""
-    evaluator = SwarmEvaluator(node, model, windows)
+    evaluator = SwarmEvaluator(swarm, transfers, model, windows)
     points: list[EvalPoint] = []
     for i in range(count):
         started = time.monotonic()

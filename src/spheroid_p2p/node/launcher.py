@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from spheroid_p2p.node.status import fetch_status
+from spheroid_p2p.client.status import fetch_status
 from spheroid_p2p.wire.status import StatusResponse
 
 __all__ = ["NodeProcess", "evaluator_command", "live_view", "swarm_plan", "wait_for"]

@@ -1,104 +1,78 @@
-"""A trainer node's block replica: local training between averaging rounds (09-averaging.md).
+"""A trainer's replica of its block: local training between sharded averaging rounds (09).
 
-One :class:`BlockReplica` per trained block. It joins the block's current version (fetched
-from the peers that hold it, or version 0 built from the seed when nobody does), then loops:
+One :class:`BlockReplica` per trained block. It joins the block's current version
+(``node.installer``), then, round after round:
 
-1. **train** ``round_steps`` local steps, or as many as fit before the round's deadline minus
-   the upload time, with its own AdamW state (kept across rounds);
-2. **submit** Δ = θ_local − θ_base, encoded (bf16 by default, error feedback for lossy
-   encodings), to the round's aggregator: the first live replica in rendezvous order, or
-   itself; if no version appears within a grace period, to the next one in that order;
-3. **install** the new version: fetch the aggregator's averaged *update* (small: the encoded
-   mean delta), add it to the base, check the result against the manifest's weights hash
-   (else fetch the full weights), and continue from it.
+1. **train** ``round_steps`` local steps, or as many as fit before the round's deadline, with
+   its own optimizer state (kept across rounds);
+2. **send** each shard of its delta Δ = θ_local − θ_base to that shard's aggregator (its own
+   shard it offers to itself, ``node.aggregator``), encoded once per round with error feedback;
+   a shard whose update does not come in time goes to the shard's next rank — the sans-I/O
+   :class:`~spheroid_p2p.core.plan.Exchange` says where and when;
+3. **collect** every shard's averaged update (``SHARD_UPDATE``, judged as it arrives, 09 §9.8),
+   build the new weights θ_base + update in float32, and install them when the round's
+   publisher's manifest names them — or, as the publisher, sign and push that manifest.
 
-When this replica is a round's aggregator it judges incoming deltas (through the sans-I/O
-:class:`~spheroid_p2p.core.rounds.Aggregation`), closes the round at its deadline or when
-every live replica delivered, averages, publishes the signed manifest with the round report,
-and pushes it to the other replicas. A delta refused as late (``ROUND_CLOSED``) is not lost:
-its sender adds half of it to the new version and trains on (the staleness rule, 09 §9.5).
+The replica waits on events only: an update arriving, a version installed, or the exchange's
+next deadline. A shard delta refused as late (``ROUND_CLOSED``) is not lost: half of it is
+added after the next install (the staleness rule, 09 §9.6).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
-from spheroid_p2p.core.rounds import (
-    Aggregation,
-    DeltaOffer,
-    Outcome,
-    RoundParams,
-    aggregator_order,
-    preferred_manifest,
+from spheroid_p2p.core.plan import (
+    Exchange,
+    Publish,
+    SendShard,
+    next_plan,
+    shard_bounds,
+    version_report,
 )
+from spheroid_p2p.core.rounds import RoundParams
 from spheroid_p2p.errors import ErrorCode, code_name
-from spheroid_p2p.ml.averaging import (
-    DeltaEncoder,
-    apply_average,
-    check_delta,
-    decode_delta,
-    delta_of,
-    tensors_norm,
-)
-from spheroid_p2p.ml.checkpoint import atomic_write, save_block
-from spheroid_p2p.node.admission import (
-    SetCheck,
-    delta_layout_problem,
-    join_check,
-    version_check,
-)
-from spheroid_p2p.node.store import StoredSet, raw_of, tensor_of
-from spheroid_p2p.node.transfer import FetchError, ReceivedDelta, VersionRejected
-from spheroid_p2p.wire.deltas import DeltaHeader
-from spheroid_p2p.wire.manifests import (
-    ENCODINGS,
-    KIND_UPDATE,
-    Manifest,
-    RoundReport,
-    SignedManifest,
-)
-from spheroid_p2p.wire.signing import PeerId
+from spheroid_p2p.ml.averaging import SliceEncoder, check_values, decode_slice, tensors_norm
+from spheroid_p2p.ml.checkpoint import save_block
+from spheroid_p2p.node.aggregator import Aggregators, ShardResult
+from spheroid_p2p.node.installer import Base, Installer
+from spheroid_p2p.node.shards import from_payload, payload_len, to_payload
+from spheroid_p2p.node.swarm import SwarmView
+from spheroid_p2p.node.transfer import FetchError, InStream, Payload, Transfers
+from spheroid_p2p.params import MAX_UPDATES_PER_SHARD
+from spheroid_p2p.wire.deltas import ShardDelta, ShardUpdate
+from spheroid_p2p.wire.manifests import ENCODINGS, SignedManifest
+from spheroid_p2p.wire.signing import KeyPair, PeerId
 
-if TYPE_CHECKING:
-    from spheroid_p2p.node.app import Node
-    from spheroid_p2p.node.trainer import TrainingJob
-    from spheroid_p2p.wire.records import OwnershipRecord
-
-__all__ = ["BlockReplica", "RoundSettings", "version_records"]
+__all__ = ["BlockReplica", "LocalTraining", "RoundSettings"]
 
 log = logging.getLogger(__name__)
 
-#: Tries to fetch the swarm's newest version on joining before starting from our own.
-JOIN_ATTEMPTS = 5
-
-
-def version_records(node: Node, block: int, config_hash: str) -> list[OwnershipRecord]:
-    """Other peers' live records that name a version of ``block`` of this model config.
-
-    Trainers' records name the version they hold; a server's record names a version only
-    when it trained the block in rounds and serves the result (version >= 1: a server of a
-    checkpoint file holds no version to fetch). A record without a config hash is accepted.
-    """
-    return [
-        r
-        for r in node.gossip.owners_of(block)
-        if (r.role == "train" or r.version >= 1)
-        and r.content_hash
-        and r.owner != node.key.peer_id
-        and r.config_hash in ("", config_hash)
-    ]
-
-
 _ENCODING_CODES = {name: code for code, name in ENCODINGS.items()}
+#: Seconds between sends of a delta its aggregator answered NOT_READY (09 §9.5).
+NOT_READY_RETRY_S = 1.0
+
+
+class LocalTraining(Protocol):
+    """What a replica needs of the training it averages (``node.trainer.TrainingJob``)."""
+
+    @property
+    def module(self) -> torch.nn.Module: ...
+
+    @property
+    def steps_done(self) -> int: ...
+
+    async def train_for(self, steps: int, stop_at_wall: float) -> tuple[int, float]: ...
 
 
 @dataclass(frozen=True)
@@ -117,716 +91,488 @@ class RoundSettings:
 
 
 @dataclass
-class _Base:
-    version: int
-    weights: bytes  # weights hash
-    signer: PeerId
-    deadline: float  # wall-clock seconds of the next round's deadline
-    tensors: dict[str, torch.Tensor]
-    norm: float
+class _Round:
+    """This replica's state in one round."""
+
+    base: Base
+    exchange: Exchange
+    bounds: list[int]
+    steps: int
+    delta: torch.Tensor
+    payloads: dict[int, Payload] = field(default_factory=dict)
+    results: dict[int, dict[PeerId, ShardResult]] = field(default_factory=dict)
+    late: dict[int, torch.Tensor] = field(default_factory=dict)
+    built: asyncio.Future[tuple[bytes, torch.Tensor]] | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: the round's version as its publisher signed it, once it reached us (09 §9.5 step 5)
+    manifest: SignedManifest | None = None
+    manifest_at: float = 0.0
+    installing: bool = False
 
 
 class BlockReplica:
     """Training and averaging of one block on one node."""
 
-    def __init__(self, node: Node, job: TrainingJob, settings: RoundSettings) -> None:
-        self.node = node
-        self.job = job
-        self.block = job.block
-        self.settings = settings
-        self.tag = f"{node.tag} b{self.block}"
-        self.config_hash = job.cfg.config_hash()
-        self.encoder = DeltaEncoder(settings.encoding)
-        self.update_encoder = DeltaEncoder(settings.encoding)
-        self.base: _Base | None = None
-        self.previous: _Base | None = None
-        self.installed = asyncio.Event()
-        self.aggregations: dict[int, Aggregation] = {}
-        self._agg_tasks: dict[int, asyncio.Task[None]] = {}
-        self._decoded: dict[tuple[int, PeerId], dict[str, torch.Tensor]] = {}
-        #: (round, sender) -> (wire bytes, seconds) of each delta received, for the report
-        self._delta_times: dict[tuple[int, PeerId], tuple[int, float]] = {}
-        self._own: dict[int, dict[str, torch.Tensor]] = {}
-        self._late: dict[str, torch.Tensor] | None = None
-        self.reports: list[dict[str, object]] = []
-        self.position_path = job.data_dir / f"block-{self.block}.round.json"
-        self.reports_path = job.data_dir / f"block-{self.block}.rounds.jsonl"
-        self.on_version: Callable[[int, bytes], None] | None = None
-        #: Held while the compute thread trains (and while a step's delta is taken): a new
-        #: version is installed only between steps, never under a running backward pass.
-        self._install_lock = asyncio.Lock()
-        #: Versions refused by the rule of 09 §9.8 (signer, finite, norm), for tests/status.
-        self.rejected_versions = 0
-        #: Own deltas discarded because they were not finite or too large.
-        self.rejected_own = 0
-        #: Weights hashes of versions being fetched to adopt: a push of one already being
-        #: fetched starts nothing more.
-        self._adopting: set[bytes] = set()
-
-    # -- membership -----------------------------------------------------------------------------
-    def live_replicas(self) -> set[PeerId]:
-        """Replicas of this block with a live record and our model config (us included)."""
-        out = {self.node.key.peer_id}
-        allowed = self.node.config.allow_peers
-        for rec in self.node.gossip.owners_of(self.block):
-            ours = rec.role == "train" and rec.config_hash in ("", self.config_hash)
-            if ours and (allowed is None or rec.owner in allowed):
-                out.add(rec.owner)
-        return out
-
-    def holders(self, weights: bytes) -> list[PeerId]:
-        """Peers whose record says they hold these weights (connected or dialable)."""
-        me = self.node.key.peer_id
-        return [
-            rec.owner
-            for rec in self.node.gossip.owners_of(self.block)
-            if rec.content_hash == weights and rec.owner != me
-        ]
-
-    # -- joining ----------------------------------------------------------------------------------
-    async def join(self) -> None:
-        """Adopt the block's newest version in the swarm, or create version 0."""
-        store = self.node.store
-        position = self._read_position()
-        await asyncio.sleep(self.settings.join_wait_s)  # let gossip bring the records in
-        await self._wait_for_replicas()
-        local = store.full(self.block)
-        stored = None
-        for attempt in range(JOIN_ATTEMPTS):
-            newest = max(
-                version_records(self.node, self.block, self.config_hash),
-                key=lambda r: r.version,
-                default=None,
-            )
-            if newest is None or (local is not None and newest.version <= local.manifest.version):
-                break
-            try:
-                await self.node.connect_all([newest.owner])
-                manifest = await self.node.transfers.get_manifest(
-                    newest.owner, self.block, newest.content_hash
-                )
-                like = self.job.trainer.block.state_dict()
-                stored = await self._fetch_full(manifest, [newest.owner], join_check(like))
-                break
-            except FetchError as exc:  # it moved on (pruned that version) or went away
-                log.info(
-                    "[%s] joining at v%d from %s failed (%s); attempt %d of %d",
-                    self.tag,
-                    newest.version,
-                    newest.owner.short(),
-                    exc,
-                    attempt + 1,
-                    JOIN_ATTEMPTS,
-                )
-                await asyncio.sleep(1.0)
-        keep_local = False
-        if stored is None and local is not None:
-            stored = local
-            keep_local = (
-                position is not None and position.get("weights") == local.manifest.content.hex()
-            )
-        elif stored is None:  # version 0 is the seeded initialisation: the same everywhere
-            stored = await asyncio.to_thread(self._make_version0)
-        self._set_base(stored.signed, stored, keep_local=keep_local)
-        log.info(
-            "[%s] joined at version %d (%s) from %s",
-            self.tag,
-            stored.manifest.version,
-            stored.manifest.content.hex()[:12],
-            stored.manifest.signer.short(),
-        )
-
-    async def _wait_for_replicas(self) -> None:
-        want = self.settings.min_replicas
-        if len(self.live_replicas()) >= want:
-            return
-        log.info("[%s] waiting for %d replicas of block %d", self.tag, want, self.block)
-        give_up = time.monotonic() + self.settings.replica_wait_s
-        while not self.node.stopping and time.monotonic() < give_up:
-            await asyncio.sleep(0.5)
-            if len(self.live_replicas()) >= want:
-                log.info("[%s] %d replicas live", self.tag, len(self.live_replicas()))
-                return
-        log.warning(
-            "[%s] only %d of %d replicas live after %.0f s; training with them",
-            self.tag,
-            len(self.live_replicas()),
-            want,
-            self.settings.replica_wait_s,
-        )
-
-    def _make_version0(self) -> StoredSet:
-        state = {k: v.detach().clone() for k, v in self.job.trainer.block.state_dict().items()}
-        now = time.time()
-        return self.node.store.put(
-            self.node.key,
-            state,
-            block=self.block,
-            version=0,
-            parent=b"",
-            config_hash=self.config_hash,
-            created_ms=int(now * 1000),
-            next_deadline_ms=int((now + self.settings.params.period_s) * 1000),
-        )
-
-    def _read_position(self) -> dict[str, object] | None:
-        try:
-            data = json.loads(self.position_path.read_text())
-            return data if isinstance(data, dict) else None
-        except (OSError, ValueError):
-            return None
-
-    def _set_base(
+    def __init__(
         self,
-        signed: SignedManifest,
-        stored: StoredSet,
-        keep_local: bool = False,
-        signer: PeerId | None = None,
+        swarm: SwarmView,
+        transfers: Transfers,
+        installer: Installer,
+        key: KeyPair,
+        training: LocalTraining,
+        settings: RoundSettings,
+        *,
+        data_dir: Path,
+        spawn: Callable[[Coroutine[object, object, None], str], bool],
+        tag: str,
     ) -> None:
-        m = signed.manifest
-        tensors = stored.tensors()
-        deadline = m.next_deadline_ms / 1000
-        self.previous = self.base
-        self.base = _Base(
-            m.version, m.result, signer or m.signer, deadline, tensors, tensors_norm(tensors)
+        self.swarm = swarm
+        self.transfers = transfers
+        self.installer = installer
+        self.key = key
+        self.training = training
+        self.settings = settings
+        self.spawn = spawn
+        self.block = installer.block
+        self.tag = tag
+        self.encoder = SliceEncoder(settings.encoding)
+        self.aggregators = Aggregators(
+            swarm,
+            installer,
+            transfers.streams,
+            encoding=settings.encoding,
+            params=settings.params,
+            deliver=self._deliver,
+            spawn=spawn,
+            tag=tag,
         )
-        if not keep_local:
-            with torch.no_grad():
-                self.job.trainer.block.load_state_dict(tensors)
-                if self._late is not None:
-                    # Our delta missed the round that made this version: add half of it.
-                    for name, d in self._late.items():
-                        self.job.trainer.block.state_dict()[name].add_(
-                            d, alpha=self.settings.params.late_weight
-                        )
-                    self._late = None
-        atomic_write(
-            self.position_path,
-            json.dumps({"version": m.version, "weights": self.base.weights.hex()}).encode(),
-        )
-        self.node.announce_version(self.block, m.version, self.base.weights)
-        self.installed.set()
-        if self.on_version is not None:
-            self.on_version(m.version, self.base.weights)
+        self.round: _Round | None = None
+        self.reports_path = data_dir / f"block-{self.block}.rounds.jsonl"
+        #: own deltas discarded because they were not finite or too large
+        self.rejected_own = 0
+        self.rounds_done = 0
+        installer.after_install = self._after_install
+        installer.take_version = self.take_version
 
-    async def _fetch_full(
-        self,
-        signed: SignedManifest,
-        holders: list[PeerId],
-        check: SetCheck | None = None,
-    ) -> StoredSet:
-        m = signed.manifest
-        more = [p for p in self.holders(m.content) if p not in holders]
-        peers = await self.node.connect_all([*holders, *more])
-        result = await self.node.transfers.fetch(signed, peers, check=check)
-        log.info(
-            "[%s] fetched version %d: %.1f MB in %.2f s from %s%s",
-            self.tag,
-            m.version,
-            result.bytes_fetched / 1e6,
-            result.seconds,
-            result.per_holder,
-            f"; bad holders {result.bad_holders}" if result.bad_holders else "",
-        )
-        return result.stored
-
-    # -- the round loop -----------------------------------------------------------------------
+    # -- the round loop -------------------------------------------------------------------------
     async def run(self, budget_steps: int) -> None:
         """Train and average until this replica has done ``budget_steps`` local steps."""
-        await self.join()
-        assert self.base is not None
-        while self.job.trainer.step_count < budget_steps and not self.node.stopping:
-            base = self.base
-            r = base.version + 1
-            margin = 1.0
-            steps_left = budget_steps - self.job.trainer.step_count
-            want = min(self.settings.round_steps, steps_left)
-            stop_at = max(base.deadline - margin, time.time() + 0.0)
-            async with self._install_lock:
-                done, loss = await self.job.train_for(want, stop_at_wall=stop_at)
-                if self.base is not base:
-                    # A newer version arrived while we trained (we were late): rebase on it.
+        s = self.settings
+        await self.installer.join(s.join_wait_s, s.min_replicas, s.replica_wait_s)
+        while self.training.steps_done < budget_steps and not self.swarm.stopping:
+            base = self.installer.base
+            assert base is not None
+            want = min(s.round_steps, budget_steps - self.training.steps_done)
+            async with self.installer.lock:
+                done, _ = await self.training.train_for(want, stop_at_wall=base.deadline - 1.0)
+                if self.installer.base is not base:
+                    continue  # a newer version arrived while we trained: rebase on it
+                delta = await asyncio.to_thread(self._delta, base)
+                if delta is None:
                     continue
-                delta = await asyncio.to_thread(
-                    delta_of, self.job.trainer.block.state_dict(), base.tensors
-                )
-                own = await asyncio.to_thread(
-                    check_delta, delta, base.norm, self.settings.params.max_relative_norm
-                )
-                if own.problem is not None:
-                    # Our own training diverged: it is judged like anyone's delta and never
-                    # sent or signed; we go back to the base and train on from there.
-                    self.rejected_own += 1
-                    log.error(
-                        "[%s] round %d: own delta discarded (%s); back to version %d",
-                        self.tag,
-                        r,
-                        own.problem,
-                        base.version,
-                    )
-                    await asyncio.to_thread(self.job.trainer.block.load_state_dict, base.tensors)
-                    continue
-            wire = await asyncio.to_thread(self.encoder.encode, delta)
-            self._own[r] = delta
-            await self._submit(r, base, wire, max(1, done), loss)
-            self._own.pop(r, None)
-        log.info("[%s] step budget spent at version %d", self.tag, self.base.version)
+            await self._exchange(base, delta, max(1, done))
+        log.info("[%s] step budget spent at version %d", self.tag, self.installer.base.version)
 
-    async def _submit(
-        self, r: int, base: _Base, wire: dict[str, torch.Tensor], steps: int, loss: float
-    ) -> None:
-        """Send our delta for round ``r`` and wait until version ``r`` is installed."""
-        params = self.settings.params
-        me = self.node.key.peer_id
-        order = aggregator_order(self.block, r, self.live_replicas())
-        self.installed.clear()
-        for rank, agg in enumerate(order):
-            if self.base is not None and self.base.version >= r:
-                return
-            if rank > 0:
-                log.warning(
-                    "[%s] round %d: no version from %s by its turn; handing over to %s",
-                    self.tag,
-                    r,
-                    order[rank - 1].short(),
-                    agg.short(),
-                )
-            if agg == me:
-                self._offer_own(r, base, steps)
-            else:
-                code, reason = await self._send(agg, r, base, wire, steps, loss)
-                while code == ErrorCode.NOT_READY and time.time() + 1.0 < base.deadline:
-                    if self.node.stopping or (self.base is not None and self.base.version >= r):
-                        return
-                    await asyncio.sleep(1.0)  # it is still joining: send again (09 §9.5)
-                    code, reason = await self._send(agg, r, base, wire, steps, loss)
-                if code == ErrorCode.ROUND_CLOSED:
-                    log.warning("[%s] round %d: delta late (%s)", self.tag, r, reason)
-                    self._late = self._own.get(r)
-                elif code not in (0, -1):
-                    log.warning(
-                        "[%s] round %d: %s refused our delta: %s: %s",
-                        self.tag,
-                        r,
-                        agg.short(),
-                        code_name(code),
-                        reason,
-                    )
-            turn_ends = base.deadline + (rank + 1) * params.grace_s
-            while self.base is None or self.base.version < r:
-                left = turn_ends - time.time()
-                if left <= 0 or self.node.stopping:
-                    break
-                self.installed.clear()
-                try:
-                    async with asyncio.timeout(min(left, 1.0)):
-                        await self.installed.wait()
-                except TimeoutError:
-                    pass
-            if self.base is not None and self.base.version >= r:
-                return
-            if self.node.stopping:
-                return
-        log.warning("[%s] round %d: no aggregator produced a version; training on", self.tag, r)
+    def _delta(self, base: Base) -> torch.Tensor | None:
+        """Δ = θ_local − θ_base over the flat vector, judged like anyone's (09 §9.8)."""
+        delta = self.installer.layout.flatten(self.training.module.state_dict()).sub_(base.flat)
+        check = check_values(delta, base.norm, self.settings.params.max_relative_norm)
+        if check.problem is None:
+            return delta
+        self.rejected_own += 1
+        log.error(
+            "[%s] round %d: own delta discarded (%s); back to version %d",
+            self.tag,
+            base.version + 1,
+            check.problem,
+            base.version,
+        )
+        self.training.module.load_state_dict(base.tensors)
+        return None
 
-    async def _send(
-        self,
-        agg: PeerId,
-        r: int,
-        base: _Base,
-        wire: dict[str, torch.Tensor],
-        steps: int,
-        loss: float,
-    ) -> tuple[int, str]:
-        peers = await self.node.connect_all([agg])
-        if not peers:
-            return -1, "unreachable"
+    async def _exchange(self, base: Base, delta: torch.Tensor, steps: int) -> None:
+        """One round, from our delta to version ``base.version + 1`` installed (or given up)."""
+        plan = self.installer.plan()
+        bounds = shard_bounds(self.installer.layout.numel, plan.shards)
+        exchange = Exchange(plan, self.swarm.me, len(bounds) - 1)
+        state = _Round(base, exchange, bounds, steps, delta)
+        self.round = state
         try:
-            ack = await self.node.transfers.send_delta(
-                agg,
+            self._act(state, exchange.start(time.time()))
+            while self.installer.base is base and not self.swarm.stopping:
+                now = time.time()
+                if exchange.complete and state.built is None:
+                    self._start_build(state)
+                for_version = None
+                if state.manifest is not None and not state.installing:
+                    for_version = self._take_version(state, now)
+                for_exchange = exchange.next_deadline()
+                if for_exchange is not None and for_exchange <= now:
+                    self._act(state, exchange.handle_timer(now))
+                    continue
+                due = [d for d in (for_version, for_exchange) if d is not None]
+                state.wake.clear()
+                timeout = max(0.0, min(due) - now) if due else None
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await state.wake.wait()
+            self.rounds_done += 1
+        finally:
+            self.round = None
+
+    def take_version(self, signed: SignedManifest) -> bool:
+        """The installer hands us version ``base + 1`` from a publisher whose turn has begun:
+        the round installs it from its own updates, or fetches it (09 §9.5 step 5)."""
+        state = self.round
+        if state is None or signed.manifest.version != state.exchange.plan.round:
+            return False
+        if state.manifest is None:
+            state.manifest = signed
+            state.manifest_at = time.time()
+            state.exchange.version_arrived()
+            state.wake.set()
+        return True
+
+    def _take_version(self, state: _Round, now: float) -> float | None:
+        """Install the publisher's version once our result is known: ours when it matches,
+        else fetched. Returns when to look again (None: under way)."""
+        assert state.manifest is not None
+        if state.built is not None and state.built.done():
+            state.installing = True
+            self.spawn(
+                self._install_version(state), f"{self.tag} install r{state.exchange.plan.round}"
+            )
+            return None
+        patience = state.manifest_at + self.settings.params.grace_s
+        if now >= patience and state.built is None:  # the updates we lack: fetch it whole
+            state.installing = True
+            self.spawn(
+                self._install_version(state), f"{self.tag} fetch r{state.exchange.plan.round}"
+            )
+            return None
+        return patience
+
+    def _start_build(self, state: _Round) -> None:
+        state.built = asyncio.get_running_loop().create_future()
+        self.spawn(self._build(state), f"{self.tag} build r{state.exchange.plan.round}")
+
+    async def _install_version(self, state: _Round) -> None:
+        signed = state.manifest
+        assert signed is not None
+        m = signed.manifest
+        built = state.built.result() if state.built is not None and state.built.done() else None
+        if built is not None and built[0] == m.result:
+            tensors = await asyncio.to_thread(self.installer.layout.unflatten, built[1])
+            await asyncio.to_thread(self.installer.store.put_signed, signed, tensors)
+            await self.installer.install(signed, tensors, state.base, flat=built[1])
+            return
+        log.info(
+            "[%s] version %d from %s is not what our updates give; fetching it",
+            self.tag,
+            m.version,
+            m.signer.short(),
+        )
+        await self.installer.adopt_fetched(signed, state.base)
+
+    def _act(self, state: _Round, actions: list[SendShard | Publish]) -> None:
+        for action in actions:
+            if isinstance(action, Publish):
+                self.spawn(self._publish(state, action), f"{self.tag} publish")
+            elif action.to == self.swarm.me:
+                a, b = state.bounds[action.shard], state.bounds[action.shard + 1]
+                plan = state.exchange.plan
+                code = self.aggregators.offer_own(
+                    plan.round, action.shard, plan.shards, state.delta[a:b].clone(), state.steps
+                )
+                if code == ErrorCode.ROUND_CLOSED:
+                    state.late[action.shard] = state.delta[a:b].clone()
+            else:
+                what = f"{self.tag} shard {action.shard} to {action.to.short()}"
+                self.spawn(self._send(state, action), what)
+
+    # -- our delta's shards out -----------------------------------------------------------------
+    def _payload(self, state: _Round, shard: int) -> Payload:
+        """Shard ``shard`` of our delta, encoded once per round (a hand-over resends the same
+        bytes; encoding again would count the error feedback twice)."""
+        payload = state.payloads.get(shard)
+        if payload is None:
+            a, b = state.bounds[shard], state.bounds[shard + 1]
+            encoded = self.encoder.encode(state.delta[a:b].clone(), a, state.delta.numel())
+            elem = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}[self.settings.encoding]
+            payload = Payload.of(to_payload(encoded), elem)
+            state.payloads[shard] = payload
+        return payload
+
+    async def _send(self, state: _Round, action: SendShard) -> None:
+        plan = state.exchange.plan
+        base = state.base
+        give_up = plan.handover_at(action.rank)
+        payload = await asyncio.to_thread(self._payload, state, action.shard)
+        while not self.swarm.stopping and self.installer.base is base:
+            header = ShardDelta(
+                stream_id=self.transfers.streams.new_id(),
                 block=self.block,
-                round_=r,
+                round=plan.round,
                 base=base.weights,
                 base_version=base.version,
-                steps=steps,
-                loss=float(loss) if loss == loss else 0.0,
+                shard=action.shard,
+                shards=plan.shards,
+                steps=state.steps,
+                loss=0.0,
                 encoding=_ENCODING_CODES[self.settings.encoding],
-                tensors={k: raw_of(v) for k, v in wire.items()},
-                timeout_s=max(5.0, base.deadline + self.settings.params.grace_s - time.time()),
             )
-        except (FetchError, TimeoutError) as exc:
-            return -1, str(exc)
-        return ack.code, ack.reason
-
-    # -- aggregation ------------------------------------------------------------------------
-    def _aggregation(self, r: int) -> Aggregation | None:
-        base = self.base
-        if base is None or r != base.version + 1:
-            return None
-        agg = self.aggregations.get(r)
-        if agg is None:
-            replicas = self.live_replicas()
-            order = aggregator_order(self.block, r, replicas)
-            rank = order.index(self.node.key.peer_id)
-            known = {base.version: base.weights}
-            if self.previous is not None:
-                known[self.previous.version] = self.previous.weights
-            deadline = base.deadline + (rank * self.settings.params.grace_s)
-            if rank:
-                deadline += self.settings.params.grace_s / 2
-            agg = Aggregation(
-                self.block, r, known, base.norm, 0, replicas, deadline, self.settings.params
-            )
-            self.aggregations[r] = agg
-            self._agg_tasks[r] = asyncio.get_running_loop().create_task(self._close_when_due(r))
-        return agg
-
-    def _offer_own(self, r: int, base: _Base, steps: int) -> None:
-        agg = self._aggregation(r)
-        if agg is None:
-            return
-        delta = self._own[r]
-        offer = DeltaOffer(
-            self.node.key.peer_id, r, base.version, base.weights, steps, tensors_norm(delta)
-        )
-        agg.offer(offer, time.time())
-
-    def admit(self, sender: PeerId, header: DeltaHeader) -> tuple[int, str] | None:
-        """Judge a delta header before its buffer is allocated: from a live replica (and an
-        allowed peer), naming exactly this block's tensors in its encoding (09 §9.4)."""
-        base = self.base
-        if base is None:
-            return int(ErrorCode.NOT_READY), "this replica has not joined yet"
-        if sender not in self.live_replicas():
-            return int(ErrorCode.DELTA_REJECTED), "not a live replica of this block"
-        problem = delta_layout_problem(header, base.tensors)
-        return None if problem is None else (int(ErrorCode.DELTA_REJECTED), problem)
-
-    def on_delta(self, delta: ReceivedDelta) -> None:
-        """A delta for this block arrived (the node routes it here)."""
-        self.node.spawn(self._judge_or_fail(delta), f"{self.tag} delta from {delta.sender}")
-
-    async def _judge_or_fail(self, delta: ReceivedDelta) -> None:
-        try:
-            await self._judge(delta)
-        except Exception:  # our failure: the sender hears it at once instead of timing out
-            self.node.transfers.ack(delta, ErrorCode.INTERNAL_ERROR, "internal error")
-            raise
-
-    async def _judge(self, delta: ReceivedDelta) -> None:
-        h = delta.header
-        transfers = self.node.transfers
-        base = self.base
-        if base is None:
-            transfers.ack(delta, ErrorCode.NOT_READY, "this replica has not joined yet")
-            return
-        if h.round <= base.version:
-            transfers.ack(delta, ErrorCode.ROUND_CLOSED, f"version {h.round} is out")
-            return
-        if h.round > base.version + 1:
-            transfers.ack(
-                delta, ErrorCode.NOT_READY, f"version {h.round - 1} is not installed here yet"
-            )
-            return
-        agg = self._aggregation(h.round)
-        if agg is None:
-            transfers.ack(
-                delta, ErrorCode.DELTA_REJECTED, f"round {h.round} is not the next round here"
-            )
-            return
-        like = base.tensors
-        wire = {name: tensor_of(entry, data) for name, (entry, data) in delta.tensors.items()}
-        decoded, problem = await asyncio.to_thread(decode_delta, wire, ENCODINGS[h.encoding], like)
-        norm = 0.0
-        if problem is None:
-            check = await asyncio.to_thread(
-                check_delta, decoded, base.norm, self.settings.params.max_relative_norm
-            )
-            norm, problem = check.norm, check.problem
-        offer = DeltaOffer(
-            delta.sender, h.round, h.base_version, h.base, h.steps, norm, problem, delta.nbytes
-        )
-        code, reason = agg.offer(offer, time.time())
-        transfers.ack(delta, code, reason)
-        self._delta_times[(h.round, delta.sender)] = (delta.nbytes, delta.seconds)
-        if code == 0:
-            # A staleness-1 delta (built on the version before our base) is applied to the
-            # current base as it is, at the reduced weight the round gives it.
-            self._decoded[(h.round, delta.sender)] = decoded
-        else:
-            log.warning(
-                "[%s] round %d: delta from %s refused: %s: %s",
-                self.tag,
-                h.round,
-                delta.sender.short(),
-                code_name(code),
-                reason,
-            )
-
-    async def _close_when_due(self, r: int) -> None:
-        agg = self.aggregations[r]
-        while not self.node.stopping:
-            if self.base is not None and self.base.version >= r:
-                return  # someone else's version r arrived first
-            if agg.due(time.time()):
-                break
-            await asyncio.sleep(0.05)
-        else:
-            return
-        outcome = agg.close(time.time())
-        await self._publish(r, outcome)
-
-    async def _publish(self, r: int, outcome: Outcome) -> None:
-        base = self.base
-        assert base is not None and base.version == r - 1
-        me = self.node.key.peer_id
-        deltas = []
-        for peer, weight in outcome.weights.items():
-            d = self._own.get(r) if peer == me else self._decoded.get((r, peer))
-            if d is not None:
-                deltas.append((d, weight))
-        enc_code = _ENCODING_CODES[self.settings.encoding]
-        now = time.time()
-        next_deadline = now + self.settings.params.period_s
-        report = RoundReport(
-            contributors=tuple((p.digest, w, s, st) for p, w, s, st in outcome.contributors),
-            rejected=tuple((p.digest, c, why[:200]) for p, c, why in outcome.rejected),
-            late=tuple(p.digest for p in outcome.late),
-            bytes_in=outcome.bytes_in,
-        )
-        store = self.node.store
-        key = self.node.key
-
-        common = {
-            "block": self.block,
-            "version": r,
-            "parent": base.weights,
-            "config_hash": self.config_hash,
-            "created_ms": int(now * 1000),
-            "next_deadline_ms": int(next_deadline * 1000),
-            "report": report,
-        }
-
-        def build() -> tuple[StoredSet, StoredSet | None]:
-            if not deltas:
-                return store.put(key, base.tensors, **common), None
-            mean = apply_average(
-                {k: torch.zeros_like(v, dtype=torch.float32) for k, v in base.tensors.items()},
-                deltas,
-            )
-            update = self.update_encoder.encode(mean)
-            applied, problem = decode_delta(update, self.settings.encoding, base.tensors)
-            assert problem is None
-            new = apply_average(base.tensors, [(applied, 1.0)])
-            full = store.put(key, new, durable=False, **common)
-            upd = store.put(
-                key,
-                update,
-                kind=KIND_UPDATE,
-                encoding=enc_code,
-                result=full.manifest.content,
-                durable=False,
-                **common,
-            )
-            return full, upd
-
-        if self.base is None or self.base.version >= r:
-            return
-        full, upd = await asyncio.to_thread(build)
-        if self.base is None or self.base.version >= r:
-            return
-        self._log_report(r, outcome, full)
-        announce = upd.signed if upd is not None else full.signed
-        for peer in self.live_replicas():
-            if peer != me:
-                self.node.transfers.push_manifest(peer, announce)
-        async with self._install_lock:
-            if self.base is not base:
+            if not await self.swarm.connect([action.to]):
+                log.warning("[%s] shard %d: %s unreachable", self.tag, action.shard, action.to)
                 return
-            self._set_base(full.signed, full)
-        for key_ in [k for k in self._decoded if k[0] <= r]:
-            del self._decoded[key_]
+            try:
+                ack = await self.transfers.streams.send_delta(
+                    action.to, header, payload, max(5.0, give_up - time.time())
+                )
+            except FetchError as exc:
+                log.warning("[%s] shard %d to %s: %s", self.tag, action.shard, action.to, exc)
+                return
+            if ack.code == ErrorCode.NOT_READY and time.time() + NOT_READY_RETRY_S < give_up:
+                await asyncio.sleep(NOT_READY_RETRY_S)  # it is still joining: again (09 §9.5)
+                continue
+            if ack.code == ErrorCode.ROUND_CLOSED:
+                a, b = state.bounds[action.shard], state.bounds[action.shard + 1]
+                state.late[action.shard] = state.delta[a:b].clone()
+            if ack.code != 0:
+                log.warning(
+                    "[%s] round %d shard %d: %s refused our delta: %s: %s",
+                    self.tag,
+                    plan.round,
+                    action.shard,
+                    action.to.short(),
+                    code_name(ack.code),
+                    ack.reason,
+                )
+            return
 
-    def _log_report(self, r: int, outcome: Outcome, full: StoredSet) -> None:
+    # -- updates in -----------------------------------------------------------------------------
+    def admit_update(self, sender: PeerId, header: ShardUpdate) -> None:
+        """A shard update's header (09 §9.8, 3.): open its stream or drop it."""
+        why = self._update_problem(sender, header)
+        if why is not None:
+            log.warning("[%s] update from %s dropped: %s", self.tag, sender.short(), why)
+            return
+        state = self.round
+        assert state is not None
+        a, b = state.bounds[header.shard], state.bounds[header.shard + 1]
+        size = payload_len(b - a, ENCODINGS[header.encoding])
+        self.transfers.streams.accept(sender, header, size, self._update_arrived)
+
+    def _update_problem(self, sender: PeerId, header: ShardUpdate) -> str | None:
+        state = self.round
+        base = self.installer.base
+        if state is None or base is None or state.base is not base:
+            return "no round in progress here"
+        plan = state.exchange.plan
+        if header.round != plan.round or header.base != base.weights:
+            return f"update for round {header.round} on another base"
+        if header.shards != plan.shards or header.shard >= len(state.bounds) - 1:
+            return f"shard {header.shard} of {header.shards} is not in this round's plan"
+        rank = plan.aggregator_rank(header.shard, sender)
+        if rank is None or sender not in self.installer.live():
+            return f"{sender.short()} does not aggregate shard {header.shard}"
+        if time.time() < plan.turn_opens(rank):
+            return f"{sender.short()} is rank {rank} of shard {header.shard}, not yet its turn"
+        have = state.results.get(header.shard, {})
+        if sender in have or len(have) >= MAX_UPDATES_PER_SHARD:
+            return f"shard {header.shard} has its updates"
+        return None
+
+    def _update_arrived(self, stream: InStream) -> None:
+        header = stream.header
+        assert isinstance(header, ShardUpdate)
+        what = f"{self.tag} update r{header.round} s{header.shard} from {stream.sender.short()}"
+        if not self.spawn(self._judge_update(stream, header), what):
+            self.transfers.streams.release(stream)
+
+    async def _judge_update(self, stream: InStream, header: ShardUpdate) -> None:
+        state = self.round
+        if state is None or state.exchange.plan.round != header.round:
+            self.transfers.streams.release(stream)
+            return
+        a, b = state.bounds[header.shard], state.bounds[header.shard + 1]
+        bound = self.settings.params.max_relative_norm * tensors_norm(state.base.flat[a:b])
+
+        def decode() -> tuple[torch.Tensor | None, str | None]:
+            try:
+                encoded, problem = from_payload(stream.payload, b - a, ENCODINGS[header.encoding])
+                if encoded is None:
+                    return None, problem
+                values = decode_slice(encoded).clone()
+            finally:
+                self.transfers.streams.release(stream)
+            return values, check_values(values, 0.0, 1.0).problem or (
+                None if tensors_norm(values) <= bound or bound == 0 else "update norm too large"
+            )
+
+        values, problem = await asyncio.to_thread(decode)
+        if values is None or problem is not None:
+            self.installer.rejected_versions += 1
+            log.warning("[%s] update of shard %d refused: %s", self.tag, header.shard, problem)
+            return
+        self._deliver(
+            ShardResult(
+                header.round,
+                header.shard,
+                stream.sender,
+                values,
+                header.report,
+                stream.wire_bytes,
+                stream.seconds,
+            )
+        )
+
+    def _deliver(self, result: ShardResult) -> None:
+        """A judged update of a shard (from the wire, or from our own aggregator)."""
+        state = self.round
+        if state is None or state.exchange.plan.round != result.round:
+            return
+        have = state.results.setdefault(result.shard, {})
+        if result.aggregator in have or len(have) >= MAX_UPDATES_PER_SHARD:
+            return
+        have[result.aggregator] = result
+        state.exchange.update_arrived(result.shard, result.aggregator)
+        state.wake.set()
+
+    # -- the new version ------------------------------------------------------------------------
+    def _choice(self, state: _Round) -> dict[int, ShardResult]:
+        """One update per shard: the lowest-ranked aggregator's we hold."""
+        plan = state.exchange.plan
+        out = {}
+        for shard, have in state.results.items():
+            out[shard] = min(
+                have.values(), key=lambda r: plan.aggregator_rank(shard, r.aggregator) or 0
+            )
+        return out
+
+    async def _build(self, state: _Round) -> None:
+        """θ_r from the base and the chosen updates (float32); kept for the installer."""
+        chosen = self._choice(state)
+        layout = self.installer.layout
+
+        def build() -> tuple[bytes, torch.Tensor]:
+            flat = state.base.flat.clone()
+            for shard, result in chosen.items():
+                a, b = state.bounds[shard], state.bounds[shard + 1]
+                flat[a:b].add_(result.update)
+            return _weights_hash(layout.unflatten(flat)), flat
+
+        try:
+            weights, flat = await asyncio.to_thread(build)
+        except BaseException as exc:
+            if state.built is not None and not state.built.done():
+                state.built.set_exception(exc)
+            raise
+        if state.built is not None and not state.built.done():
+            state.built.set_result((weights, flat))
+        state.wake.set()
+
+    async def _publish(self, state: _Round, action: Publish) -> None:
+        """As the round's publisher: sign, store and push version r (09 §9.5 step 4)."""
+        if state.built is None:
+            self._start_build(state)
+        assert state.built is not None
+        _, flat = await state.built
+        plan = state.exchange.plan
+        chosen = self._choice(state)
+        report = version_report(
+            {s: (r.aggregator.digest, r.report) for s, r in chosen.items()}, action.missing
+        )
+        contributors = {PeerId(c[0]) for c in report.contributors} | {self.swarm.me}
+        live = self.installer.live() & contributors
+        next_ranks, next_shards = next_plan(
+            self.block, plan.round + 1, live, self.settings.params.max_shards
+        )
+        tensors = await asyncio.to_thread(self.installer.layout.unflatten, flat)
+        now = time.time()
+        stored = await asyncio.to_thread(
+            self.installer.store.put,
+            self.key,
+            tensors,
+            block=self.block,
+            version=plan.round,
+            parent=state.base.weights,
+            config_hash=self.installer.config_hash,
+            created_ms=int(now * 1000),
+            next_deadline_ms=int((now + self.settings.params.period_s) * 1000),
+            report=report,
+            plan=next_ranks,
+            shards=next_shards,
+            durable=False,
+        )
+        if self.installer.base is not state.base:
+            return  # another publisher's version came first
+        for peer in self.installer.live() - {self.swarm.me}:
+            self.transfers.push_manifest(peer, stored.signed)
+        self._log_version(plan.round, stored.signed.manifest.result, report, action.missing)
+        await self.installer.install(stored.signed, tensors, state.base, flat=flat)
+
+    def _after_install(self, base: Base) -> None:
+        """Right after a new base is installed: half of each late shard delta (09 §9.6)."""
+        state = self.round
+        if state is None:
+            return
+        state.wake.set()
+        if not state.late:
+            return
+        with torch.no_grad():
+            params = self.training.module.state_dict()
+            flat = self.installer.layout.flatten(params)
+            for shard, values in state.late.items():
+                a, b = state.bounds[shard], state.bounds[shard + 1]
+                flat[a:b].add_(values, alpha=self.settings.params.late_weight)
+            self.training.module.load_state_dict(self.installer.layout.unflatten(flat))
+        state.late.clear()
+
+    def _log_version(
+        self, round_: int, weights: bytes, report: object, missing: tuple[int, ...]
+    ) -> None:
+        from spheroid_p2p.wire.reports import RoundReport
+
+        assert isinstance(report, RoundReport)
         entry = {
             "block": self.block,
-            "round": r,
-            "version": full.manifest.version,
-            "weights": full.manifest.content.hex(),
-            "aggregator": self.node.key.peer_id.short(),
-            "closed": "barrier" if outcome.early else "deadline",
+            "round": round_,
+            "version": round_,
+            "weights": weights.hex(),
+            "publisher": self.swarm.me.short(),
+            "aggregators": {s.index: PeerId(s.aggregator).short() for s in report.shards},
+            "shards": len(report.shards) + len(missing),
+            "missing": list(missing),
             "contributors": [
-                {"peer": p.short(), "weight": round(w, 4), "steps": s, "staleness": st}
-                for p, w, s, st in outcome.contributors
+                {"peer": PeerId(p).short(), "weight": round(w, 4), "steps": s, "staleness": st}
+                for p, w, s, st in report.contributors
             ],
             "rejected": [
-                {"peer": p.short(), "code": code_name(c), "reason": why}
-                for p, c, why in outcome.rejected
+                {"peer": PeerId(p).short(), "code": code_name(c), "reason": why}
+                for p, c, why in report.rejected
             ],
-            "late": [p.short() for p in outcome.late],
-            "bytes_in": outcome.bytes_in,
-            # each received delta: wire bytes and seconds from its header to its last chunk
-            "deltas": [
-                {"peer": p.short(), "bytes": n, "seconds": round(sec, 4)}
-                for (rr, p), (n, sec) in sorted(self._delta_times.items(), key=lambda kv: kv[1])
-                if rr == r
-            ],
+            "late": [PeerId(p).short() for p in report.late],
+            "bytes_in": report.bytes_in,
             "time": time.time(),
         }
-        for key in [k for k in self._delta_times if k[0] <= r]:
-            del self._delta_times[key]
-        self.reports.append(entry)
         with open(self.reports_path, "a") as f:
             f.write(json.dumps(entry) + "\n")
         log.info(
-            "[%s] round %d closed by %s: %d contributors %s, rejected %s, late %s, %.1f MB in",
+            "[%s] version %d published: %d shards (%s missing), %d contributors, late %s",
             self.tag,
-            r,
-            entry["closed"],
-            len(outcome.contributors),
-            [(c["peer"], c["weight"]) for c in entry["contributors"]],  # type: ignore[index]
-            [(x["peer"], x["reason"]) for x in entry["rejected"]],  # type: ignore[index]
+            round_,
+            entry["shards"],
+            list(missing) or "none",
+            len(report.contributors),
             entry["late"],
-            outcome.bytes_in / 1e6,
         )
-
-    # -- versions from others -------------------------------------------------------------------
-    def may_install(self, signer: PeerId, version: int) -> str | None:
-        """Why a version ``version`` signed by ``signer`` may not replace our base (09 §9.8),
-        or None. The signer must be a live (and, in a private swarm, allowed) replica of the
-        block; for the next round it must also hold a turn that has begun: the first peer of
-        the round's aggregator order at once, the k-th only from ``k`` grace periods after
-        the deadline (less half a grace period for clock skew)."""
-        base = self.base
-        if base is None:
-            return "not joined yet"
-        replicas = self.live_replicas()
-        if signer not in replicas:
-            return f"{signer.short()} is not a live replica of block {self.block}"
-        if version == base.version + 1:
-            rank = aggregator_order(self.block, version, replicas).index(signer)
-            grace = self.settings.params.grace_s
-            opens = base.deadline + (rank - 0.5) * grace
-            if rank > 0 and time.time() < opens:
-                return f"{signer.short()} is aggregator {rank} of round {version}, not yet its turn"
-        return None
-
-    def _content_check(self, base: _Base, gap: int, encoding: str | None) -> SetCheck:
-        """The check of a set fetched on top of ``base`` (node.admission.version_check)."""
-        bound = self.settings.params.max_relative_norm * max(1, gap)
-        return version_check(base.tensors, base.norm, bound, encoding)
-
-    def on_manifest(self, sender: PeerId, signed: SignedManifest) -> None:
-        m = signed.manifest
-        if m.block != self.block or m.config_hash not in ("", self.config_hash):
-            return
-        if m.result in self._adopting:
-            return
-        self._adopting.add(m.result)
-        self.node.spawn(self._adopting_one(sender, signed), f"{self.tag} version from {sender}")
-
-    async def _adopting_one(self, sender: PeerId, signed: SignedManifest) -> None:
-        try:
-            await self._adopt(sender, signed)
-        finally:
-            self._adopting.discard(signed.manifest.result)
-
-    def _refuse(self, m: Manifest, why: str) -> None:
-        self.rejected_versions += 1
-        log.warning(
-            "[%s] version %d from %s refused: %s", self.tag, m.version, m.signer.short(), why
-        )
-
-    async def _adopt(self, sender: PeerId, signed: SignedManifest) -> None:
-        m = signed.manifest
-        base = self.base
-        if base is None:
-            return
-        if m.version <= base.version:
-            if (
-                m.version == base.version
-                and m.result != base.weights
-                and preferred_manifest(self.block, m.version, m.signer, base.signer) == m.signer
-                and m.signer != base.signer
-            ):
-                log.warning(
-                    "[%s] two versions %d: keeping %s's (ranked higher)",
-                    self.tag,
-                    m.version,
-                    m.signer.short(),
-                )
-            else:
-                return
-        why = self.may_install(m.signer, m.version)
-        if why is not None:
-            self._refuse(m, why)
-            return
-        gap = m.version - base.version
-        try:
-            if m.kind == KIND_UPDATE and m.parent == base.weights and m.version == base.version + 1:
-                stored = await self._fetch_full_via_update(sender, signed, base)
-            else:
-                full = await self.node.transfers.get_manifest(sender, self.block, m.result)
-                if full.manifest.signer != m.signer or full.manifest.version != m.version:
-                    self._refuse(m, "its full manifest names another signer or version")
-                    return
-                stored = await self._fetch_full(
-                    full, [sender], self._content_check(base, gap, None)
-                )
-        except VersionRejected as exc:
-            self._refuse(m, str(exc))
-            return
-        except (FetchError, TimeoutError) as exc:
-            log.warning("[%s] cannot fetch version %d: %s", self.tag, m.version, exc)
-            return
-        async with self._install_lock:
-            if self.base is not base:
-                return
-            self._set_base(stored.signed, stored, signer=m.signer)
-
-    async def _fetch_full_via_update(
-        self, sender: PeerId, signed: SignedManifest, base: _Base
-    ) -> StoredSet:
-        m = signed.manifest
-        peers = await self.node.connect_all([sender, *self.holders(m.result)])
-        check = self._content_check(base, 1, ENCODINGS[m.encoding])
-        result = await self.node.transfers.fetch(signed, peers, check=check)
-        update = result.stored.tensors()
-
-        def rebuild() -> StoredSet | None:
-            applied, problem = decode_delta(update, ENCODINGS[m.encoding], base.tensors)
-            if problem is not None:
-                return None
-            new = apply_average(base.tensors, [(applied, 1.0)])
-            full = self.node.store.put(
-                self.node.key,
-                new,
-                block=self.block,
-                version=m.version,
-                parent=m.parent,
-                config_hash=self.config_hash,
-                created_ms=m.created_ms,
-                next_deadline_ms=m.next_deadline_ms,
-                report=m.report,
-                durable=False,
-            )
-            return full if full.manifest.content == m.result else None
-
-        stored = await asyncio.to_thread(rebuild)
-        log.info(
-            "[%s] version %d: update of %.2f MB in %.2f s",
-            self.tag,
-            m.version,
-            result.bytes_fetched / 1e6,
-            result.seconds,
-        )
-        if stored is None:
-            log.warning(
-                "[%s] update did not reproduce version %d; fetching it whole", self.tag, m.version
-            )
-            full = await self.node.transfers.get_manifest(sender, self.block, m.result)
-            stored = await self._fetch_full(full, [sender], self._content_check(base, 1, None))
-        return stored
 
     def save_final(self, path: Path) -> None:
-        save_block(path, self.job.trainer.block)
+        save_block(path, self.training.module)
+
+
+def _weights_hash(tensors: dict[str, torch.Tensor]) -> bytes:
+    from spheroid_p2p.node.tensor_bridge import raw_of
+    from spheroid_p2p.wire.manifests import tensor_entry, weights_hash
+
+    return weights_hash(tuple(tensor_entry(n, raw_of(t)) for n, t in tensors.items()))

@@ -1,117 +1,74 @@
-"""``status``: ask a running node for its view of the swarm and print it."""
+"""This node's answer to ``STATUS_REQUEST`` (07 §7.8): its records and connections, paged."""
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import time
-from collections.abc import Awaitable, Callable
 
-from spheroid_p2p.core.connection import ConnectionLost, FrameSigner
-from spheroid_p2p.core.freshness import initial_seq
-from spheroid_p2p.errors import TransportError
+from spheroid_p2p.core.gossip import GossipService
 from spheroid_p2p.net.peers import PeerManager
-from spheroid_p2p.params import MAX_TABLE_RECORDS
-from spheroid_p2p.wire.codec import Envelope
-from spheroid_p2p.wire.signing import KeyPair, PeerId
-from spheroid_p2p.wire.status import RecordView, StatusRequest, StatusResponse
+from spheroid_p2p.params import MAX_STATUS_CONNECTIONS, MAX_STATUS_RECORDS
+from spheroid_p2p.wire.status import ConnView, RecordView, StatusResponse
 
-__all__ = ["every_page", "fetch_status", "format_status"]
+__all__ = ["STATUS_PAGE_BYTES", "status_response"]
 
-#: Pages a status fetch asks for at most (a full table in pages of at least 8 records).
-MAX_STATUS_PAGES = MAX_TABLE_RECORDS // 8 + 1
+#: Estimated bytes of records in one STATUS_RESPONSE page (well under MAX_SIGNED_BYTES).
+STATUS_PAGE_BYTES = 40 * 1024
 
 
-async def every_page(ask: Callable[[int, int], Awaitable[StatusResponse]]) -> StatusResponse:
-    """A peer's whole status: its records come in pages (07 §7.8), so ask again from where
-    the last page ended (``ask(request_id, offset)`` sends one STATUS_REQUEST and returns its
-    answer) until ``total`` is reached or a page is empty; the last answer, every record."""
-    records: list[RecordView] = []
-    for page in range(MAX_STATUS_PAGES):
-        result = await ask(page + 1, len(records))
-        records += result.records
-        if not result.records or len(records) >= result.total:
-            break
-    return dataclasses.replace(result, records=tuple(records))
-
-
-async def fetch_status(addr: str, timeout_s: float = 10.0) -> StatusResponse:
-    """Connect to ``addr`` with a throw-away identity and return its StatusResponse."""
-    key = KeyPair.generate()
-    loop = asyncio.get_running_loop()
-    answer: asyncio.Future[StatusResponse] = loop.create_future()
-
-    def on_message(peer: PeerId, envelope: Envelope) -> None:
-        if isinstance(envelope.message, StatusResponse) and not answer.done():
-            answer.set_result(envelope.message)
-
-    def on_close(peer: PeerId, lost: ConnectionLost) -> None:
-        if not answer.done():
-            answer.set_exception(TransportError(f"{addr} {lost.describe()}"))
-
-    manager = PeerManager(
-        FrameSigner(key, initial_seq(time.time())),
-        on_open=lambda p, caps: None,
-        on_message=on_message,
-        on_close=on_close,
-        capabilities=(),
-        agent="spheroid_p2p status",
-    )
-    result: StatusResponse | None = None
-    error: Exception | None = None
-    try:
-        peer = await manager.dial(addr)
-
-        async def ask(request_id: int, offset: int) -> StatusResponse:
-            nonlocal answer
-            if request_id > 1:
-                answer = loop.create_future()
-            manager.send(peer, StatusRequest(request_id=request_id, offset=offset))
-            return await answer
-
-        async with asyncio.timeout(timeout_s):
-            result = await every_page(ask)
-    except TimeoutError:
-        error = TransportError(f"{addr} did not answer the status request in {timeout_s} s")
-    except TransportError as exc:
-        error = exc
-    finally:
-        await manager.close(reason="status done", flush_s=0.5)
-    if result is None:
-        raise error or TransportError(f"no status from {addr}")
-    return result
-
-
-def _age(ms: int) -> str:
-    return f"{ms / 1000:.1f}s"
-
-
-def format_status(status: StatusResponse) -> str:
-    """A human-readable table: blocks and their owners, then connections."""
-    lines = [f"node: {status.agent}, up {_age(status.uptime_ms)}"]
-    live = [r for r in status.records if not r.departed]
-    blocks = sorted({r.block for r in live})
-    lines.append(
-        f"blocks: {len(blocks)}  records: {len(live)} live, "
-        f"{len(status.records) - len(live)} departed"
-    )
-    lines.append(
-        f"{'block':>5}  {'role':<5}  {'owner':<14} {'ver':>4}  {'hash':<10} "
-        f"{'load':>5}  {'age':>6}  {'expires':>7}  address"
-    )
-    for r in sorted(status.records, key=lambda r: (r.block, r.role, r.owner)):
-        owner = PeerId(r.owner).short() + ("  (gone)" if r.departed else "")
-        lines.append(
-            f"{r.block:>5}  {r.role:<5}  {owner:<14} {r.version:>4}  "
-            f"{(r.content_hash.hex()[:8] or '-'):<10} {r.load:>5.2f}  {_age(r.age_ms):>6}  "
-            f"{_age(r.expires_in_ms):>7}  {', '.join(r.addrs)}"
+def status_response(
+    gossip: GossipService,
+    peers: PeerManager,
+    *,
+    agent: str,
+    started_at: float,
+    request_id: int = 0,
+    offset: int = 0,
+    page: bool = False,
+) -> StatusResponse:
+    """This node's view of the swarm, as the status command shows it. With ``page`` (a
+    request from the wire), the records from ``offset`` that fit one response (at most
+    ``MAX_STATUS_RECORDS`` and ``STATUS_PAGE_BYTES``); ``total`` says how many there are, and
+    the client asks again from where the page ended."""
+    now = time.monotonic()
+    entries = gossip.table.entries()
+    total = len(entries)
+    if page:
+        chosen, size = [], 0
+        for e in entries[offset:]:
+            size += 160 + len(e.record.config_hash) + sum(len(a) + 4 for a in e.record.addrs)
+            if chosen and (len(chosen) >= MAX_STATUS_RECORDS or size > STATUS_PAGE_BYTES):
+                break
+            chosen.append(e)
+        entries = chosen
+    records = tuple(
+        RecordView(
+            owner=e.record.owner.digest,
+            block=e.record.block,
+            role=e.record.role,
+            version=e.record.version,
+            content_hash=e.record.content_hash,
+            addrs=e.record.addrs,
+            load=float(e.record.load),
+            seq=e.record.seq,
+            age_ms=int((now - e.received_at) * 1000),
+            expires_in_ms=max(0, int((e.expires_at - now) * 1000)),
+            departed=e.record.departed,
+            n_blocks=e.record.n_blocks,
+            config_hash=e.record.config_hash,
+            context=e.record.context,
         )
-    lines.append(f"connections: {len(status.connections)}")
-    for c in status.connections:
-        lines.append(
-            f"  {PeerId(c.peer).short():<14} {'out' if c.outbound else 'in ':<3} "
-            f"{c.addr:<22} rtt {c.rtt_ms:6.2f} ms  idle {_age(c.idle_ms)}"
-        )
-    if status.dropped:
-        lines.append("dropped records: " + ", ".join(f"{k} {v}" for k, v in status.dropped))
-    return "\n".join(lines)
+        for e in entries
+    )
+    conns = tuple(
+        ConnView(i.peer.digest, i.addr, i.outbound, i.rtt_ms, i.idle_ms)
+        for i in peers.link_info()[:MAX_STATUS_CONNECTIONS]
+    )
+    return StatusResponse(
+        request_id=request_id,
+        agent=agent,
+        uptime_ms=int((now - started_at) * 1000),
+        records=records,
+        connections=conns,
+        dropped=tuple(sorted(gossip.table.dropped.items())),
+        total=total,
+    )

@@ -28,60 +28,24 @@ from pathlib import Path
 
 import torch
 
+from spheroid_p2p.node.tensor_bridge import raw_of, tensor_of
 from spheroid_p2p.wire import msgpack_profile
-from spheroid_p2p.wire.dtypes import DTYPES, dtype_by_name
 from spheroid_p2p.wire.manifests import (
     KIND_FULL,
     ChunkSpan,
     Manifest,
-    RoundReport,
     SignedManifest,
-    TensorEntry,
     chunk_spans,
     tensor_entry,
     weights_hash,
 )
+from spheroid_p2p.wire.reports import RoundReport
 from spheroid_p2p.wire.signing import KeyPair
-from spheroid_p2p.wire.tensors import RawTensor, chunk_digest
+from spheroid_p2p.wire.tensors import chunk_digest
 
-__all__ = ["StoredSet", "VersionStore", "raw_of", "tensor_of", "wire_dtype"]
+__all__ = ["StoredSet", "VersionStore"]
 
 log = logging.getLogger(__name__)
-
-_TORCH_TO_WIRE = {
-    torch.float32: "float32",
-    torch.float16: "float16",
-    torch.bfloat16: "bfloat16",
-    torch.float64: "float64",
-    torch.int8: "int8",
-    torch.uint8: "uint8",
-    torch.int16: "int16",
-    torch.int32: "int32",
-    torch.int64: "int64",
-    torch.bool: "bool",
-}
-_WIRE_TO_TORCH = {v: k for k, v in _TORCH_TO_WIRE.items()}
-
-
-def wire_dtype(dtype: torch.dtype) -> int:
-    """The wire dtype code (05 §5.2) of a torch dtype."""
-    return dtype_by_name(_TORCH_TO_WIRE[dtype]).code
-
-
-def raw_of(t: torch.Tensor) -> RawTensor:
-    """The wire view of a CPU tensor (no copy when it is contiguous)."""
-    t = t.detach().contiguous()
-    data = t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b""
-    return RawTensor(dtype_by_name(_TORCH_TO_WIRE[t.dtype]), tuple(t.shape), memoryview(data))
-
-
-def tensor_of(entry: TensorEntry, data: memoryview | bytes) -> torch.Tensor:
-    """A torch tensor (a copy) of ``entry``'s bytes."""
-    dtype = _WIRE_TO_TORCH[DTYPES[entry.dtype].name]
-    if entry.raw_len == 0:
-        return torch.empty(entry.shape, dtype=dtype)
-    flat = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    return flat.view(dtype).reshape(entry.shape)
 
 
 @dataclass
@@ -242,6 +206,8 @@ class VersionStore:
         created_ms: int = 0,
         next_deadline_ms: int = 0,
         report: RoundReport | None = None,
+        plan: tuple[bytes, ...] = (),
+        shards: int = 0,
         durable: bool = True,
     ) -> StoredSet:
         """Write ``tensors`` as a new set (blob, then signed manifest) and return it.
@@ -265,6 +231,8 @@ class VersionStore:
             created_ms=created_ms,
             next_deadline_ms=next_deadline_ms,
             report=report or RoundReport(),
+            plan=plan,
+            shards=shards,
         )
         signed = manifest.sign(key)
         tmp = self.partial_dir / f"{content.hex()}.put"
@@ -277,6 +245,26 @@ class VersionStore:
         stored = self._commit(signed, tmp, durable=durable)
         if not durable:
             self.persist_later(content)
+        return stored
+
+    def put_signed(self, signed: SignedManifest, tensors: Mapping[str, torch.Tensor]) -> StoredSet:
+        """Store ``tensors`` under a manifest someone else signed (a version this node built
+        from the round's updates); they must hash to its content. Durable a moment later."""
+        content = signed.manifest.content
+        existing = self.sets.get(content)
+        if existing is not None:
+            return existing
+        names = [e.name for e in signed.manifest.tensors]
+        raws = [raw_of(tensors[name]) for name in names]
+        entries = tuple(tensor_entry(n, r) for n, r in zip(names, raws, strict=True))
+        if weights_hash(entries) != content:
+            raise ValueError("the tensors do not hash to the manifest's content")
+        tmp = self.partial_dir / f"{content.hex()}.put"
+        with open(tmp, "wb") as f:
+            for raw in raws:
+                f.write(raw.data)
+        stored = self._commit(signed, tmp, durable=False)
+        self.persist_later(content)
         return stored
 
     # -- partial fetches -----------------------------------------------------------------------

@@ -102,6 +102,15 @@ class TrainingJob:
         return self.gate.step(TRAINING) if self.gate is not None else contextlib.nullcontext()
 
     @property
+    def module(self) -> torch.nn.Module:
+        """The block being trained (``node.replica.LocalTraining``)."""
+        return self.trainer.block
+
+    @property
+    def steps_done(self) -> int:
+        return self.trainer.step_count
+
+    @property
     def done(self) -> bool:
         return self.trainer.step_count >= self.tcfg.steps
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import blake3
@@ -20,7 +20,7 @@ from spheroid_p2p.errors import ErrorCode, LocalProtocolError, RemoteProtocolErr
 from spheroid_p2p.params import (
     CONTENT_HASH_BYTES,
     MAX_MANIFEST_BYTES,
-    MAX_REPORT_ENTRIES,
+    MAX_SHARDS,
     MAX_VERSION_CHUNKS,
     MAX_VERSION_TENSORS,
     PUBLIC_KEY_BYTES,
@@ -31,7 +31,6 @@ from spheroid_p2p.wire import msgpack_profile
 from spheroid_p2p.wire.chunks import tensor_layout
 from spheroid_p2p.wire.dtypes import DTYPES
 from spheroid_p2p.wire.message import (
-    Body,
     as_tuple,
     bad,
     check_bytes,
@@ -39,6 +38,7 @@ from spheroid_p2p.wire.message import (
     check_uint,
     get_field,
 )
+from spheroid_p2p.wire.reports import RoundReport
 from spheroid_p2p.wire.signing import DOMAIN_MANIFEST, KeyPair, PeerId, verify
 from spheroid_p2p.wire.tensors import RawTensor, chunk_digest, content_hash
 
@@ -48,7 +48,6 @@ __all__ = [
     "KIND_UPDATE",
     "ChunkSpan",
     "Manifest",
-    "RoundReport",
     "SignedManifest",
     "TensorEntry",
     "check_entries",
@@ -192,61 +191,6 @@ def entries_from(value: object) -> tuple[TensorEntry, ...]:
 
 
 # -- manifests ---------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class RoundReport:
-    """What the round that produced a version did (09 §9.6); empty for version 0.
-
-    ``contributors``: (peer id, weight, local steps, staleness); ``rejected``: (peer id, error
-    code, reason); ``late``: peer ids whose delta missed the deadline (carried or dropped).
-    """
-
-    contributors: tuple[tuple[bytes, float, int, int], ...] = ()
-    rejected: tuple[tuple[bytes, int, str], ...] = ()
-    late: tuple[bytes, ...] = ()
-    bytes_in: int = 0
-
-    def to_wire(self) -> Body:
-        return {
-            "c": [list(c) for c in self.contributors],
-            "x": [list(r) for r in self.rejected],
-            "l": list(self.late),
-            "bi": self.bytes_in,
-        }
-
-    @classmethod
-    def from_wire(cls, value: object) -> RoundReport:
-        if not isinstance(value, dict):
-            raise bad("round report must be a map")
-        contributors = []
-        for item in as_tuple(value.get("c", []), "contributors"):
-            if not isinstance(item, list) or len(item) != 4:
-                raise bad("a contributor is [peer, weight, steps, staleness]")
-            peer, weight, steps, stale = item
-            check_bytes("contributor", peer, 32)
-            if not isinstance(weight, int | float) or not 0 <= weight <= 1:
-                raise bad("contributor weight must be in 0..1")
-            check_uint("steps", steps)
-            check_uint("staleness", stale, 1)
-            contributors.append((peer, float(weight), steps, stale))
-        rejected = []
-        for item in as_tuple(value.get("x", []), "rejected"):
-            if not isinstance(item, list) or len(item) != 3:
-                raise bad("a rejection is [peer, code, reason]")
-            peer, code, reason = item
-            check_bytes("rejected peer", peer, 32)
-            check_uint("code", code, 0xFFFF)
-            check_str("reason", reason)
-            rejected.append((peer, code, reason))
-        late = as_tuple(value.get("l", []), "late")
-        for peer in late:
-            check_bytes("late peer", peer, 32)
-        if len(contributors) + len(rejected) + len(late) > MAX_REPORT_ENTRIES:
-            raise bad(f"a round report lists at most {MAX_REPORT_ENTRIES} peers")
-        bytes_in = value.get("bi", 0)
-        check_uint("bytes in", bytes_in)
-        return cls(tuple(contributors), tuple(rejected), tuple(late), bytes_in)
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Manifest:
     """A signed description of one version of one block (08 §8.2)."""
@@ -265,7 +209,11 @@ class Manifest:
     tensors: tuple[TensorEntry, ...]
     created_ms: int
     next_deadline_ms: int
-    report: RoundReport = RoundReport()
+    report: RoundReport = field(default_factory=RoundReport)
+    #: The plan of the next round (09 §9.2, r10): its aggregators in rank order (peer ids),
+    #: and its number of shards. Empty: one shard, ranked by each replica's own view.
+    plan: tuple[bytes, ...] = ()
+    shards: int = 0
 
     def __post_init__(self) -> None:
         check_bytes("signer key", self.signer_key, PUBLIC_KEY_BYTES)
@@ -290,6 +238,15 @@ class Manifest:
             raise bad("a full manifest's result must be its tensors' hash", ErrorCode.HASH_MISMATCH)
         check_uint("created", self.created_ms)
         check_uint("next deadline", self.next_deadline_ms)
+        if not isinstance(self.plan, tuple) or len(self.plan) > MAX_SHARDS:
+            raise bad(f"a plan lists at most {MAX_SHARDS} peers")
+        for peer in self.plan:
+            check_bytes("plan peer", peer, 32)
+        if len(set(self.plan)) != len(self.plan):
+            raise bad("a plan names a peer twice")
+        check_uint("shards", self.shards, MAX_SHARDS)
+        if (self.shards == 0) != (not self.plan) or self.shards > len(self.plan):
+            raise bad("a plan has 1..len(plan) shards, and no plan none")
 
     @property
     def signer(self) -> PeerId:
@@ -323,6 +280,8 @@ class Manifest:
                 "at": self.created_ms,
                 "next": self.next_deadline_ms,
                 "rep": self.report.to_wire(),
+                # r10, left out without a plan so that earlier manifests keep their bytes
+                **({"plan": list(self.plan), "ns": self.shards} if self.plan else {}),
             }
         )
 
@@ -375,6 +334,8 @@ class SignedManifest:
                 created_ms=get_field(fields, "at"),
                 next_deadline_ms=get_field(fields, "next"),
                 report=RoundReport.from_wire(fields.get("rep", {})),
+                plan=as_tuple(fields.get("plan", []), "plan"),
+                shards=fields.get("ns", 0),
             )
         except LocalProtocolError as exc:
             raise RemoteProtocolError(f"manifest: {exc.args[0]}", exc.code) from exc

@@ -23,13 +23,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from spheroid_p2p.client.status import every_page
 from spheroid_p2p.core.connection import ConnectionLost, FrameSigner
 from spheroid_p2p.core.freshness import initial_seq
 from spheroid_p2p.core.routing import NoRouteError, ServerOffer, plan_route
 from spheroid_p2p.errors import ErrorCode, TransportError, code_name
 from spheroid_p2p.net.peers import DialError, PeerManager, parse_addr, source_address
-from spheroid_p2p.node.status import every_page
 from spheroid_p2p.wire.codec import Envelope
+from spheroid_p2p.wire.dtypes import dtype_by_name
 from spheroid_p2p.wire.message import Message
 from spheroid_p2p.wire.signing import KeyPair, PeerId
 from spheroid_p2p.wire.status import StatusRequest, StatusResponse
@@ -48,8 +49,6 @@ from spheroid_p2p.wire.traversal import (
 __all__ = ["GenerationReport", "TraversalClient"]
 
 log = logging.getLogger(__name__)
-
-DTYPE_CODES = {"float32": 1, "float16": 2, "bfloat16": 3}
 
 
 @dataclass(frozen=True)
@@ -166,9 +165,7 @@ class TraversalClient:
         async with asyncio.timeout(self.timeout_s):
             status = await every_page(ask)
         offers = [
-            ServerOffer(
-                r.owner, r.addrs[0], r.block, r.load, r.n_blocks, r.config_hash, r.context
-            )
+            ServerOffer(r.owner, r.addrs[0], r.block, r.load, r.n_blocks, r.config_hash, r.context)
             for r in status.records
             if r.role == "serve"
             and not r.departed
@@ -278,7 +275,7 @@ class TraversalClient:
             temperature=spec.temperature,
             deadline_ms=int(self.timeout_s * 1000),
             want_logits=False,
-            z=InlineTensor(DTYPE_CODES[spec.z_dtype], (0,), 0, chunk_digest(b"")),
+            z=InlineTensor(dtype_by_name(spec.z_dtype).code, (0,), 0, chunk_digest(b"")),
         )
         answer = await self._exchange(route, request, tid, report)
         if isinstance(answer, TraverseResult):

@@ -1,0 +1,112 @@
+"""What a hop does with a traversal (10 §10.4), sans-I/O: check it, then forward it or answer.
+
+:func:`from_route` is step 0 (who may send it), :func:`check_hop` steps 1-2 (is it ours, for
+our model, with codes of the right shape, in time), :func:`forward` step 3's hand-on to the
+next hop (the deadline budget and the hop times it carries) and :func:`hop_times` the times a
+hop passes on. The glue (``node.serving``) computes in between and sends what these return.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from spheroid_p2p.errors import ErrorCode
+from spheroid_p2p.wire.traversal import HOP_TIMINGS, Hop, InlineTensor, Traverse
+
+__all__ = ["Compute", "Refuse", "ServedModel", "check_hop", "forward", "from_route", "hop_times"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    """What this hop serves: its blocks of one model config, and that model's span."""
+
+    blocks: frozenset[int]
+    config_hash: str
+    span: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """Answer the client ``TRAVERSE_ERROR`` with ``code``; ``peer`` is the one at fault
+    (None: this hop)."""
+
+    code: ErrorCode
+    reason: str
+    peer: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Compute:
+    """Run blocks ``first..last``; ``starting``: block 0 draws the initial noise itself."""
+
+    first: int
+    last: int
+    starting: bool
+
+
+def from_route(sender: bytes, client: bytes, route: tuple[Hop, ...], hop: int) -> bool:
+    """A traversal reaches hop 0 from its client and hop k from route[k-1] (10 §10.4 step 0):
+    nobody else can make us run blocks for, or dial, a route they are not on."""
+    return sender == (client if hop == 0 else route[hop - 1].peer)
+
+
+def check_hop(
+    req: Traverse,
+    me: bytes,
+    served: ServedModel | None,
+    z_shape: Callable[[int, bytes], tuple[int, int]],
+    waited_ms: float,
+) -> Compute | Refuse:
+    """Steps 1-2: the route names us, we serve its blocks of its model and span, ``z`` has
+    the shape block ``first`` expects for this prefix (``z_shape``), and the deadline holds."""
+    hop = req.route[req.hop]
+    if hop.peer != me:
+        return Refuse(ErrorCode.PROTOCOL_VIOLATION, "route names another peer for this hop")
+    blocks = range(hop.first_block, hop.last_block + 1)
+    if served is None or not all(b in served.blocks for b in blocks):
+        return Refuse(
+            ErrorCode.BLOCK_NOT_SERVED,
+            f"blocks {hop.first_block}..{hop.last_block} are not served here",
+        )
+    if req.config_hash and req.config_hash != served.config_hash:
+        return Refuse(ErrorCode.BLOCK_NOT_SERVED, "request is for a different model config")
+    if req.span not in (0, served.span):
+        return Refuse(ErrorCode.SPAN_UNSUPPORTED, f"this model emits spans of {served.span}")
+    starting = len(req.z.shape) == 1 and req.z.shape[0] == 0
+    if starting != (hop.first_block == 0):
+        return Refuse(ErrorCode.PROTOCOL_VIOLATION, "only block 0 starts from noise")
+    want = z_shape(hop.first_block, req.prefix)
+    if not starting and tuple(req.z.shape) != want:
+        return Refuse(
+            ErrorCode.TENSOR_SHAPE_MISMATCH, f"z has shape {list(req.z.shape)}, want {list(want)}"
+        )
+    if waited_ms > req.deadline_ms:
+        return Refuse(ErrorCode.TIMEOUT, f"deadline passed after {waited_ms:.0f} ms in queue")
+    return Compute(hop.first_block, hop.last_block, starting)
+
+
+def hop_times(req: Traverse, mine: tuple[float, float, float]) -> tuple[float, ...]:
+    """The hop times this hop passes on: the earlier hops' (only if there are exactly three
+    per earlier hop, 10 §10.3.1), then its own (queued, compute, encode ms)."""
+    earlier = req.timings if len(req.timings) == len(HOP_TIMINGS) * req.hop else ()
+    return (*earlier, *mine)
+
+
+def forward(
+    req: Traverse, z: InlineTensor, payload: bytes, timings: tuple[float, ...], spent_ms: int
+) -> Traverse | Refuse:
+    """The traversal for the next hop: one hop on, the deadline less what this hop spent."""
+    if req.hop + 1 >= len(req.route):
+        return Refuse(ErrorCode.PROTOCOL_VIOLATION, "route ends before the last block")
+    if spent_ms >= req.deadline_ms:
+        return Refuse(ErrorCode.TIMEOUT, f"deadline passed at this hop ({spent_ms} ms)")
+    return dataclasses.replace(
+        req,
+        hop=req.hop + 1,
+        deadline_ms=req.deadline_ms - spent_ms,
+        payload=payload,
+        z=z,
+        timings=timings,
+    )
