@@ -37,7 +37,7 @@ from spheroid_p2p.wire import msgpack_profile
 from spheroid_p2p.wire.chunks import TensorChunk
 from spheroid_p2p.wire.codec import encode_frame, frame_body_parts
 from spheroid_p2p.wire.control import Close, Hello, HelloAck, Ping, Pong
-from spheroid_p2p.wire.deltas import DeltaAck, DeltaHeader
+from spheroid_p2p.wire.deltas import DeltaAck, ShardDelta, ShardUpdate
 from spheroid_p2p.wire.dtypes import Codec, dtype_by_name
 from spheroid_p2p.wire.framing import join_frame
 from spheroid_p2p.wire.gossip import (
@@ -52,7 +52,14 @@ from spheroid_p2p.wire.gossip import (
 from spheroid_p2p.wire.manifests import KIND_FULL, Manifest, tensor_entry, weights_hash
 from spheroid_p2p.wire.message import Message
 from spheroid_p2p.wire.records import OwnershipRecord, SignedRecord
-from spheroid_p2p.wire.signing import DOMAIN_ENVELOPE, DOMAIN_RECORD, KeyPair, signing_input
+from spheroid_p2p.wire.reports import RoundReport, ShardRow, shard_mask
+from spheroid_p2p.wire.signing import (
+    DOMAIN_ENVELOPE,
+    DOMAIN_MANIFEST,
+    DOMAIN_RECORD,
+    KeyPair,
+    signing_input,
+)
 from spheroid_p2p.wire.status import ConnView, RecordView, StatusRequest, StatusResponse
 from spheroid_p2p.wire.tensors import RawTensor, chunk_digest, tensor_chunks, tensor_header
 from spheroid_p2p.wire.transfer import ChunkGet, TransferError, VersionGet, VersionInfo
@@ -66,7 +73,7 @@ from spheroid_p2p.wire.traversal import (
     TraverseResult,
 )
 
-SPEC_REVISION = "r9"
+SPEC_REVISION = "r10"
 OUT_DIR = Path(__file__).resolve().parent.parent / "protocol" / "vectors"
 
 SEED_A = bytes(range(32))
@@ -303,18 +310,58 @@ VERSION_INFO = VersionInfo(request_id=2**63 + 1, manifest=MANIFEST)
 CHUNK_GET = ChunkGet(
     request_id=2**63 + 2, weights=MANIFEST.manifest.content, indices=(0, 1), codec=2
 )
-_DELTA_ENTRY = tensor_entry("w", RawTensor(dtype_by_name("bfloat16"), (2, 2), bytes(8)))
-DELTA = DeltaHeader(
+DELTA = ShardDelta(
     stream_id=5,
     block=2,
     round=3,
     base=MANIFEST.manifest.content,
     base_version=2,
+    shard=1,
+    shards=3,
     steps=50,
     loss=0.75,
     encoding=2,
-    tensors=(_DELTA_ENTRY,),
 )
+SHARD_REPORT = RoundReport(
+    contributors=((KEY_A.peer_id.digest, 0.5, 50, 0), (KEY_B.peer_id.digest, 0.5, 50, 0)),
+    rejected=(),
+    late=(),
+    bytes_in=1 << 20,
+)
+UPDATE = ShardUpdate(
+    stream_id=6,
+    block=2,
+    round=3,
+    base=MANIFEST.manifest.content,
+    shard=1,
+    shards=3,
+    encoding=2,
+    report=SHARD_REPORT,
+)
+PLANNED = Manifest(
+    signer_key=KEY_A.public_key,
+    block=2,
+    version=3,
+    parent=MANIFEST.manifest.content,
+    config_hash="ab" * 20,
+    kind=0,
+    encoding=0,
+    result=weights_hash((_ENTRY,)),
+    tensors=(_ENTRY,),
+    created_ms=TS,
+    next_deadline_ms=TS + 30_000,
+    report=RoundReport(
+        contributors=SHARD_REPORT.contributors,
+        bytes_in=3 << 20,
+        shards=(
+            ShardRow(0, KEY_A.peer_id.digest, shard_mask([True, True]), 1 << 20),
+            ShardRow(1, KEY_B.peer_id.digest, shard_mask([True, False]), 1 << 20),
+        ),
+        missing=(2,),
+    ),
+    plan=(KEY_B.peer_id.digest, KEY_A.peer_id.digest),
+    shards=2,
+).sign(KEY_A)
 
 
 def message_vectors() -> list[dict[str, Any]]:
@@ -411,7 +458,22 @@ def message_vectors() -> list[dict[str, Any]]:
             "TransferError: the set is not held",
             TransferError(request_id=2**63 + 1, code=24, reason="not held here"),
         ),
-        ("delta-header", "DeltaHeader: a bfloat16 delta for round 3 on version 2", DELTA),
+        (
+            "shard-delta",
+            "r10 ShardDelta: shard 1 of 3 of a bfloat16 delta for round 3 on version 2",
+            DELTA,
+        ),
+        (
+            "shard-update",
+            "r10 ShardUpdate: shard 1 of 3 of round 3's update, with the shard's report",
+            UPDATE,
+        ),
+        (
+            "version-info-planned",
+            "r10 VersionInfo pushing version 3 with a two-peer plan (2 shards) for round 4 and "
+            "a shard table (shard 2 missing; contributor B not in shard 1)",
+            VersionInfo(request_id=0, manifest=PLANNED),
+        ),
         (
             "delta-ack",
             "DeltaAck: refused as late",
@@ -561,13 +623,48 @@ def message_vectors() -> list[dict[str, Any]]:
         "recs": [[KEY_A.peer_id.digest, 0, "serve", 0, b"", [], 0.0, 1, 0, 0, False]],
         "conns": [],
     }
+
+    def bad_body(message: Message, **changes: Any) -> bytes:
+        body = dict(message.to_body(), **changes)
+        return raw_body(msgpack_profile.pack(signed_map(body=body, type_code=int(message.TYPE))))
+
+    err(
+        "shard-delta-shard-out-of-range",
+        "r10: a ShardDelta for shard 3 of 3",
+        bad_body(DELTA, sh=3),
+        ErrorCode.MALFORMED_MESSAGE,
+    )
+    err(
+        "shard-delta-too-many-shards",
+        "r10: a ShardDelta of a plan with more than MAX_SHARDS shards",
+        bad_body(DELTA, ns=65),
+        ErrorCode.MALFORMED_MESSAGE,
+    )
+    err(
+        "shard-update-with-shard-table",
+        "r10: a ShardUpdate whose report carries a version's shard table",
+        bad_body(UPDATE, rep=dict(SHARD_REPORT.to_wire(), ms=[0])),
+        ErrorCode.MALFORMED_MESSAGE,
+    )
+    overplanned = msgpack_profile.pack(dict(msgpack_profile.unpack(PLANNED.data), ns=3))
+    err(
+        "manifest-more-shards-than-plan",
+        "r10: a manifest whose plan names 2 peers but asks for 3 shards",
+        raw_body(
+            msgpack_profile.pack(
+                signed_map(
+                    body={"id": 0, "m": overplanned, "s": KEY_A.sign(DOMAIN_MANIFEST, overplanned)},
+                    type_code=int(VersionInfo.TYPE),
+                )
+            )
+        ),
+        ErrorCode.MALFORMED_MESSAGE,
+    )
     err(
         "status-positional-row",
         "r9: a STATUS_RESPONSE record row given as an r8 positional array, not a map",
         raw_body(
-            msgpack_profile.pack(
-                signed_map(body=positional, type_code=int(StatusResponse.TYPE))
-            )
+            msgpack_profile.pack(signed_map(body=positional, type_code=int(StatusResponse.TYPE)))
         ),
         ErrorCode.MALFORMED_MESSAGE,
     )

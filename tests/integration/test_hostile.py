@@ -15,11 +15,12 @@ from spheroid_p2p.client.status import fetch_status
 from spheroid_p2p.errors import ErrorCode
 from spheroid_p2p.node.app import Node, running_node
 from spheroid_p2p.node.config import NodeConfig
+from spheroid_p2p.node.transfer import Payload
 from spheroid_p2p.testing import tiny_trainer_args
 from spheroid_p2p.testing.hostile import (
     HostilePeer,
     crafted_record,
-    oversized_delta_header,
+    foreign_shard_delta,
     zstd_bomb,
 )
 from spheroid_p2p.wire.gossip import GossipRecords, RelayedRecord
@@ -156,9 +157,9 @@ def test_a_failure_in_any_handler_ends_only_its_connection_or_request(tmp_path: 
             targets: dict[str, tuple[object, str, Callable[..., Any]]] = {
                 "gossip": (node.gossip, "handle_message", _raise),
                 "status": (node, "status", _raise),
-                "version_get": (node.transfers, "_serve_version", _raise),
-                "chunk_get": (node.transfers, "_serve_chunks", _araise),
-                "traverse": (node, "_serve_traverse", _araise),
+                "version_get": (node.transfers.server, "version", _raise),
+                "chunk_get": (node.transfers.server, "chunks", _araise),
+                "traverse": (node.server, "traverse", _araise),
             }
             senders = _inject(node)
             failures = 0
@@ -273,15 +274,14 @@ def test_zstd_bombs_are_refused_without_inflating(tmp_path: Path) -> None:
 TRAINER = tiny_trainer_args(round_steps=5, round_period=4, round_grace=2)
 
 
-def test_poisoned_versions_and_oversized_delta_headers_are_refused(tmp_path: Path) -> None:
+def test_poisoned_versions_and_foreign_shard_deltas_are_refused(tmp_path: Path) -> None:
     """Against a training replica: unsolicited VERSION_INFOs (NaN weights from a replica,
     100x weights from a replica, NaN weights from a peer that is no replica) are refused and
-    never installed or persisted; a DELTA_HEADER declaring 1 GiB is refused before anything
-    is allocated. The replica trains on, its versions finite."""
+    never installed or persisted; a SHARD_DELTA for a shard its plan does not have is refused
+    at its header, before anything is allocated. The replica trains on, its versions finite."""
     import torch
 
     from spheroid_p2p.ml.config import ModelConfig
-    from spheroid_p2p.wire.deltas import DeltaAck
     from spheroid_p2p.wire.signing import PeerId
 
     trainer = NodeProcess(tmp_path, "r0", *TRAINER, verbose=1).start()
@@ -291,7 +291,7 @@ def test_poisoned_versions_and_oversized_delta_headers_are_refused(tmp_path: Pat
     async def poison(node: Node, make: Callable[[torch.Tensor], torch.Tensor], ahead: int) -> bytes:
         recs = [r for r in node.gossip.owners_of(0) if r.owner == target and r.content_hash]
         newest = max(recs, key=lambda r: r.version)
-        await node.connect_all([target])
+        await node.swarm.connect([target])
         signed = await node.transfers.get_manifest(target, 0, newest.content_hash)
         base = (await node.transfers.fetch(signed, [target])).stored.tensors()
         bad = node.store.put(
@@ -334,17 +334,20 @@ def test_poisoned_versions_and_oversized_delta_headers_are_refused(tmp_path: Pat
             sent.append(await poison(evil, lambda v: torch.full_like(v, nan), 2))
             sent.append(await poison(evil, lambda v: v * 100 + 1, 2))
             sent.append(await poison(other, lambda v: torch.full_like(v, nan), 1))
-            # a header declaring 1 GiB in one float32 tensor: refused before allocating
-            sid = 77
-            ack: asyncio.Future[DeltaAck] = asyncio.get_running_loop().create_future()
-            evil.transfers._acks[(target, sid)] = ack
-            header = oversized_delta_header(sid)
+            # shard 63 of 64 of a block whose plan has one shard: refused at the header
+            recs = [r for r in evil.swarm.owners(0) if r.owner == target and r.content_hash]
+            newest = max(recs, key=lambda r: r.version)
+            header = foreign_shard_delta(
+                evil.transfers.streams.new_id(), newest.version + 1, newest.content_hash
+            )
             before = _hwm_kib(trainer.proc.pid)  # type: ignore[union-attr]
-            assert evil.peers.send(target, header)
-            answer = await asyncio.wait_for(ack, 10)
-            assert answer.code == ErrorCode.DELTA_REJECTED, answer
+            answer = await evil.transfers.streams.send_delta(
+                target, header, Payload.of(bytes(1 << 20)), 10
+            )
+            assert answer.code in (ErrorCode.DELTA_REJECTED, ErrorCode.ROUND_CLOSED), answer
             assert _hwm_kib(trainer.proc.pid) - before < 64 * 1024  # type: ignore[union-attr]
-            await asyncio.sleep(3)  # the trainer fetches and judges the pushed versions
+            # the trainer fetches and judges the pushed versions
+            await _until(lambda: trainer.log().count("refused") >= 3, 30, "three refusals")
         return sent
 
     try:

@@ -165,7 +165,7 @@ def test_auto_compression_switches_on_once_a_slow_link_is_measured(tmp_path: Pat
             result = await node.transfers.fetch(signed, [pid], timeout_s=60)
             fetched = result.stored.tensors()
             assert all(torch.equal(fetched[k], tensors[k]) for k in tensors)
-            rate = node.transfers.rates.get(pid)
+            rate = node.transfers.codecs.rates.get(pid)
             assert rate is not None and rate < 12e6  # it measured the slow link
             # the chunks asked for after the switch came compressed: fewer bytes than raw
             assert result.bytes_fetched < 0.85 * signed.manifest.total_bytes

@@ -40,6 +40,7 @@ from spheroid_p2p.net.peers import PeerManager, parse_addr
 from spheroid_p2p.node.config import NodeConfig
 from spheroid_p2p.node.gossip_glue import GOSSIP_CAPABILITY, GossipGlue
 from spheroid_p2p.node.intake import Intake
+from spheroid_p2p.node.serving import TraversalServer
 from spheroid_p2p.node.status import status_response
 from spheroid_p2p.node.store import VersionStore
 from spheroid_p2p.node.transfer import Transfers
@@ -59,7 +60,6 @@ from spheroid_p2p.wire.traversal import PipeStep, Traverse
 if TYPE_CHECKING:
     from spheroid_p2p.node.blocks import TrainedBlocks
     from spheroid_p2p.node.compute import ArStageRuntime, BlockRuntime
-    from spheroid_p2p.node.serving import TraversalServer
     from spheroid_p2p.wire.signing import PeerId
 
 __all__ = ["Node", "running_node"]
@@ -126,11 +126,20 @@ class Node:
         )
         self.runtime: BlockRuntime | None = None
         self.ar_stage: ArStageRuntime | None = None
-        self.server: TraversalServer | None = None
         self.blocks: TrainedBlocks | None = None
         #: version of each block we trained in rounds and now serve (its store holds it)
         self.served_versions: dict[int, int] = {}
         self._build_compute()
+        #: answers traversals (BLOCK_NOT_SERVED on a node that serves no blocks)
+        self.server = TraversalServer(
+            self.peers,
+            self.swarm,
+            self.turns,
+            runtime=self.runtime,
+            ar_stage=self.ar_stage,
+            keep_hot_s=config.keep_hot_s,
+            tag=self.tag,
+        )
 
     def _build_compute(self) -> None:
         """The torch side, only when the node computes (a gossip-only peer loads no torch)."""
@@ -139,7 +148,6 @@ class Node:
             return
         from spheroid_p2p.node.blocks import TrainedBlocks
         from spheroid_p2p.node.compute import ArStageRuntime, BlockRuntime
-        from spheroid_p2p.node.serving import TraversalServer
 
         if cfg.threads:
             import torch
@@ -151,15 +159,6 @@ class Node:
             self.ar_stage = ArStageRuntime(
                 cfg.ar_checkpoint, int(stage), int(stages), self.runtime.pool
             )
-        self.server = TraversalServer(
-            self.peers,
-            self.swarm,
-            self.turns,
-            runtime=self.runtime,
-            ar_stage=self.ar_stage,
-            keep_hot_s=cfg.keep_hot_s,
-            tag=self.tag,
-        )
         if cfg.train_blocks and cfg.corpus:
             self.blocks = TrainedBlocks(
                 cfg,
@@ -336,9 +335,6 @@ class Node:
             if not from_route(peer.digest, message.client, message.route, message.hop):
                 why = "sender is not this hop's predecessor"
                 self.intake.refuse(peer, message, why, ErrorCode.PROTOCOL_VIOLATION)
-            elif server is None:
-                why, code = "this peer serves no blocks", ErrorCode.BLOCK_NOT_SERVED
-                self.intake.refuse(peer, message, why, code)
             elif isinstance(message, Traverse):
                 work = server.answering_failure(server.traverse(message, peer), message)
                 self.spawn(work, f"traversal {message.traversal_id:x} from {peer}")

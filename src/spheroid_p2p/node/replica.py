@@ -52,6 +52,7 @@ from spheroid_p2p.node.transfer import FetchError, InStream, Payload, Transfers
 from spheroid_p2p.params import MAX_UPDATES_PER_SHARD
 from spheroid_p2p.wire.deltas import ShardDelta, ShardUpdate
 from spheroid_p2p.wire.manifests import ENCODINGS, SignedManifest
+from spheroid_p2p.wire.reports import RoundReport
 from spheroid_p2p.wire.signing import KeyPair, PeerId
 
 __all__ = ["BlockReplica", "LocalTraining", "RoundSettings"]
@@ -145,6 +146,7 @@ class BlockReplica:
             deliver=self._deliver,
             spawn=spawn,
             tag=tag,
+            record=self._record,
         )
         self.round: _Round | None = None
         self.reports_path = data_dir / f"block-{self.block}.rounds.jsonl"
@@ -508,7 +510,7 @@ class BlockReplica:
             return  # another publisher's version came first
         for peer in self.installer.live() - {self.swarm.me}:
             self.transfers.push_manifest(peer, stored.signed)
-        self._log_version(plan.round, stored.signed.manifest.result, report, action.missing)
+        self._log_version(plan.round, stored.signed, report, action.missing)
         await self.installer.install(stored.signed, tensors, state.base, flat=flat)
 
     def _after_install(self, base: Base) -> None:
@@ -529,20 +531,22 @@ class BlockReplica:
         state.late.clear()
 
     def _log_version(
-        self, round_: int, weights: bytes, report: object, missing: tuple[int, ...]
+        self, round_: int, signed: SignedManifest, report: RoundReport, missing: tuple[int, ...]
     ) -> None:
-        from spheroid_p2p.wire.reports import RoundReport
-
-        assert isinstance(report, RoundReport)
+        m = signed.manifest
         entry = {
+            "kind": "version",
             "block": self.block,
             "round": round_,
             "version": round_,
-            "weights": weights.hex(),
+            "weights": m.result.hex(),
             "publisher": self.swarm.me.short(),
             "aggregators": {s.index: PeerId(s.aggregator).short() for s in report.shards},
             "shards": len(report.shards) + len(missing),
             "missing": list(missing),
+            # the next round's aggregators in rank order, and its shard count (09 §9.2)
+            "plan": [PeerId(p).short() for p in m.plan],
+            "plan_shards": m.shards,
             "contributors": [
                 {"peer": PeerId(p).short(), "weight": round(w, 4), "steps": s, "staleness": st}
                 for p, w, s, st in report.contributors
@@ -555,8 +559,7 @@ class BlockReplica:
             "bytes_in": report.bytes_in,
             "time": time.time(),
         }
-        with open(self.reports_path, "a") as f:
-            f.write(json.dumps(entry) + "\n")
+        self._record(entry)
         log.info(
             "[%s] version %d published: %d shards (%s missing), %d contributors, late %s",
             self.tag,
@@ -566,6 +569,11 @@ class BlockReplica:
             len(report.contributors),
             entry["late"],
         )
+
+    def _record(self, entry: dict[str, object]) -> None:
+        """One line of the round log: a shard this replica closed, or a version it published."""
+        with open(self.reports_path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
 
     def save_final(self, path: Path) -> None:
         save_block(path, self.training.module)

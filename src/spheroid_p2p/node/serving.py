@@ -28,7 +28,6 @@ from spheroid_p2p.core.traversal import (
 from spheroid_p2p.errors import ErrorCode
 from spheroid_p2p.net.peers import DialError, PeerManager
 from spheroid_p2p.node.gossip_glue import GossipGlue
-from spheroid_p2p.node.tensor_bridge import flat_bytes, torch_dtype
 from spheroid_p2p.node.turns import ComputeTurns, Overloaded
 from spheroid_p2p.wire.message import Message
 from spheroid_p2p.wire.signing import PeerId
@@ -170,6 +169,8 @@ class TraversalServer:
         if out.z is None:
             await self._fail(req, ErrorCode.PROTOCOL_VIOLATION, "route ends before the last block")
             return
+        from spheroid_p2p.node.tensor_bridge import flat_bytes, torch_dtype  # torch: computing
+
         raw = bytes(flat_bytes(out.z[0].to(torch_dtype(req.z.dtype))))
         z = InlineTensor(req.z.dtype, tuple(out.z.shape[1:]), 0, chunk_digest(raw), raw)
         mine = (queued_ms, out.seconds * 1e3, (time.monotonic() - computed) * 1000)
@@ -193,6 +194,7 @@ class TraversalServer:
     async def _answer(self, req: Traverse, out: object, queued_ms: float, computed: float) -> None:
         """The last hop: the span's bytes (and logits) to the client."""
         from spheroid_p2p.node.compute import HopOutput
+        from spheroid_p2p.node.tensor_bridge import flat_bytes
 
         assert isinstance(out, HopOutput) and out.output is not None
         logits = None
@@ -246,6 +248,8 @@ class TraversalServer:
         if hidden is None or req.hop + 1 >= len(req.route):
             await self._fail(req, ErrorCode.PROTOCOL_VIOLATION, "route ends before the last stage")
             return
+        from spheroid_p2p.node.tensor_bridge import flat_bytes
+
         raw = bytes(flat_bytes(hidden[0].float()))
         nxt = req.route[req.hop + 1]
         spent = int((time.monotonic() - arrived) * 1000)

@@ -28,14 +28,12 @@ from spheroid_p2p.core.freshness import initial_seq
 from spheroid_p2p.net.peers import parse_addr
 from spheroid_p2p.wire import msgpack_profile
 from spheroid_p2p.wire.codec import Envelope, frame_body_parts
-from spheroid_p2p.wire.deltas import DeltaHeader
+from spheroid_p2p.wire.deltas import ShardDelta
 from spheroid_p2p.wire.framing import Buffer
-from spheroid_p2p.wire.manifests import TensorEntry
 from spheroid_p2p.wire.message import Message
 from spheroid_p2p.wire.signing import DOMAIN_ENVELOPE, DOMAIN_RECORD, KeyPair
-from spheroid_p2p.wire.tensors import content_hash
 
-__all__ = ["HostilePeer", "crafted_record", "oversized_delta_header", "zstd_bomb"]
+__all__ = ["HostilePeer", "crafted_record", "foreign_shard_delta", "zstd_bomb"]
 
 
 def _wall_ms() -> int:
@@ -55,22 +53,22 @@ def zstd_bomb(declared: int, actual: int) -> bytes:
     return b"\x28\xb5\x2f\xfd" + header + b"".join(blocks)
 
 
-def oversized_delta_header(stream_id: int) -> DeltaHeader:
-    """A well-formed, correctly hashed DELTA_HEADER declaring one 1 GiB float32 tensor: a
-    receiver must refuse it before allocating anything (09 §9.4)."""
-    hashes = bytes(32 * 1024)
-    shape = (1 << 28,)
-    entry = TensorEntry("w", 1, shape, content_hash(1, shape, hashes), hashes)
-    return DeltaHeader(
+def foreign_shard_delta(stream_id: int, round_: int, base: bytes) -> ShardDelta:
+    """A well-formed SHARD_DELTA for shard 63 of 64 of block 0: a receiver whose plan has
+    another shard count refuses it at its header, before allocating anything (09 §9.4; a
+    shard stream declares no size, so no header can make a node allocate more than one shard
+    of its own block)."""
+    return ShardDelta(
         stream_id=stream_id,
         block=0,
-        round=1,
-        base=bytes(32),
-        base_version=0,
+        round=round_,
+        base=base,
+        base_version=round_ - 1,
+        shard=63,
+        shards=64,
         steps=1,
         loss=1.0,
         encoding=2,
-        tensors=(entry,),
     )
 
 

@@ -23,7 +23,7 @@ PREV = b"\x02" * 32
 
 def _agg(replicas: set[PeerId], barrier: bool = True) -> Aggregation:
     params = RoundParams(grace_s=5.0, barrier=barrier)
-    return Aggregation(3, 5, {4: BASE, 3: PREV}, 10.0, 0, replicas, 100.0, params)
+    return Aggregation(3, 5, 0, {4: BASE, 3: PREV}, 10.0, replicas, -1.0, 100.0, params)
 
 
 def _offer(peer: PeerId, steps: int = 10, norm: float = 1.0, **kw: object) -> DeltaOffer:
@@ -104,9 +104,13 @@ def test_norm_outlier_rejected_at_close() -> None:
     assert out.rejected[0][0] == PEERS[2] and "median" in out.rejected[0][2]
 
 
-def test_takeover_rank_closes_later() -> None:
-    agg = Aggregation(3, 5, {4: BASE}, 1.0, 2, set(PEERS), 100.0, RoundParams(grace_s=5.0))
-    assert agg.closes_at == 110.0
+def test_a_rank_that_took_over_answers_not_ready_before_its_turn() -> None:
+    """09 §9.5: a delta before the turn opens is NOT_READY and nothing is recorded."""
+    agg = Aggregation(3, 5, 1, {4: BASE}, 1.0, set(PEERS), 97.5, 107.5, RoundParams())
+    code, why = agg.offer(_offer(PEERS[0]), 90.0)
+    assert code == ErrorCode.NOT_READY and "turn" in why
+    assert not agg.accepted and not agg.rejected and agg.bytes_in == 0
+    assert agg.offer(_offer(PEERS[0]), 98.0) == (0, "")
 
 
 def _spans(n: int) -> list[ChunkSpan]:
