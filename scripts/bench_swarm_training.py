@@ -10,9 +10,9 @@ every ``--eval-every`` seconds (CE_sampler against wall time and bytes fetched).
 the final swarm model and the reference (``train_blocktrain``, same config, same total
 block-steps, in this process) are scored on the same evaluation windows with 3 noise seeds.
 
-Bytes are split into deltas (replica -> aggregator, from each round's report) and
-checkpoints/updates (the averaged update each replica fetches, from the replica logs), and
-compared with what moving fp32 full block checkpoints both ways each round would cost.
+Bytes are split into deltas (replica -> shard aggregator) and updates (shard aggregator ->
+every other replica), both from the round logs' shard entries, and compared with what moving
+fp32 full block checkpoints both ways each round would cost.
 
 Writes JSON (``--out``) and a PNG of CE against wall time and bytes, and prints one summary
 line.
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import tempfile
@@ -42,8 +41,6 @@ from spheroid_p2p.ml.data import load_corpus
 from spheroid_p2p.ml.evaluate import evaluate_sampler
 from spheroid_p2p.ml.training import block_trainers, train_blocktrain
 from spheroid_p2p.node.launcher import NodeProcess, evaluator_command, swarm_plan, wait_for
-
-UPDATE = re.compile(r"version \d+: update of ([\d.]+) MB")
 
 
 def _swarm(args: argparse.Namespace, tmp: Path, cfg: ModelConfig) -> dict:
@@ -108,11 +105,15 @@ def _swarm(args: argparse.Namespace, tmp: Path, cfg: ModelConfig) -> dict:
             stdout=subprocess.DEVNULL,
             stderr=open(tmp / "eval.log", "w"),  # noqa: SIM115 - closed with the process
         )
-        wait_for(
-            lambda: all("serving blocks" in n.log() or not n.alive() for n in nodes),
-            timeout_s=args.timeout,
-            interval_s=2.0,
-        )
+        finished: set[str] = set()
+
+        def all_serving() -> bool:  # readiness by status query
+            for n in nodes:
+                if n.name not in finished and (not n.alive() or n.serving_trained()):
+                    finished.add(n.name)
+            return len(finished) == len(nodes)
+
+        wait_for(all_serving, timeout_s=args.timeout, interval_s=2.0)
         wall = time.monotonic() - start
     finally:
         if evaluator is not None:
@@ -120,7 +121,7 @@ def _swarm(args: argparse.Namespace, tmp: Path, cfg: ModelConfig) -> dict:
             evaluator.wait(20)
         for n in nodes:
             n.stop()
-    dead = [n.name for n in nodes if "serving blocks" not in n.log()]
+    dead = [n.name for n in nodes if not any((tmp / n.name).glob("block-?.safetensors"))]
     if dead:
         raise RuntimeError(f"trainers {dead} did not finish; see {tmp}")
     rounds = []
@@ -129,18 +130,20 @@ def _swarm(args: argparse.Namespace, tmp: Path, cfg: ModelConfig) -> dict:
         path = tmp / n.name / f"block-{b}.rounds.jsonl"
         if path.exists():
             rounds += [json.loads(x) for x in path.read_text().splitlines() if x]
-    delta_bytes = sum(r["bytes_in"] for r in rounds)
-    update_bytes = sum(float(m) * 1e6 for n in nodes for m in UPDATE.findall(n.log()))
+    shards = [r for r in rounds if r.get("kind") == "shard"]
+    versions = [r for r in rounds if r.get("kind") == "version"]
+    delta_bytes = sum(r["bytes_in"] for r in shards)
+    update_bytes = sum(r["update_bytes"] for r in shards)
     blocks = [load_block(tmp / f"b{b}r0" / f"block-{b}.safetensors") for b in range(cfg.n_blocks)]
     block_fp32 = sum(p.numel() * 4 for p in blocks[0].state_dict().values())
-    multi = [r for r in rounds if len(r["contributors"]) > 1]
+    multi = [r for r in versions if len(r["contributors"]) > 1]
     fp32_cost = sum(2 * len(r["contributors"]) * block_fp32 for r in multi)
     curve = [json.loads(x) for x in eval_out.read_text().splitlines()] if eval_out.exists() else []
     return {
         "workers": [n.name for n in nodes],
         "wall_s": wall,
         "blocks": blocks,
-        "rounds": len(rounds),
+        "rounds": len(versions),
         "round_reports": rounds,
         "averaged_rounds": len(multi),
         "delta_bytes": delta_bytes,

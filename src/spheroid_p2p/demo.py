@@ -84,8 +84,9 @@ def _progress_bars(
     timeout_s: float,
     eval_log: Path | None,
 ) -> None:
-    """Follow each node's log: one progress bar per node until all serve; print each CE
-    score the evaluator writes meanwhile."""
+    """One progress bar per node (its training step and loss, from its log) until every node
+    serves its trained block (asked by status query); print each CE score the evaluator
+    writes meanwhile."""
     from tqdm import tqdm
 
     bars = [
@@ -116,7 +117,7 @@ def _progress_bars(
                     bars[i].n = int(step)
                     bars[i].set_postfix_str(f"loss {float(loss):.3f}", refresh=False)
                     bars[i].refresh()
-                if "serving blocks" in text:
+                if node.serving_trained():
                     done += 1
             if eval_log is not None and eval_log.exists():
                 lines = EVAL_LINE.findall(eval_log.read_text())

@@ -44,7 +44,7 @@ def test_killed_trainer_resumes_where_it_stopped(tmp_path: Path) -> None:
         assert (tmp_path / "t0" / "block-0.trainer.safetensors").exists()
         again = NodeProcess(tmp_path, "t0", *TINY, "--train-steps", "400", verbose=1).start()
         try:
-            wait_for(lambda: "serving blocks [0]" in again.log(), timeout_s=180)
+            wait_for(again.serving_trained, timeout_s=180)
             resumed = re.findall(r"resuming training at step (\d+)", again.log())
             # a slice (10 steps) checkpoints before its progress line is logged, so the kill
             # can fall between the two: the checkpoint may be one slice past the last line

@@ -16,7 +16,7 @@ from spheroid_p2p.wire.codec import Envelope
 from spheroid_p2p.wire.signing import KeyPair, PeerId
 from spheroid_p2p.wire.status import RecordView, StatusRequest, StatusResponse
 
-__all__ = ["every_page", "fetch_status", "format_status"]
+__all__ = ["every_page", "fetch_peer_status", "fetch_status", "format_status"]
 
 #: Pages a status fetch asks for at most (a full table in pages of at least 8 records).
 MAX_STATUS_PAGES = MAX_TABLE_RECORDS // 8 + 1
@@ -37,6 +37,11 @@ async def every_page(ask: Callable[[int, int], Awaitable[StatusResponse]]) -> St
 
 async def fetch_status(addr: str, timeout_s: float = 10.0) -> StatusResponse:
     """Connect to ``addr`` with a throw-away identity and return its StatusResponse."""
+    return (await fetch_peer_status(addr, timeout_s))[1]
+
+
+async def fetch_peer_status(addr: str, timeout_s: float = 10.0) -> tuple[PeerId, StatusResponse]:
+    """The peer at ``addr`` (its id, proven by the handshake) and its StatusResponse."""
     key = KeyPair.generate()
     loop = asyncio.get_running_loop()
     answer: asyncio.Future[StatusResponse] = loop.create_future()
@@ -59,6 +64,7 @@ async def fetch_status(addr: str, timeout_s: float = 10.0) -> StatusResponse:
     )
     result: StatusResponse | None = None
     error: Exception | None = None
+    peer: PeerId | None = None
     try:
         peer = await manager.dial(addr)
 
@@ -77,9 +83,9 @@ async def fetch_status(addr: str, timeout_s: float = 10.0) -> StatusResponse:
         error = exc
     finally:
         await manager.close(reason="status done", flush_s=0.5)
-    if result is None:
+    if result is None or peer is None:
         raise error or TransportError(f"no status from {addr}")
-    return result
+    return peer, result
 
 
 def _age(ms: int) -> str:

@@ -82,7 +82,12 @@ THROTTLED_READ_S = 5.0
 
 
 class DialError(TransportError):
-    """A dial failed; the message names the address and the reason."""
+    """A dial failed; the message names the address and the reason, and ``code`` the error
+    code the peer refused the handshake with (None: no answer, or no handshake at all)."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def parse_addr(addr: str, allow_any_port: bool = False) -> tuple[str, int]:
@@ -254,7 +259,10 @@ class _Link(asyncio.BufferedProtocol):
             lost = self.lost or lost
             verb = "rejected" if lost.code else "closed"
             self.opened.set_exception(
-                DialError(f"dial {self.addr} failed: handshake {verb}: {lost.describe()}")
+                DialError(
+                    f"dial {self.addr} failed: handshake {verb}: {lost.describe()}",
+                    lost.code if lost.code else None,
+                )
             )
             self.opened.exception()  # mark retrieved; the dialler re-raises it
         self.closed.set()

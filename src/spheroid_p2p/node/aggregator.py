@@ -353,6 +353,8 @@ class Aggregators:
                     for p, (n, sec) in sorted(state.delta_times.items(), key=lambda kv: kv[1])
                 ],
                 "replicas": len(reached) + 1,
+                # the update's payload, as sent to each other replica
+                "update_bytes": len(payload.buffer) * len(reached),
                 "time": time.time(),
             }
         )

@@ -1,28 +1,63 @@
-"""Start and stop real node processes on 127.0.0.1 (the demo, tests and benchmarks use it).
+"""Start and stop real node processes (the demo, tests and benchmarks use it).
 
-Each node is ``python -m spheroid_p2p.node run`` with port 0; its "listening on" line gives the
-real address. Processes are ended by PID only: SIGTERM (clean shutdown), then SIGKILL if they
-do not exit in time.
+Each node is ``python -m spheroid_p2p.node run`` on a port chosen here; it is ready when it
+answers a status query on that address (readiness by query: the answer's handshake also
+proves its peer id). A node that could not bind the port (taken meanwhile) exits at once and
+is started again on another. Processes are ended by PID only: SIGTERM (clean shutdown), then
+SIGKILL if they do not exit in time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import re
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from spheroid_p2p.client.status import fetch_status
-from spheroid_p2p.wire.status import StatusResponse
+from spheroid_p2p.client.status import fetch_peer_status, fetch_status
+from spheroid_p2p.errors import ErrorCode, SpheroidError
+from spheroid_p2p.identity import load_or_create_identity
+from spheroid_p2p.net.peers import DialError, parse_addr
+from spheroid_p2p.wire.signing import PeerId
+from spheroid_p2p.wire.status import RecordView, StatusResponse
 
 __all__ = ["NodeProcess", "evaluator_command", "live_view", "swarm_plan", "wait_for"]
 
-LISTENING = re.compile(r"spheroid node (\S+) listening on (\S+)")
+#: Ports tried before giving up on starting a node.
+START_ATTEMPTS = 5
+#: Seconds between status queries while a node starts.
+READY_POLL_S = 0.1
+
+
+def probe(addr: str, key_path: Path | None = None) -> PeerId | None:
+    """The id of the node answering at ``addr`` (proven by the handshake of a status query),
+    or None when nothing answers yet. A node that refuses our protocol version answers too:
+    its id then comes from its key file (``key_path``), which it wrote before listening."""
+    try:
+        return asyncio.run(fetch_peer_status(addr, timeout_s=2.0))[0]
+    except DialError as exc:
+        if exc.code == ErrorCode.UNSUPPORTED_VERSION and key_path is not None:
+            return load_or_create_identity(key_path)[0].peer_id
+        return None
+    except (SpheroidError, OSError):
+        return None
+
+
+def _free_port(host: str) -> int:
+    """A port nothing listens on now (bound and released here where the address is ours; a
+    random high port for an address of another host or namespace)."""
+    try:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            return int(s.getsockname()[1])
+    except OSError:
+        return random.randint(20000, 60000)
 
 
 class NodeProcess:
@@ -38,16 +73,17 @@ class NodeProcess:
         prefix: tuple[str, ...] = (),
     ) -> None:
         """``prefix``: a command the node runs under, e.g. ``("ip", "netns", "exec", NS)`` to
-        run it on an emulated host (scripts/wan) or an ssh command for a real one."""
+        run it on an emulated host (scripts/wan) or an ssh command for a real one.
+        ``listen``: HOST:PORT, port 0 for one chosen here."""
         self.name = name
         self.workdir = workdir
         self.log_path = workdir / f"{name}.log"
         self.prefix = prefix
+        self.listen_host, self.port = parse_addr(listen, allow_any_port=True)
+        self.key_path = workdir / f"{name}.key"
         self.args = [
-            "--listen",
-            listen,
             "--key",
-            str(workdir / f"{name}.key"),
+            str(self.key_path),
             "--data-dir",
             str(workdir / name),
             *args,
@@ -58,41 +94,74 @@ class NodeProcess:
         self.peer_id = ""
 
     def start(self, timeout_s: float = 60.0) -> NodeProcess:
-        """Start the process and wait until it listens (bounded by ``timeout_s``)."""
-        with open(self.log_path, "a") as log:
-            self.proc = subprocess.Popen(
-                [
-                    *self.prefix,
-                    sys.executable,
-                    "-m",
-                    "spheroid_p2p.node",
-                    *(["-v"] * self.verbose),
-                    "run",
-                    *self.args,
-                ],
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
+        """Start the process and wait (bounded) until it answers a status query."""
         deadline = time.monotonic() + timeout_s
-        assert self.proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                break
-            match = LISTENING.search(line)
-            if match:
-                self.peer_id, self.addr = match.group(1), match.group(2)
+        for _ in range(START_ATTEMPTS):
+            port = self.port or _free_port(self.listen_host)
+            addr = f"{self.listen_host}:{port}"
+            with open(self.log_path, "a") as log:
+                self.proc = subprocess.Popen(
+                    [
+                        *self.prefix,
+                        sys.executable,
+                        "-m",
+                        "spheroid_p2p.node",
+                        *(["-v"] * self.verbose),
+                        "run",
+                        "--listen",
+                        addr,
+                        *self.args,
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=log,
+                    env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                )
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                peer = self._probe(addr)
+                if peer is None:
+                    time.sleep(READY_POLL_S)  # not listening yet
+                    continue
+                self.addr, self.peer_id = addr, peer.to_text()
                 return self
+            if self.proc.poll() is None or self.port:  # out of time, or a fixed port taken
+                break
         self.kill9()
         raise RuntimeError(f"node {self.name} did not start; its log:\n{self.log()[-3000:]}")
+
+    def _probe(self, addr: str) -> PeerId | None:
+        """The node's id if it answers at ``addr`` (where it runs: through ``prefix``)."""
+        if self.prefix:  # another namespace or host: ask from there
+            try:
+                done = subprocess.run(
+                    [*self.prefix, sys.executable, "-m", "spheroid_p2p.node.launcher", addr],
+                    capture_output=True,
+                    text=True,
+                    timeout=15,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired:
+                return None
+            return PeerId.from_text(done.stdout.strip()) if done.returncode == 0 else None
+        return probe(addr, self.key_path)
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
     def status(self, timeout_s: float = 5.0) -> StatusResponse:
         return asyncio.run(fetch_status(self.addr, timeout_s))
+
+    def own_records(self, role: str | None = None) -> list[RecordView]:
+        """This node's own live records, from its status."""
+        me = PeerId.from_text(self.peer_id).digest
+        return [
+            r
+            for r in self.status().records
+            if r.owner == me and not r.departed and (role is None or r.role == role)
+        ]
+
+    def serving_trained(self) -> bool:
+        """Whether it serves a block it trained (a serve record naming its weights)."""
+        return any(r.content_hash for r in self.own_records("serve"))
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -112,8 +181,6 @@ class NodeProcess:
                 self.proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 self.kill9()
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
         return self.proc.returncode
 
 
@@ -164,3 +231,18 @@ def evaluator_command(
         "--out",
         str(out),
     ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m spheroid_p2p.node.launcher HOST:PORT``: print the id of the node answering
+    there (exit 0), or exit 1: the readiness query, run where the node runs."""
+    args = sys.argv[1:] if argv is None else argv
+    peer = probe(args[0]) if len(args) == 1 else None
+    if peer is None:
+        return 1
+    print(peer.to_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
