@@ -28,7 +28,8 @@ from spheroid_p2p.core.connection import ConnectionLost, FrameSigner
 from spheroid_p2p.core.freshness import initial_seq
 from spheroid_p2p.core.routing import NoRouteError, ServerOffer, plan_route
 from spheroid_p2p.errors import ErrorCode, TransportError, code_name
-from spheroid_p2p.net.peers import DialError, PeerManager, parse_addr, source_address
+from spheroid_p2p.net.peers import PeerManager
+from spheroid_p2p.net.sockets import DialError, parse_addr, source_address
 from spheroid_p2p.wire.codec import Envelope
 from spheroid_p2p.wire.dtypes import dtype_by_name
 from spheroid_p2p.wire.message import Message

@@ -27,16 +27,14 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from spheroid_p2p.core.actions import Action, Dial, Probe, Send
+from spheroid_p2p.core.gossip_params import GossipParams, LocalClaim
 from spheroid_p2p.core.ownership import OwnershipTable, RecordKey
 from spheroid_p2p.errors import RemoteProtocolError
 from spheroid_p2p.params import (
-    MAX_GOSSIP_BATCH_BYTES,
     MAX_RECORDS_PER_ANSWER,
-    MAX_RECORDS_PER_MESSAGE,
 )
 from spheroid_p2p.wire.gossip import (
     GossipDigest,
@@ -45,6 +43,7 @@ from spheroid_p2p.wire.gossip import (
     GossipSummary,
     GossipSuspect,
     RelayedRecord,
+    record_batches,
 )
 from spheroid_p2p.wire.message import Message
 from spheroid_p2p.wire.records import OwnershipRecord, SignedRecord
@@ -53,40 +52,6 @@ from spheroid_p2p.wire.signing import KeyPair, PeerId
 __all__ = ["GossipParams", "GossipService", "LocalClaim"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class GossipParams:
-    """Parameters of §7.2 (defaults equal the spec table)."""
-
-    interval_s: float = 1.0
-    fanout: int = 3
-    push_delay_s: float = 0.1
-    record_ttl_s: float = 300.0
-    refresh_fraction: float = 1 / 3
-    departure_ttl_s: float = 10.0
-    tombstone_s: float = 60.0
-    target_peers: int = 8
-    #: Gossip connections beyond this are refused (OVERLOADED), so per-peer traffic stays
-    #: flat however large the swarm grows.
-    max_peers: int = 12
-    #: How long to wait before dialling again a peer that refused us as overloaded.
-    overloaded_backoff_s: float = 60.0
-    dial_backoff_s: float = 5.0
-
-
-@dataclass(frozen=True)
-class LocalClaim:
-    """What this node announces about one block it serves or trains."""
-
-    block: int
-    role: str
-    version: int = 0
-    content_hash: bytes = b""
-    load: float = 0.0
-    n_blocks: int = 0
-    config_hash: str = ""
-    context: int = 0
 
 
 @dataclass
@@ -307,7 +272,8 @@ class GossipService:
                         entry.signed.data, entry.signed.signature, self.table.remaining_ms(key, now)
                     )
                 )
-        return [self._send(peer, GossipRecords(records=batch)) for batch in _batches(relayed)]
+        batches = record_batches(relayed)
+        return [self._send(peer, GossipRecords(records=batch)) for batch in batches]
 
     def _receive_records(self, peer: PeerId, message: GossipRecords, now: float) -> list[Action]:
         fresh: list[SignedRecord] = []
@@ -415,7 +381,7 @@ class GossipService:
                 for r, source in current
                 if source != peer
             )
-            for batch in _batches(relayed):
+            for batch in record_batches(relayed):
                 actions.append(self._send(peer, GossipRecords(records=batch)))
         return actions
 
@@ -451,26 +417,3 @@ class GossipService:
     def owners_of(self, block: int) -> list[OwnershipRecord]:
         """Live records for ``block`` (ours included)."""
         return [e.record for e in self.table.live() if e.record.block == block]
-
-
-#: msgpack framing of one relayed record ([bin, bin(64), uint]) beyond its bytes.
-_RELAYED_OVERHEAD = 16
-
-
-def _batches(relayed: Sequence[RelayedRecord]) -> list[tuple[RelayedRecord, ...]]:
-    """Split records into GOSSIP_RECORDS batches of at most ``MAX_RECORDS_PER_MESSAGE``
-    records and ``MAX_GOSSIP_BATCH_BYTES`` bytes (§7.5), so no batch nears the signed-size
-    limit a receiver enforces."""
-    out: list[tuple[RelayedRecord, ...]] = []
-    batch: list[RelayedRecord] = []
-    size = 0
-    for r in relayed:
-        n = len(r.data) + len(r.signature) + _RELAYED_OVERHEAD
-        if batch and (len(batch) >= MAX_RECORDS_PER_MESSAGE or size + n > MAX_GOSSIP_BATCH_BYTES):
-            out.append(tuple(batch))
-            batch, size = [], 0
-        batch.append(r)
-        size += n
-    if batch:
-        out.append(tuple(batch))
-    return out

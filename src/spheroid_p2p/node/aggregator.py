@@ -29,6 +29,7 @@ from spheroid_p2p.core.rounds import Aggregation, DeltaOffer, Outcome, RoundPara
 from spheroid_p2p.errors import ErrorCode, code_name
 from spheroid_p2p.ml.averaging import SliceEncoder, check_values, decode_slice, tensors_norm
 from spheroid_p2p.node.installer import Installer
+from spheroid_p2p.node.roundlog import RoundLog
 from spheroid_p2p.node.shards import from_payload, payload_len
 from spheroid_p2p.node.swarm import SwarmView
 from spheroid_p2p.node.tensor_bridge import flat_bytes
@@ -86,7 +87,7 @@ class Aggregators:
         deliver: Callable[[ShardResult], None],
         spawn: Callable[[Coroutine[object, object, None], str], bool],
         tag: str,
-        record: Callable[[dict[str, object]], None] = lambda entry: None,
+        roundlog: RoundLog | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.swarm = swarm
@@ -95,8 +96,8 @@ class Aggregators:
         self.encoding = encoding
         self.params = params
         self.deliver = deliver
-        #: writes one entry of the round log (``block-B.rounds.jsonl``)
-        self.record = record
+        #: the round log (``block-B.rounds.jsonl``); None: not kept
+        self.roundlog = roundlog
         self.spawn = spawn
         self.tag = tag
         self.clock = clock
@@ -329,35 +330,8 @@ class Aggregators:
             for peer in reached:
                 group.create_task(self._send(peer, header, payload))
         self.deliver(ShardResult(round_, shard, self.swarm.me, update, report))
-        self.record(
-            {
-                "kind": "shard",
-                "block": self.installer.block,
-                "round": round_,
-                "shard": shard,
-                "aggregator": self.swarm.me.short(),
-                "closed": "barrier" if outcome.early else "deadline",
-                "contributors": [
-                    {"peer": p.short(), "weight": round(w, 4), "steps": s, "staleness": st}
-                    for p, w, s, st in outcome.contributors
-                ],
-                "rejected": [
-                    {"peer": p.short(), "code": code_name(c), "reason": why}
-                    for p, c, why in outcome.rejected
-                ],
-                "late": [p.short() for p in outcome.late],
-                "bytes_in": outcome.bytes_in,
-                # each received delta: wire bytes and seconds from its header to its last chunk
-                "deltas": [
-                    {"peer": p.short(), "bytes": n, "seconds": round(sec, 4)}
-                    for p, (n, sec) in sorted(state.delta_times.items(), key=lambda kv: kv[1])
-                ],
-                "replicas": len(reached) + 1,
-                # the update's payload, as sent to each other replica
-                "update_bytes": len(payload.buffer) * len(reached),
-                "time": time.time(),
-            }
-        )
+        if self.roundlog is not None:
+            self.roundlog.shard(outcome, state.delta_times, len(reached), len(payload.buffer))
         log.info(
             "[%s] round %d shard %d closed (%s): %d contributors, %d refused, %d late; "
             "update to %d replicas",

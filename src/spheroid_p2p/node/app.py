@@ -32,11 +32,13 @@ from typing import TYPE_CHECKING
 from spheroid_p2p import __version__
 from spheroid_p2p.core.connection import ConnectionLost, ConnectionParams, FrameSigner
 from spheroid_p2p.core.freshness import initial_seq
-from spheroid_p2p.core.gossip import GossipService, LocalClaim
+from spheroid_p2p.core.gossip import GossipService
+from spheroid_p2p.core.gossip_params import LocalClaim
 from spheroid_p2p.core.traversal import from_route
 from spheroid_p2p.errors import ErrorCode
 from spheroid_p2p.identity import load_or_create_identity
-from spheroid_p2p.net.peers import PeerManager, parse_addr
+from spheroid_p2p.net.peers import PeerManager
+from spheroid_p2p.net.sockets import parse_addr
 from spheroid_p2p.node.config import NodeConfig
 from spheroid_p2p.node.gossip_glue import GOSSIP_CAPABILITY, GossipGlue
 from spheroid_p2p.node.intake import Intake

@@ -71,7 +71,7 @@ class TrainedBlocks:
             if isinstance(header, ShardDelta):
                 replica.aggregators.admit(peer, header)
             else:
-                replica.admit_update(peer, header)
+                replica.updates.admit(peer, header)
             return
         if isinstance(header, ShardDelta):
             if header.block in self.config.train_blocks:

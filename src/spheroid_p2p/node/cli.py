@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from spheroid_p2p import __version__
-from spheroid_p2p.core.gossip import GossipParams
+from spheroid_p2p.core.gossip_params import GossipParams
 from spheroid_p2p.errors import SpheroidError
 from spheroid_p2p.identity import load_or_create_identity
 from spheroid_p2p.ml.config import ModelConfig
@@ -342,7 +342,7 @@ async def _cmd_eval(args: argparse.Namespace) -> int:
     import tempfile
 
     from spheroid_p2p.ml.data import load_corpus
-    from spheroid_p2p.net.peers import source_address
+    from spheroid_p2p.net.sockets import source_address
     from spheroid_p2p.node.app import running_node
     from spheroid_p2p.node.config import NodeConfig
     from spheroid_p2p.node.evaluator import run_evaluator

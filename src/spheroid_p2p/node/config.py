@@ -18,10 +18,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from spheroid_p2p.core.gossip import GossipParams
+from spheroid_p2p.core.gossip_params import GossipParams
 from spheroid_p2p.errors import ConfigError
 from spheroid_p2p.ml.config import ModelConfig
-from spheroid_p2p.net.peers import available_congestion, parse_addr
+from spheroid_p2p.net.sockets import available_congestion, parse_addr
 from spheroid_p2p.params import MAX_SHARDS
 from spheroid_p2p.wire.signing import PeerId
 

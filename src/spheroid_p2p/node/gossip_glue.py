@@ -20,10 +20,12 @@ from collections.abc import Callable, Coroutine
 
 from spheroid_p2p.core.actions import Action, Dial, Probe, Send
 from spheroid_p2p.core.connection import ConnectionLost
-from spheroid_p2p.core.gossip import GossipService, LocalClaim
+from spheroid_p2p.core.gossip import GossipService
+from spheroid_p2p.core.gossip_params import LocalClaim
 from spheroid_p2p.core.limits import TokenBucket
 from spheroid_p2p.errors import ErrorCode
-from spheroid_p2p.net.peers import DialError, PeerManager
+from spheroid_p2p.net.peers import PeerManager
+from spheroid_p2p.net.sockets import DialError
 from spheroid_p2p.wire.message import Message
 from spheroid_p2p.wire.records import OwnershipRecord
 from spheroid_p2p.wire.signing import PeerId

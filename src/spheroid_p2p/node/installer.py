@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from spheroid_p2p.core.gossip import LocalClaim
+from spheroid_p2p.core.gossip_params import LocalClaim
 from spheroid_p2p.core.plan import RoundPlan
 from spheroid_p2p.core.rounds import RoundParams, preferred_manifest
 from spheroid_p2p.ml.averaging import FlatLayout, tensors_norm

@@ -23,7 +23,7 @@ from pathlib import Path
 from spheroid_p2p.client.status import fetch_peer_status, fetch_status
 from spheroid_p2p.errors import ErrorCode, SpheroidError
 from spheroid_p2p.identity import load_or_create_identity
-from spheroid_p2p.net.peers import DialError, parse_addr
+from spheroid_p2p.net.sockets import DialError, parse_addr
 from spheroid_p2p.wire.signing import PeerId
 from spheroid_p2p.wire.status import RecordView, StatusResponse
 

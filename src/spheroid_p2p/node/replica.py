@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -42,17 +41,17 @@ from spheroid_p2p.core.plan import (
 )
 from spheroid_p2p.core.rounds import RoundParams
 from spheroid_p2p.errors import ErrorCode, code_name
-from spheroid_p2p.ml.averaging import SliceEncoder, check_values, decode_slice, tensors_norm
+from spheroid_p2p.ml.averaging import SliceEncoder, check_values
 from spheroid_p2p.ml.checkpoint import save_block
 from spheroid_p2p.node.aggregator import Aggregators, ShardResult
 from spheroid_p2p.node.installer import Base, Installer
-from spheroid_p2p.node.shards import from_payload, payload_len, to_payload
+from spheroid_p2p.node.roundlog import RoundLog
+from spheroid_p2p.node.shards import to_payload
 from spheroid_p2p.node.swarm import SwarmView
-from spheroid_p2p.node.transfer import FetchError, InStream, Payload, Transfers
-from spheroid_p2p.params import MAX_UPDATES_PER_SHARD
-from spheroid_p2p.wire.deltas import ShardDelta, ShardUpdate
+from spheroid_p2p.node.transfer import FetchError, Payload, Transfers
+from spheroid_p2p.node.updates import RoundState, UpdateIntake
+from spheroid_p2p.wire.deltas import ShardDelta
 from spheroid_p2p.wire.manifests import ENCODINGS, SignedManifest
-from spheroid_p2p.wire.reports import RoundReport
 from spheroid_p2p.wire.signing import KeyPair, PeerId
 
 __all__ = ["BlockReplica", "LocalTraining", "RoundSettings"]
@@ -91,26 +90,6 @@ class RoundSettings:
     replica_wait_s: float = 120.0
 
 
-@dataclass
-class _Round:
-    """This replica's state in one round."""
-
-    base: Base
-    exchange: Exchange
-    bounds: list[int]
-    steps: int
-    delta: torch.Tensor
-    payloads: dict[int, Payload] = field(default_factory=dict)
-    results: dict[int, dict[PeerId, ShardResult]] = field(default_factory=dict)
-    late: dict[int, torch.Tensor] = field(default_factory=dict)
-    built: asyncio.Future[tuple[bytes, torch.Tensor]] | None = None
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
-    #: the round's version as its publisher signed it, once it reached us (09 §9.5 step 5)
-    manifest: SignedManifest | None = None
-    manifest_at: float = 0.0
-    installing: bool = False
-
-
 class BlockReplica:
     """Training and averaging of one block on one node."""
 
@@ -137,6 +116,9 @@ class BlockReplica:
         self.block = installer.block
         self.tag = tag
         self.encoder = SliceEncoder(settings.encoding)
+        self.roundlog = RoundLog(
+            data_dir / f"block-{self.block}.rounds.jsonl", self.block, swarm.me
+        )
         self.aggregators = Aggregators(
             swarm,
             installer,
@@ -146,10 +128,20 @@ class BlockReplica:
             deliver=self._deliver,
             spawn=spawn,
             tag=tag,
-            record=self._record,
+            roundlog=self.roundlog,
         )
-        self.round: _Round | None = None
-        self.reports_path = data_dir / f"block-{self.block}.rounds.jsonl"
+        self.round: RoundState | None = None
+        #: shard updates from the wire, judged as they arrive (09 §9.8, 3.)
+        self.updates = UpdateIntake(
+            installer,
+            transfers.streams,
+            settings.params,
+            current=lambda: self.round,
+            deliver=self._deliver,
+            spawn=spawn,
+            tag=tag,
+        )
+
         #: own deltas discarded because they were not finite or too large
         self.rejected_own = 0
         self.rounds_done = 0
@@ -197,7 +189,7 @@ class BlockReplica:
         plan = self.installer.plan()
         bounds = shard_bounds(self.installer.layout.numel, plan.shards)
         exchange = Exchange(plan, self.swarm.me, len(bounds) - 1)
-        state = _Round(base, exchange, bounds, steps, delta)
+        state = RoundState(base, exchange, bounds, steps, delta)
         self.round = state
         try:
             self._act(state, exchange.start(time.time()))
@@ -235,7 +227,7 @@ class BlockReplica:
             state.wake.set()
         return True
 
-    def _take_version(self, state: _Round, now: float) -> float | None:
+    def _take_version(self, state: RoundState, now: float) -> float | None:
         """Install the publisher's version once our result is known: ours when it matches,
         else fetched. Returns when to look again (None: under way)."""
         assert state.manifest is not None
@@ -254,11 +246,11 @@ class BlockReplica:
             return None
         return patience
 
-    def _start_build(self, state: _Round) -> None:
+    def _start_build(self, state: RoundState) -> None:
         state.built = asyncio.get_running_loop().create_future()
         self.spawn(self._build(state), f"{self.tag} build r{state.exchange.plan.round}")
 
-    async def _install_version(self, state: _Round) -> None:
+    async def _install_version(self, state: RoundState) -> None:
         signed = state.manifest
         assert signed is not None
         m = signed.manifest
@@ -276,7 +268,7 @@ class BlockReplica:
         )
         await self.installer.adopt_fetched(signed, state.base)
 
-    def _act(self, state: _Round, actions: list[SendShard | Publish]) -> None:
+    def _act(self, state: RoundState, actions: list[SendShard | Publish]) -> None:
         for action in actions:
             if isinstance(action, Publish):
                 self.spawn(self._publish(state, action), f"{self.tag} publish")
@@ -293,7 +285,7 @@ class BlockReplica:
                 self.spawn(self._send(state, action), what)
 
     # -- our delta's shards out -----------------------------------------------------------------
-    def _payload(self, state: _Round, shard: int) -> Payload:
+    def _payload(self, state: RoundState, shard: int) -> Payload:
         """Shard ``shard`` of our delta, encoded once per round (a hand-over resends the same
         bytes; encoding again would count the error feedback twice)."""
         payload = state.payloads.get(shard)
@@ -305,7 +297,7 @@ class BlockReplica:
             state.payloads[shard] = payload
         return payload
 
-    async def _send(self, state: _Round, action: SendShard) -> None:
+    async def _send(self, state: RoundState, action: SendShard) -> None:
         plan = state.exchange.plan
         base = state.base
         give_up = plan.handover_at(action.rank)
@@ -351,120 +343,16 @@ class BlockReplica:
                 )
             return
 
-    # -- updates in -----------------------------------------------------------------------------
-    def admit_update(self, sender: PeerId, header: ShardUpdate) -> None:
-        """A shard update's header (09 §9.8, 3.): open its stream or drop it."""
-        why = self._update_problem(sender, header)
-        if why is not None:
-            log.warning("[%s] update from %s dropped: %s", self.tag, sender.short(), why)
-            return
-        state = self.round
-        assert state is not None
-        a, b = state.bounds[header.shard], state.bounds[header.shard + 1]
-        size = payload_len(b - a, ENCODINGS[header.encoding])
-        self.transfers.streams.accept(sender, header, size, self._update_arrived)
-
-    def _update_problem(self, sender: PeerId, header: ShardUpdate) -> str | None:
-        state = self.round
-        base = self.installer.base
-        if state is None or base is None or state.base is not base:
-            return "no round in progress here"
-        plan = state.exchange.plan
-        if header.round != plan.round or header.base != base.weights:
-            return f"update for round {header.round} on another base"
-        if header.shards != plan.shards or header.shard >= len(state.bounds) - 1:
-            return f"shard {header.shard} of {header.shards} is not in this round's plan"
-        rank = plan.aggregator_rank(header.shard, sender)
-        if rank is None or sender not in self.installer.live():
-            return f"{sender.short()} does not aggregate shard {header.shard}"
-        if time.time() < plan.turn_opens(rank):
-            return f"{sender.short()} is rank {rank} of shard {header.shard}, not yet its turn"
-        have = state.results.get(header.shard, {})
-        if sender in have or len(have) >= MAX_UPDATES_PER_SHARD:
-            return f"shard {header.shard} has its updates"
-        return None
-
-    def _update_arrived(self, stream: InStream) -> None:
-        header = stream.header
-        assert isinstance(header, ShardUpdate)
-        what = f"{self.tag} update r{header.round} s{header.shard} from {stream.sender.short()}"
-        if not self.spawn(self._judge_update(stream, header), what):
-            self.transfers.streams.release(stream)
-
-    async def _judge_update(self, stream: InStream, header: ShardUpdate) -> None:
-        state = self.round
-        if state is None or state.exchange.plan.round != header.round:
-            self.transfers.streams.release(stream)
-            return
-        a, b = state.bounds[header.shard], state.bounds[header.shard + 1]
-        bound = self.settings.params.max_relative_norm * tensors_norm(state.base.flat[a:b])
-
-        def decode() -> tuple[torch.Tensor | None, str | None]:
-            try:
-                encoded, problem = from_payload(stream.payload, b - a, ENCODINGS[header.encoding])
-                if encoded is None:
-                    return None, problem
-                values = decode_slice(encoded).clone()
-            finally:
-                self.transfers.streams.release(stream)
-            return values, check_values(values, 0.0, 1.0).problem or (
-                None if tensors_norm(values) <= bound or bound == 0 else "update norm too large"
-            )
-
-        values, problem = await asyncio.to_thread(decode)
-        if values is None or problem is not None:
-            self.installer.rejected_versions += 1
-            log.warning("[%s] update of shard %d refused: %s", self.tag, header.shard, problem)
-            return
-        self._deliver(
-            ShardResult(
-                header.round,
-                header.shard,
-                stream.sender,
-                values,
-                header.report,
-                stream.wire_bytes,
-                stream.seconds,
-            )
-        )
-
     def _deliver(self, result: ShardResult) -> None:
         """A judged update of a shard (from the wire, or from our own aggregator)."""
         state = self.round
-        if state is None or state.exchange.plan.round != result.round:
-            return
-        have = state.results.setdefault(result.shard, {})
-        if result.aggregator in have or len(have) >= MAX_UPDATES_PER_SHARD:
-            return
-        have[result.aggregator] = result
-        state.exchange.update_arrived(result.shard, result.aggregator)
-        state.wake.set()
+        if state is not None and state.exchange.plan.round == result.round:
+            state.deliver(result)
 
-    # -- the new version ------------------------------------------------------------------------
-    def _choice(self, state: _Round) -> dict[int, ShardResult]:
-        """One update per shard: the lowest-ranked aggregator's we hold."""
-        plan = state.exchange.plan
-        out = {}
-        for shard, have in state.results.items():
-            out[shard] = min(
-                have.values(), key=lambda r: plan.aggregator_rank(shard, r.aggregator) or 0
-            )
-        return out
-
-    async def _build(self, state: _Round) -> None:
-        """θ_r from the base and the chosen updates (float32); kept for the installer."""
-        chosen = self._choice(state)
-        layout = self.installer.layout
-
-        def build() -> tuple[bytes, torch.Tensor]:
-            flat = state.base.flat.clone()
-            for shard, result in chosen.items():
-                a, b = state.bounds[shard], state.bounds[shard + 1]
-                flat[a:b].add_(result.update)
-            return _weights_hash(layout.unflatten(flat)), flat
-
+    async def _build(self, state: RoundState) -> None:
+        """θ_r from the base and the chosen updates (float32), for the install."""
         try:
-            weights, flat = await asyncio.to_thread(build)
+            weights, flat = await asyncio.to_thread(state.build, self.installer.layout)
         except BaseException as exc:
             if state.built is not None and not state.built.done():
                 state.built.set_exception(exc)
@@ -473,14 +361,14 @@ class BlockReplica:
             state.built.set_result((weights, flat))
         state.wake.set()
 
-    async def _publish(self, state: _Round, action: Publish) -> None:
+    async def _publish(self, state: RoundState, action: Publish) -> None:
         """As the round's publisher: sign, store and push version r (09 §9.5 step 4)."""
         if state.built is None:
             self._start_build(state)
         assert state.built is not None
         _, flat = await state.built
         plan = state.exchange.plan
-        chosen = self._choice(state)
+        chosen = state.choice()
         report = version_report(
             {s: (r.aggregator.digest, r.report) for s, r in chosen.items()}, action.missing
         )
@@ -510,7 +398,16 @@ class BlockReplica:
             return  # another publisher's version came first
         for peer in self.installer.live() - {self.swarm.me}:
             self.transfers.push_manifest(peer, stored.signed)
-        self._log_version(plan.round, stored.signed, report, action.missing)
+        entry = self.roundlog.version(stored.signed, action.missing)
+        log.info(
+            "[%s] version %d published: %d shards (%s missing), %d contributors, late %s",
+            self.tag,
+            plan.round,
+            entry["shards"],
+            list(action.missing) or "none",
+            len(report.contributors),
+            entry["late"],
+        )
         await self.installer.install(stored.signed, tensors, state.base, flat=flat)
 
     def _after_install(self, base: Base) -> None:
@@ -530,57 +427,5 @@ class BlockReplica:
             self.training.module.load_state_dict(self.installer.layout.unflatten(flat))
         state.late.clear()
 
-    def _log_version(
-        self, round_: int, signed: SignedManifest, report: RoundReport, missing: tuple[int, ...]
-    ) -> None:
-        m = signed.manifest
-        entry = {
-            "kind": "version",
-            "block": self.block,
-            "round": round_,
-            "version": round_,
-            "weights": m.result.hex(),
-            "publisher": self.swarm.me.short(),
-            "aggregators": {s.index: PeerId(s.aggregator).short() for s in report.shards},
-            "shards": len(report.shards) + len(missing),
-            "missing": list(missing),
-            # the next round's aggregators in rank order, and its shard count (09 §9.2)
-            "plan": [PeerId(p).short() for p in m.plan],
-            "plan_shards": m.shards,
-            "contributors": [
-                {"peer": PeerId(p).short(), "weight": round(w, 4), "steps": s, "staleness": st}
-                for p, w, s, st in report.contributors
-            ],
-            "rejected": [
-                {"peer": PeerId(p).short(), "code": code_name(c), "reason": why}
-                for p, c, why in report.rejected
-            ],
-            "late": [PeerId(p).short() for p in report.late],
-            "bytes_in": report.bytes_in,
-            "time": time.time(),
-        }
-        self._record(entry)
-        log.info(
-            "[%s] version %d published: %d shards (%s missing), %d contributors, late %s",
-            self.tag,
-            round_,
-            entry["shards"],
-            list(missing) or "none",
-            len(report.contributors),
-            entry["late"],
-        )
-
-    def _record(self, entry: dict[str, object]) -> None:
-        """One line of the round log: a shard this replica closed, or a version it published."""
-        with open(self.reports_path, "a") as f:
-            f.write(json.dumps(entry) + "\n")
-
     def save_final(self, path: Path) -> None:
         save_block(path, self.training.module)
-
-
-def _weights_hash(tensors: dict[str, torch.Tensor]) -> bytes:
-    from spheroid_p2p.node.tensor_bridge import raw_of
-    from spheroid_p2p.wire.manifests import tensor_entry, weights_hash
-
-    return weights_hash(tuple(tensor_entry(n, raw_of(t)) for n, t in tensors.items()))

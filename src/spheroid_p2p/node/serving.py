@@ -26,7 +26,8 @@ from spheroid_p2p.core.traversal import (
     hop_times,
 )
 from spheroid_p2p.errors import ErrorCode
-from spheroid_p2p.net.peers import DialError, PeerManager
+from spheroid_p2p.net.peers import PeerManager
+from spheroid_p2p.net.sockets import DialError
 from spheroid_p2p.node.gossip_glue import GossipGlue
 from spheroid_p2p.node.turns import ComputeTurns, Overloaded
 from spheroid_p2p.wire.message import Message

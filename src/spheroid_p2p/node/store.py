@@ -25,10 +25,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from spheroid_p2p.node.tensor_bridge import raw_of, tensor_of
 from spheroid_p2p.wire import msgpack_profile
 from spheroid_p2p.wire.manifests import (
     KIND_FULL,
@@ -42,6 +40,9 @@ from spheroid_p2p.wire.manifests import (
 from spheroid_p2p.wire.reports import RoundReport
 from spheroid_p2p.wire.signing import KeyPair
 from spheroid_p2p.wire.tensors import chunk_digest
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["StoredSet", "VersionStore"]
 
@@ -75,6 +76,8 @@ class StoredSet:
         return self.view()[span.offset : span.offset + span.length]
 
     def tensors(self) -> dict[str, torch.Tensor]:
+        from spheroid_p2p.node.tensor_bridge import tensor_of  # torch, only where tensors are
+
         view = self.view()
         out: dict[str, torch.Tensor] = {}
         offset = 0
@@ -214,6 +217,8 @@ class VersionStore:
 
         ``durable=False`` returns before the fsyncs, which follow on the store's thread (for
         versions that peers also hold: a crash in between loses the set, never tears it)."""
+        from spheroid_p2p.node.tensor_bridge import raw_of
+
         names = list(tensors)
         raws = [raw_of(tensors[n]) for n in names]
         entries = tuple(tensor_entry(n, r) for n, r in zip(names, raws, strict=True))
@@ -254,6 +259,8 @@ class VersionStore:
         existing = self.sets.get(content)
         if existing is not None:
             return existing
+        from spheroid_p2p.node.tensor_bridge import raw_of
+
         names = [e.name for e in signed.manifest.tensors]
         raws = [raw_of(tensors[name]) for name in names]
         entries = tuple(tensor_entry(n, r) for n, r in zip(names, raws, strict=True))
@@ -290,6 +297,8 @@ class VersionStore:
     @staticmethod
     def partial_tensors(signed: SignedManifest, path: Path) -> dict[str, torch.Tensor]:
         """The tensors of a completed, not yet installed fetch (to judge before installing)."""
+        from spheroid_p2p.node.tensor_bridge import tensor_of
+
         out: dict[str, torch.Tensor] = {}
         offset = 0
         with open(path, "rb") as f:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 from spheroid_p2p.wire.signing import PeerId
 
 if TYPE_CHECKING:
-    from spheroid_p2p.core.gossip import LocalClaim
+    from spheroid_p2p.core.gossip_params import LocalClaim
     from spheroid_p2p.wire.records import OwnershipRecord
 
 __all__ = ["SwarmView", "live_replicas", "version_records"]

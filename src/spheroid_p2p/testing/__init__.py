@@ -1,5 +1,8 @@
-"""Tools for testing a node from outside: hostile peers for tests and benchmarks, and the
-flags of the smallest trainer node (fast enough for tests on two cores)."""
+"""Tools for testing a node from outside: hostile peers, and the smallest trainer's flags.
+
+``hostile``: a real peer that sends crafted frames (tests, ``scripts/bench_faults.py``);
+:func:`tiny_trainer_args`: a trainer fast enough for tests on two cores.
+"""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ from spheroid_p2p.core.connection import (
     PeerConnection,
 )
 from spheroid_p2p.core.freshness import initial_seq
-from spheroid_p2p.net.peers import parse_addr
+from spheroid_p2p.net.sockets import parse_addr
 from spheroid_p2p.wire import msgpack_profile
 from spheroid_p2p.wire.codec import Envelope, frame_body_parts
 from spheroid_p2p.wire.deltas import ShardDelta

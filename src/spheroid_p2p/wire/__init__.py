@@ -1,41 +1,11 @@
 """The pure wire codec: bytes <-> typed, signed messages. No sockets, clocks, asyncio or torch.
 
-Spec: ``protocol/`` (framing 01, encoding 02, messages 03, signing 04, tensor frames 05).
+Spec: ``protocol/`` (framing 01, encoding 02, messages 03, signing 04, tensor frames 05; the
+messages of each service in their own module, gathered by ``messages``). Import what you use
+from its module; this package re-exports nothing, so importing one module never imports the
+rest (and the package has no import cycle through its ``__init__``).
 """
 
 from __future__ import annotations
 
-from spheroid_p2p.wire.chunks import TensorChunk, TensorHeader
-from spheroid_p2p.wire.codec import Envelope, decode_frame, encode_frame
-from spheroid_p2p.wire.control import Close, Hello, HelloAck, Ping, Pong
-from spheroid_p2p.wire.dtypes import DTYPES, Codec, DType, dtype_by_name
-from spheroid_p2p.wire.framing import FrameDecoder
-from spheroid_p2p.wire.message import Message, MessageType
-from spheroid_p2p.wire.signing import KeyPair, PeerId
-from spheroid_p2p.wire.tensors import RawTensor, TensorAssembler, tensor_chunks, tensor_header
-
-__all__ = [
-    "DTYPES",
-    "Close",
-    "Codec",
-    "DType",
-    "Envelope",
-    "FrameDecoder",
-    "Hello",
-    "HelloAck",
-    "KeyPair",
-    "Message",
-    "MessageType",
-    "PeerId",
-    "Ping",
-    "Pong",
-    "RawTensor",
-    "TensorAssembler",
-    "TensorChunk",
-    "TensorHeader",
-    "decode_frame",
-    "dtype_by_name",
-    "encode_frame",
-    "tensor_chunks",
-    "tensor_header",
-]
+__all__: list[str] = []

@@ -3,10 +3,11 @@ digests, records, requests and suspicions. The records themselves are ``wire.rec
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-from spheroid_p2p.params import MAX_RECORDS_PER_MESSAGE
+from spheroid_p2p.params import MAX_GOSSIP_BATCH_BYTES, MAX_RECORDS_PER_MESSAGE
 from spheroid_p2p.wire.message import (
     Message,
     MessageType,
@@ -26,6 +27,7 @@ __all__ = [
     "GossipSummary",
     "GossipSuspect",
     "RelayedRecord",
+    "record_batches",
 ]
 
 
@@ -132,3 +134,26 @@ class GossipSuspect(Message):
     def __post_init__(self) -> None:
         check_bytes("peer", self.peer, 32)
         check_uint("seq", self.seq)
+
+
+#: msgpack framing of one relayed record ([bin, bin(64), uint]) beyond its bytes.
+_RELAYED_OVERHEAD = 16
+
+
+def record_batches(relayed: Sequence[RelayedRecord]) -> list[tuple[RelayedRecord, ...]]:
+    """Split records into GOSSIP_RECORDS batches of at most ``MAX_RECORDS_PER_MESSAGE``
+    records and ``MAX_GOSSIP_BATCH_BYTES`` bytes (§7.5), so no batch nears the signed-size
+    limit a receiver enforces."""
+    out: list[tuple[RelayedRecord, ...]] = []
+    batch: list[RelayedRecord] = []
+    size = 0
+    for r in relayed:
+        n = len(r.data) + len(r.signature) + _RELAYED_OVERHEAD
+        if batch and (len(batch) >= MAX_RECORDS_PER_MESSAGE or size + n > MAX_GOSSIP_BATCH_BYTES):
+            out.append(tuple(batch))
+            batch, size = [], 0
+        batch.append(r)
+        size += n
+    if batch:
+        out.append(tuple(batch))
+    return out

@@ -7,7 +7,8 @@ import random
 from collections import deque
 
 from spheroid_p2p.core.actions import Dial, Probe, Send
-from spheroid_p2p.core.gossip import GossipParams, GossipService, LocalClaim
+from spheroid_p2p.core.gossip import GossipService
+from spheroid_p2p.core.gossip_params import GossipParams, LocalClaim
 from spheroid_p2p.core.ownership import OwnershipTable
 from spheroid_p2p.wire.codec import decode_frame, encode_frame
 from spheroid_p2p.wire.framing import join_frame

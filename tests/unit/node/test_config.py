@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from spheroid_p2p.errors import ConfigError
-from spheroid_p2p.net.peers import available_congestion
+from spheroid_p2p.net.sockets import available_congestion
 from spheroid_p2p.node.cli import build_parser, node_config
 
 

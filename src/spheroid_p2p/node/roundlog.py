@@ -1,0 +1,102 @@
+"""The round log a replica keeps: ``<data-dir>/block-B.rounds.jsonl``, one JSON line per event.
+
+A ``shard`` line for each shard this replica closed as its aggregator (how it closed, the
+contributors and their weights, refusals and why, who was late, each delta's bytes and
+seconds, the update's bytes sent); a ``version`` line for each version it published (the
+shard table: whose update each shard uses, the shards missing, the next round's plan).
+Benchmarks and tests read it; so can a user.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from spheroid_p2p.core.rounds import Outcome
+from spheroid_p2p.errors import code_name
+from spheroid_p2p.wire.manifests import SignedManifest
+from spheroid_p2p.wire.signing import PeerId
+
+__all__ = ["RoundLog"]
+
+
+class RoundLog:
+    """Appends the events of one block's rounds to its log file."""
+
+    def __init__(self, path: Path, block: int, me: PeerId) -> None:
+        self.path = path
+        self.block = block
+        self.me = me
+
+    def _write(self, entry: dict[str, object]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def shard(
+        self,
+        outcome: Outcome,
+        deltas: dict[PeerId, tuple[int, float]],
+        receivers: int,
+        update_bytes: int,
+    ) -> dict[str, object]:
+        entry: dict[str, object] = {
+            "kind": "shard",
+            "block": self.block,
+            "round": outcome.round,
+            "shard": outcome.shard,
+            "aggregator": self.me.short(),
+            "closed": "barrier" if outcome.early else "deadline",
+            "contributors": [
+                {"peer": p.short(), "weight": round(w, 4), "steps": s, "staleness": st}
+                for p, w, s, st in outcome.contributors
+            ],
+            "rejected": [
+                {"peer": p.short(), "code": code_name(c), "reason": why}
+                for p, c, why in outcome.rejected
+            ],
+            "late": [p.short() for p in outcome.late],
+            "bytes_in": outcome.bytes_in,
+            # each received delta: wire bytes and seconds from its header to its last chunk
+            "deltas": [
+                {"peer": p.short(), "bytes": n, "seconds": round(sec, 4)}
+                for p, (n, sec) in sorted(deltas.items(), key=lambda kv: kv[1])
+            ],
+            "replicas": receivers + 1,
+            # the update's payload, as sent to each other replica
+            "update_bytes": update_bytes * receivers,
+            "time": time.time(),
+        }
+        self._write(entry)
+        return entry
+
+    def version(self, signed: SignedManifest, missing: tuple[int, ...]) -> dict[str, object]:
+        m = signed.manifest
+        report = m.report
+        entry: dict[str, object] = {
+            "kind": "version",
+            "block": self.block,
+            "round": m.version,
+            "version": m.version,
+            "weights": m.result.hex(),
+            "publisher": self.me.short(),
+            "aggregators": {s.index: PeerId(s.aggregator).short() for s in report.shards},
+            "shards": len(report.shards) + len(missing),
+            "missing": list(missing),
+            # the next round's aggregators in rank order, and its shard count (09 §9.2)
+            "plan": [PeerId(p).short() for p in m.plan],
+            "plan_shards": m.shards,
+            "contributors": [
+                {"peer": PeerId(p).short(), "weight": round(w, 4), "steps": s, "staleness": st}
+                for p, w, s, st in report.contributors
+            ],
+            "rejected": [
+                {"peer": PeerId(p).short(), "code": code_name(c), "reason": why}
+                for p, c, why in report.rejected
+            ],
+            "late": [PeerId(p).short() for p in report.late],
+            "bytes_in": report.bytes_in,
+            "time": time.time(),
+        }
+        self._write(entry)
+        return entry

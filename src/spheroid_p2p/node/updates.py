@@ -1,0 +1,187 @@
+"""A replica's state in one round, and the shard updates it takes in (09 §9.5, §9.8).
+
+:class:`RoundState` holds what one round needs: the base, the exchange (``core.plan``), the
+shard bounds, our delta and its encoded shards, the updates received per shard, and the
+version built from them. :class:`UpdateIntake` admits a ``SHARD_UPDATE`` header only from a
+live replica whose aggregator turn for that shard has begun, on our base and plan, at most
+``MAX_UPDATES_PER_SHARD`` per shard; its payload (exactly one shard of our block, in a pooled
+buffer) is decoded and judged on a worker thread — finite, norm within ``max_relative_norm``
+of the base's shard — before the round takes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+
+import torch
+
+from spheroid_p2p.core.plan import Exchange
+from spheroid_p2p.core.rounds import RoundParams
+from spheroid_p2p.ml.averaging import FlatLayout, check_values, decode_slice, tensors_norm
+from spheroid_p2p.node.aggregator import ShardResult
+from spheroid_p2p.node.installer import Base, Installer
+from spheroid_p2p.node.shards import from_payload, payload_len
+from spheroid_p2p.node.tensor_bridge import raw_of
+from spheroid_p2p.node.transfer import InStream, Payload
+from spheroid_p2p.node.transfer.streams import Streams
+from spheroid_p2p.params import MAX_UPDATES_PER_SHARD
+from spheroid_p2p.wire.deltas import ShardUpdate
+from spheroid_p2p.wire.manifests import ENCODINGS, SignedManifest, tensor_entry, weights_hash
+from spheroid_p2p.wire.signing import PeerId
+
+__all__ = ["RoundState", "UpdateIntake"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundState:
+    """This replica's state in one round."""
+
+    base: Base
+    exchange: Exchange
+    bounds: list[int]
+    steps: int
+    delta: torch.Tensor
+    payloads: dict[int, Payload] = field(default_factory=dict)
+    results: dict[int, dict[PeerId, ShardResult]] = field(default_factory=dict)
+    late: dict[int, torch.Tensor] = field(default_factory=dict)
+    built: asyncio.Future[tuple[bytes, torch.Tensor]] | None = None
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    #: the round's version as its publisher signed it, once it reached us (09 §9.5 step 5)
+    manifest: SignedManifest | None = None
+    manifest_at: float = 0.0
+    installing: bool = False
+
+    def slice(self, shard: int) -> tuple[int, int]:
+        return self.bounds[shard], self.bounds[shard + 1]
+
+    def deliver(self, result: ShardResult) -> None:
+        """Keep a judged update (at most ``MAX_UPDATES_PER_SHARD`` a shard) and wake the round."""
+        have = self.results.setdefault(result.shard, {})
+        if result.aggregator in have or len(have) >= MAX_UPDATES_PER_SHARD:
+            return
+        have[result.aggregator] = result
+        self.exchange.update_arrived(result.shard, result.aggregator)
+        self.wake.set()
+
+    def choice(self) -> dict[int, ShardResult]:
+        """One update per shard: the one from the lowest rank we hold."""
+        plan = self.exchange.plan
+        out = {}
+        for shard, have in self.results.items():
+            out[shard] = min(
+                have.values(), key=lambda r: plan.aggregator_rank(shard, r.aggregator) or 0
+            )
+        return out
+
+    def build(self, layout: FlatLayout) -> tuple[bytes, torch.Tensor]:
+        """θ_r = θ_base + the chosen updates, in float32 (09 §9.7), and its weights hash."""
+        flat = self.base.flat.clone()
+        for shard, result in self.choice().items():
+            a, b = self.slice(shard)
+            flat[a:b].add_(result.update)
+        tensors = layout.unflatten(flat)
+        entries = tuple(tensor_entry(n, raw_of(t)) for n, t in tensors.items())
+        return weights_hash(entries), flat
+
+
+class UpdateIntake:
+    """Admits and judges the shard updates of the round in progress."""
+
+    def __init__(
+        self,
+        installer: Installer,
+        streams: Streams,
+        params: RoundParams,
+        *,
+        current: Callable[[], RoundState | None],
+        deliver: Callable[[ShardResult], None],
+        spawn: Callable[[Coroutine[object, object, None], str], bool],
+        tag: str,
+    ) -> None:
+        self.installer = installer
+        self.streams = streams
+        self.params = params
+        self.current = current
+        self.deliver = deliver
+        self.spawn = spawn
+        self.tag = tag
+
+    def admit(self, sender: PeerId, header: ShardUpdate) -> None:
+        """A shard update's header (09 §9.8, 3.): open its stream, or drop it."""
+        why = self._problem(sender, header)
+        state = self.current()
+        if why is not None or state is None:
+            log.warning("[%s] update from %s dropped: %s", self.tag, sender.short(), why)
+            return
+        a, b = state.slice(header.shard)
+        size = payload_len(b - a, ENCODINGS[header.encoding])
+        self.streams.accept(sender, header, size, self._arrived)
+
+    def _problem(self, sender: PeerId, header: ShardUpdate) -> str | None:
+        state = self.current()
+        base = self.installer.base
+        if state is None or base is None or state.base is not base:
+            return "no round in progress here"
+        plan = state.exchange.plan
+        if header.round != plan.round or header.base != base.weights:
+            return f"update for round {header.round} on another base"
+        if header.shards != plan.shards or header.shard >= len(state.bounds) - 1:
+            return f"shard {header.shard} of {header.shards} is not in this round's plan"
+        rank = plan.aggregator_rank(header.shard, sender)
+        if rank is None or sender not in self.installer.live():
+            return f"{sender.short()} does not aggregate shard {header.shard}"
+        if time.time() < plan.turn_opens(rank):
+            return f"{sender.short()} is rank {rank} of shard {header.shard}, not yet its turn"
+        have = state.results.get(header.shard, {})
+        if sender in have or len(have) >= MAX_UPDATES_PER_SHARD:
+            return f"shard {header.shard} has its updates"
+        return None
+
+    def _arrived(self, stream: InStream) -> None:
+        header = stream.header
+        assert isinstance(header, ShardUpdate)
+        what = f"{self.tag} update r{header.round} s{header.shard} from {stream.sender.short()}"
+        if not self.spawn(self._judge(stream, header), what):
+            self.streams.release(stream)
+
+    async def _judge(self, stream: InStream, header: ShardUpdate) -> None:
+        state = self.current()
+        if state is None or state.exchange.plan.round != header.round:
+            self.streams.release(stream)
+            return
+        a, b = state.slice(header.shard)
+        encoding = ENCODINGS[header.encoding]
+
+        def decode() -> tuple[torch.Tensor | None, str | None]:
+            try:
+                encoded, problem = from_payload(stream.payload, b - a, encoding)
+                if encoded is None:
+                    return None, problem
+                values = decode_slice(encoded).clone()
+            finally:
+                self.streams.release(stream)
+            base_norm = tensors_norm(state.base.flat[a:b])
+            return values, check_values(values, base_norm, self.params.max_relative_norm).problem
+
+        values, problem = await asyncio.to_thread(decode)
+        if values is None or problem is not None:
+            self.installer.rejected_versions += 1
+            log.warning("[%s] update of shard %d refused: %s", self.tag, header.shard, problem)
+            return
+        self.deliver(
+            ShardResult(
+                header.round,
+                header.shard,
+                stream.sender,
+                values,
+                header.report,
+                stream.wire_bytes,
+                stream.seconds,
+            )
+        )
