@@ -109,6 +109,14 @@ class Fetcher:
         if index < len(self.spans) and index not in self.have:
             self.unverified[index] = peer
 
+    def duplicate_arrived(self, peer: PeerId, index: int) -> None:
+        """Chunk ``index`` arrived from ``peer`` while another holder's copy is still being
+        checked (or is stored): it frees ``peer``'s window slot and is dropped. Should the
+        other copy fail its check, the chunk is asked for again (:meth:`chunk_failed`)."""
+        holder = self.holders.get(peer)
+        if holder is not None:
+            holder.inflight.pop(index, None)
+
     def chunk_failed(self, index: int) -> None:
         """Chunk ``index`` did not match its hash (or could not be written): ask again. The
         holder that sent it is reported through :meth:`holder_failed`."""

@@ -213,3 +213,24 @@ def test_compression_rule() -> None:
     assert rates.get(PEERS[0]) is None
     rates.observe(PEERS[0], 10_000_000, 1.0)
     assert rates.get(PEERS[0]) == 10_000_000
+
+
+def test_a_copy_arriving_while_another_is_checked_frees_its_window_slot() -> None:
+    """A good holder's copy of a chunk arrives while a bad holder's copy is being checked: it
+    is dropped but frees the good holder's window; when the bad copy fails its check, the
+    chunk is asked of the good holder at once, not after the chunk timeout."""
+    f = Fetcher(_spans(2), params=FetchParams(window=1, batch=1))
+    good, bad = PEERS[:2]
+    f.add_holder(good)
+    f.add_holder(bad)
+    first = {a.holder: a.indices for a in f.poll(0.0)}
+    assert first[good] == (0,) and first[bad] == (1,)
+    f.chunk_arrived(good, 0)
+    assert f.chunk_received(good, 0, bytes([0]) * 32)
+    assert [a.indices for a in f.poll(1.0)] == [(1,)]  # endgame: good asked for 1 too
+    f.chunk_arrived(bad, 1)  # bad's copy is being checked ...
+    f.duplicate_arrived(good, 1)  # ... when good's arrives: dropped, its slot freed
+    assert not f.holders[good].inflight
+    f.chunk_failed(1)  # bad's copy did not match its hash
+    f.holder_failed(bad, "served chunk 1 with the wrong hash", ban=True)
+    assert [(a.holder, a.indices) for a in f.poll(1.5)] == [(good, (1,))]

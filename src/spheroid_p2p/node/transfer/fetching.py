@@ -298,7 +298,9 @@ class Fetches:
             self.link.close_peer(peer, ErrorCode.HASH_MISMATCH, "chunk not in the manifest")
             return
         if index in fetch.fetcher.have or index in fetch.pending:
-            return  # an endgame duplicate
+            fetch.fetcher.duplicate_arrived(peer, index)  # an endgame duplicate: its slot frees
+            self._pump(fetch)
+            return
         span = spans[index]
         # the first unmeasured chunk from a holder ``auto`` chose blindly also gives the codec
         # measurement (08 §8.7), on the worker, from the bytes as they arrived
