@@ -26,6 +26,7 @@ import asyncio
 import json
 import os
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,14 +39,13 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import git_commit
-from spheroid_p2p.ml.averaging import DeltaEncoder, apply_average, decode_delta
+from roundfloor import arithmetic_s, floor_s, stream_ms_per_mib
+from roundlab import median, round_times
 from spheroid_p2p.node.app import running_node
 from spheroid_p2p.node.cli import run_async
 from spheroid_p2p.node.config import NodeConfig
 from spheroid_p2p.node.launcher import NodeProcess
 from spheroid_p2p.node.store import StoredSet, VersionStore
-from spheroid_p2p.node.tensor_bridge import raw_of
-from spheroid_p2p.wire.manifests import ENCODINGS
 from spheroid_p2p.wire.signing import KeyPair, PeerId
 
 
@@ -293,56 +293,47 @@ async def stream(
     return min(times), sum(t.numel() * 4 for t in tensors.values())
 
 
-async def exchange(tmp: Path, encoding: str, repeats: int) -> dict[str, float]:
-    """Delta up (to a node process) + the averaged update down, and the arithmetic."""
-    mib = 96  # 100.7 MB
-    base = _tensors(mib)
-    g = torch.Generator().manual_seed(1)
-    local = {k: v + 1e-3 * torch.randn(v.shape, generator=g) for k, v in base.items()}
-    enc = DeltaEncoder(encoding)
-    wire = enc.encode({k: local[k] - base[k] for k in base})
-    start = time.perf_counter()
-    mine, _ = decode_delta(wire, encoding, base)
-    mean = apply_average(
-        {k: torch.zeros_like(v) for k, v in base.items()}, [(mine, 0.5), (mine, 0.5)]
-    )
-    update = DeltaEncoder(encoding).encode(mean)
-    applied, _ = decode_delta(update, encoding, base)
-    apply_average(base, [(applied, 1.0)])
-    arithmetic = time.perf_counter() - start
-    code = next(c for c, name in ENCODINGS.items() if name == encoding)
-    agg, upd = _holder(
-        tmp, f"agg-{encoding}", update, version=2, kind=1, encoding=code, result=b"\x02" * 32
-    )
-    best = float("inf")
-    try:
-        for i in range(repeats):
-            cfg = NodeConfig(
-                data_dir=tmp / f"rep-{encoding}-{i}", key=tmp / "rep.key", compression="none"
-            )
-            async with running_node(cfg) as node:
-                await node.peers.dial(agg.addr)
-                pid = PeerId.from_text(agg.peer_id)
-                start = time.perf_counter()
-                # the aggregator node has no replica of block 0: it receives the whole delta,
-                # checks every chunk, and answers DELTA_REJECTED; the transport cost is the same
-                await node.transfers.send_delta(
-                    pid,
-                    block=0,
-                    round_=2,
-                    base=b"\x01" * 32,
-                    base_version=1,
-                    steps=1,
-                    loss=0.0,
-                    encoding=code,
-                    tensors={k: raw_of(v) for k, v in wire.items()},
-                    timeout_s=120,
-                )
-                await node.transfers.fetch(upd.signed, [pid])
-                best = min(best, time.perf_counter() - start)
-    finally:
-        agg.stop()
-    return {"transport_s": best, "arithmetic_s": arithmetic, "round_s": best + arithmetic}
+def real_round(
+    tmp: Path, size_mb: float, replicas: int, shards: int, encoding: str, rounds: int
+) -> dict[str, float]:
+    """``replicas`` replica processes (``roundlab.py``: a node and a real round, synthetic
+    training) run ``rounds`` rounds of a ``size_mb`` MB block on loopback; the median round
+    from the fourth on (the first have no plan and warm the buffers)."""
+    logs = []
+    procs = []
+    first = f"127.0.0.1:{_free_port()}"
+    for i in range(replicas):
+        work = tmp / f"lab-{shards}-{encoding}-{i}"
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve().parent / "roundlab.py"),
+            "--size-mb", str(size_mb), "--rounds", str(rounds), "--replicas", str(replicas),
+            "--round-shards", str(shards), "--encoding", encoding, "--seed", str(i + 1),
+            "--workdir", str(work), "--out", str(work / "log.json"),
+            *(["--listen", first] if i == 0 else ["--bootstrap", first]),
+        ]  # fmt: skip
+        procs.append((subprocess.Popen(cmd, stderr=open(tmp / f"lab-{i}.log", "w")), work))  # noqa: SIM115
+        if i == 0:
+            time.sleep(1.0)  # the first replica listens before the others bootstrap from it
+    for proc, work in procs:
+        if proc.wait(timeout=600) != 0:
+            raise RuntimeError(f"a replica failed: see {tmp}")
+        logs.append(json.loads((work / "log.json").read_text()))
+    times = [r for r in round_times(logs) if r["round"] >= 4]
+    phases: dict[str, list[float]] = {}
+    for log in logs:
+        for e in log:
+            if e.get("kind") == "exchange" and e["round"] >= 4:
+                for k, v in e.get("marks", {}).items():
+                    if not k.startswith("update") or k == "updates":
+                        phases.setdefault(k, []).append(v)
+    return {
+        "round_s": median([r["seconds"] for r in times]),
+        "rounds_measured": len(times),
+        "round_s_all": [round(r["seconds"], 4) for r in times],
+        "phases_median_s": {k: median(v) for k, v in phases.items()},
+        "bytes_per_round": median([r["bytes_out"] for r in times]),
+    }
 
 
 def main() -> int:
@@ -350,6 +341,11 @@ def main() -> int:
     ap.add_argument("--sizes", default="64,256", help="checkpoint sizes in MiB")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path("bench_transfer.json"))
+    ap.add_argument("--round-mb", type=float, default=100.0, help="block size of the round")
+    ap.add_argument("--rounds", type=int, default=10, help="rounds per round measurement")
+    ap.add_argument(
+        "--rounds-only", action="store_true", help="only the two-replica rounds and their floor"
+    )
     ap.add_argument(
         "--encryption-only",
         action="store_true",
@@ -398,7 +394,7 @@ def main() -> int:
     results["ceiling"] = ceiling(64, args.repeats)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        for mib in (int(s) for s in args.sizes.split(",")):
+        for mib in [] if args.rounds_only else (int(s) for s in args.sizes.split(",")):
             ours, nbytes = run_async(stream(tmp, mib, args.repeats))
             theirs = gloo(mib, args.repeats, "sendrecv")
             results["streams"].append(
@@ -413,34 +409,42 @@ def main() -> int:
                 }
             )
         # the cost of encrypted sessions: the same 64 MiB fetch, sealed against plaintext
-        sealed, nbytes = run_async(stream(tmp, 64, args.repeats, encrypt=True, tag="-sealed"))
-        plain, _ = run_async(stream(tmp, 64, args.repeats, encrypt=False, tag="-plain"))
-        results["encryption"] = {
-            "mib": 64,
-            "encrypted_s": sealed,
-            "plaintext_s": plain,
-            "encrypted_GBps": nbytes / sealed / 1e9,
-            "plaintext_GBps": nbytes / plain / 1e9,
-            "rate_ratio": plain / sealed,
-        }
+        if not args.rounds_only:
+            sealed, nbytes = run_async(stream(tmp, 64, args.repeats, True, tag="-sealed"))
+            plain, _ = run_async(stream(tmp, 64, args.repeats, encrypt=False, tag="-plain"))
+            results["encryption"] = {
+                "mib": 64,
+                "encrypted_s": sealed,
+                "plaintext_s": plain,
+                "encrypted_GBps": nbytes / sealed / 1e9,
+                "plaintext_GBps": nbytes / plain / 1e9,
+                "rate_ratio": plain / sealed,
+            }
         allreduce = gloo(96, args.repeats, "allreduce")
         c = results["ceiling"]
-        for encoding in ("float32", "bfloat16"):
-            r = run_async(exchange(tmp, encoding, args.repeats))
-            # the least a round can cost here: the delta up and the update down each sent,
-            # framed, hashed twice (when the set is built, when it arrives) and stored, plus
-            # the arithmetic, spread perfectly over the cores
-            wire_mib = 96 if encoding == "float32" else 48  # per direction
-            per_mib_ms = c["cpu_per_MiB_total_ms"] + c["cpu_per_MiB_blake3_ms"]
-            floor_s = (2 * wire_mib * per_mib_ms / 1e3 + r["arithmetic_s"]) / c["cores"]
-            r.update(
-                encoding=encoding,
-                gloo_allreduce_s=allreduce,
-                ratio_vs_gloo=r["round_s"] / allreduce,
-                floor_s=floor_s,
-                floor_ratio_vs_gloo=floor_s / allreduce,
+        seal_open = _seal_open_ms_per_mib(args.repeats)
+        stream_ms = stream_ms_per_mib(c, seal_open)  # type: ignore[arg-type]
+        for encoding in ("bfloat16", "float32"):
+            arithmetic = arithmetic_s(args.round_mb, 2, encoding)
+            floor = floor_s(arithmetic, stream_ms, args.round_mb, 2, encoding, c["cores"])
+            sharded = real_round(tmp, args.round_mb, 2, 64, encoding, args.rounds)
+            single = real_round(tmp, args.round_mb, 2, 1, encoding, args.rounds)
+            results["rounds"].append(  # type: ignore[union-attr]
+                {
+                    "encoding": encoding,
+                    "size_mb": args.round_mb,
+                    "replicas": 2,
+                    "sharded": sharded,
+                    "single_aggregator": single,
+                    "arithmetic_per_replica_s": arithmetic,
+                    "stream_cpu_ms_per_MiB": stream_ms,
+                    "floor_s": floor,
+                    "round_s": sharded["round_s"],
+                    "ratio_to_floor": sharded["round_s"] / floor,
+                    "single_ratio_to_floor": single["round_s"] / floor,
+                    "gloo_allreduce_s": allreduce,
+                }
             )
-            results["rounds"].append(r)  # type: ignore[union-attr]
     args.out.write_text(json.dumps(results, indent=2))
     s = results["streams"]
     r = results["rounds"]
@@ -453,17 +457,20 @@ def main() -> int:
             f"(x{x['ratio_vs_gloo']:.2f} time)"
             for x in s
         )  # type: ignore[union-attr]
-        + "; 100 MB round "
+        + "; two-replica 100 MB round "
         + ", ".join(
-            f"{x['encoding']} {x['round_s']:.2f} s vs all_reduce "
-            f"{x['gloo_allreduce_s']:.2f} s (x{x['ratio_vs_gloo']:.2f}; floor here "
-            f"{x['floor_s']:.2f} s)"
+            f"{x['encoding']} {x['round_s']:.2f} s = {x['ratio_to_floor']:.2f}x its floor "
+            f"{x['floor_s']:.2f} s (single aggregator {x['single_aggregator']['round_s']:.2f} s)"
             for x in r
         )  # type: ignore[union-attr]
-        + "; encrypted 64 MiB at {:.2f}x the plaintext rate ({:.2f} vs {:.2f} GB/s)".format(
-            results["encryption"]["rate_ratio"],  # type: ignore[index]
-            results["encryption"]["encrypted_GBps"],  # type: ignore[index]
-            results["encryption"]["plaintext_GBps"],  # type: ignore[index]
+        + (
+            "; encrypted 64 MiB at {:.2f}x the plaintext rate ({:.2f} vs {:.2f} GB/s)".format(
+                results["encryption"]["rate_ratio"],  # type: ignore[index]
+                results["encryption"]["encrypted_GBps"],  # type: ignore[index]
+                results["encryption"]["plaintext_GBps"],  # type: ignore[index]
+            )
+            if "encryption" in results
+            else ""
         )
         + f" -> {args.out}"
     )

@@ -50,25 +50,37 @@ ENCODING_DTYPES: dict[str, torch.dtype] = {
 
 
 class FlatLayout:
-    """The order and shapes of a block's tensors: how they map onto one flat vector."""
+    """The order and shapes of a block's float32 tensors: how they map onto one flat vector."""
 
     def __init__(self, like: Mapping[str, torch.Tensor]) -> None:
         self.names = list(like)
         self.shapes = [tuple(t.shape) for t in like.values()]
         self.dtypes = [t.dtype for t in like.values()]
+        if any(d != torch.float32 for d in self.dtypes):
+            raise ValueError("averaging works on blocks of float32 tensors")
         sizes = [math.prod(s) for s in self.shapes]
         self.offsets = [sum(sizes[:i]) for i in range(len(sizes))]
         self.numel = sum(sizes)
 
-    def flatten(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """A new float32 vector holding ``tensors`` in this layout's order."""
-        out = torch.empty(self.numel, dtype=torch.float32)
+    def flatten(
+        self, tensors: Mapping[str, torch.Tensor], out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``tensors`` in this layout's order, in ``out`` (or a new float32 vector)."""
+        if out is None:
+            out = torch.empty(self.numel, dtype=torch.float32)
         for name, offset, shape in zip(self.names, self.offsets, self.shapes, strict=True):
             t = tensors[name]
             if tuple(t.shape) != shape:
                 raise ValueError(f"{name}: shape {list(t.shape)} is not {list(shape)}")
             out[offset : offset + t.numel()] = t.detach().reshape(-1)
         return out
+
+    def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The tensors of a flat vector as views of it (no copy)."""
+        return {
+            name: flat[offset : offset + math.prod(shape)].view(shape)
+            for name, offset, shape in zip(self.names, self.offsets, self.shapes, strict=True)
+        }
 
     def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """The tensors of a flat vector, in their own dtypes (copies)."""
@@ -158,9 +170,12 @@ class SliceEncoder:
         self.error_feedback = error_feedback and encoding != "float32"
         self.residual: torch.Tensor | None = None
 
-    def encode(self, x: torch.Tensor, start: int, numel: int) -> Encoded:
+    def encode(
+        self, x: torch.Tensor, start: int, numel: int, out: torch.Tensor | None = None
+    ) -> Encoded:
         """Encode ``x`` (a 1-D float32 slice starting at element ``start`` of a vector of
-        ``numel`` elements); updates the residual of that slice."""
+        ``numel`` elements); updates the residual of that slice. ``out``: where the values go
+        (a tensor of the encoding's dtype and ``x``'s length; new when None)."""
         if self.error_feedback:
             if self.residual is None or self.residual.numel() != numel:
                 self.residual = torch.zeros(numel, dtype=torch.float32)
@@ -171,10 +186,12 @@ class SliceEncoder:
             if self.error_feedback:
                 x.sub_(dequantize_int8(q, scale))
             return Encoded(q, scale)
-        wire = x.to(ENCODING_DTYPES[self.encoding]).contiguous()
+        if out is None:
+            out = torch.empty(x.numel(), dtype=ENCODING_DTYPES[self.encoding])
+        out.copy_(x)
         if self.error_feedback:
-            x.sub_(wire)  # x - float(wire), without a copy
-        return Encoded(wire)
+            x.sub_(out)  # x - float(wire), without a copy
+        return Encoded(out)
 
     def forget(self, start: int, end: int) -> None:
         """Drop the residual of a slice (its encoded delta was refused and re-based)."""

@@ -27,10 +27,11 @@ import torch
 from spheroid_p2p.core.plan import shard_bounds
 from spheroid_p2p.core.rounds import Aggregation, DeltaOffer, Outcome, RoundParams
 from spheroid_p2p.errors import ErrorCode, code_name
-from spheroid_p2p.ml.averaging import SliceEncoder, check_values, decode_slice, tensors_norm
+from spheroid_p2p.ml.averaging import SliceEncoder, decode_slice, tensors_norm
+from spheroid_p2p.node.buffers import TensorPool
 from spheroid_p2p.node.installer import Installer
 from spheroid_p2p.node.roundlog import RoundLog
-from spheroid_p2p.node.shards import from_payload, payload_len
+from spheroid_p2p.node.shards import ChunkDecoder, payload_len
 from spheroid_p2p.node.swarm import SwarmView
 from spheroid_p2p.node.tensor_bridge import flat_bytes
 from spheroid_p2p.node.transfer import FetchError, InStream, Payload, Streams
@@ -69,6 +70,8 @@ class _Shard:
     start: int
     end: int
     deltas: dict[PeerId, torch.Tensor] = field(default_factory=dict)
+    #: the deltas decoded into pooled tensors (our own is a view of the round's delta)
+    pooled: list[torch.Tensor] = field(default_factory=list)
     delta_times: dict[PeerId, tuple[int, float]] = field(default_factory=dict)
     timer: asyncio.TimerHandle | None = None
 
@@ -89,7 +92,11 @@ class Aggregators:
         tag: str,
         roundlog: RoundLog | None = None,
         clock: Callable[[], float] = time.time,
+        pool: TensorPool | None = None,
     ) -> None:
+        #: tensors reused round after round (decoded deltas; updates go to the round, which
+        #: gives them back when it ends)
+        self.pool = pool or TensorPool()
         self.swarm = swarm
         self.installer = installer
         self.streams = streams
@@ -103,6 +110,8 @@ class Aggregators:
         self.clock = clock
         self.encoder = SliceEncoder(encoding)
         self.shards: dict[tuple[int, int], _Shard] = {}
+        #: (sender, stream id) -> the decoder of a delta being received
+        self._decoders: dict[tuple[PeerId, int], ChunkDecoder] = {}
         #: closed shards' outcomes, for the round log
         self.outcomes: list[Outcome] = []
 
@@ -169,10 +178,22 @@ class Aggregators:
             self.streams.ack(sender, header, code, why)
             return
         encoding = ENCODINGS[header.encoding]
-        size = payload_len(state.end - state.start, encoding)
-        refused = self.streams.accept(sender, header, size, self._arrived)
+        n = state.end - state.start
+        decoder = ChunkDecoder(n, encoding, self.pool.take(n))  # decodes as chunks land
+        self._decoders[(sender, header.stream_id)] = decoder
+        size = payload_len(n, encoding)
+        refused = self.streams.accept(
+            sender, header, size, self._arrived, decoder.tap, self._dropped
+        )
         if refused is not None:
+            self._decoders.pop((sender, header.stream_id), None)
+            self.pool.give(decoder.out)
             self.streams.ack(sender, header, *refused)
+
+    def _dropped(self, stream: InStream) -> None:
+        decoder = self._decoders.pop((stream.sender, stream.header.stream_id), None)
+        if decoder is not None and not stream.pending:  # (a chunk being decoded keeps it)
+            self.pool.give(decoder.out)
 
     def _arrived(self, stream: InStream) -> None:
         header = stream.header
@@ -180,6 +201,9 @@ class Aggregators:
         what = f"{self.tag} delta r{header.round} s{header.shard} from {stream.sender.short()}"
         if not self.spawn(self._judge_or_fail(stream, header), what):
             self.streams.release(stream)
+            decoder = self._decoders.pop((stream.sender, header.stream_id), None)
+            if decoder is not None:
+                self.pool.give(decoder.out)
 
     async def _judge_or_fail(self, stream: InStream, header: ShardDelta) -> None:
         try:
@@ -191,23 +215,25 @@ class Aggregators:
     async def _judge(self, stream: InStream, header: ShardDelta) -> None:
         key = (header.round, header.shard)
         state = self.shards.get(key)
+        decoder = self._decoders.pop((stream.sender, header.stream_id))
         if state is None:
             self.streams.release(stream)
+            self.pool.give(decoder.out)
             self.streams.ack(stream.sender, header, ErrorCode.ROUND_CLOSED, "round is over")
             return
-        n = state.end - state.start
-        encoding = ENCODINGS[header.encoding]
 
         def decode() -> tuple[torch.Tensor | None, float, str | None]:
             try:
-                encoded, problem = from_payload(stream.payload, n, encoding)
-                if encoded is None:
-                    return None, 0.0, problem
-                values = decode_slice(encoded).clone()
+                values, norm, problem = decoder.finish(stream.payload)  # mostly done already
             finally:
                 self.streams.release(stream)
-            check = check_values(values, state.agg.base_norm, self.params.max_relative_norm)
-            return values, check.norm, check.problem
+            if values is None or problem is not None:
+                return values, norm, problem
+            bound = self.params.max_relative_norm * state.agg.base_norm
+            if state.agg.base_norm > 0 and norm > bound:
+                why = f"norm {norm:.4g} exceeds {bound:.4g} (max_relative_norm x the base's)"
+                return values, norm, why
+            return values, norm, None
 
         values, norm, problem = await asyncio.to_thread(decode)
         offer = DeltaOffer(
@@ -225,7 +251,10 @@ class Aggregators:
         state.delta_times[stream.sender] = (stream.wire_bytes, stream.seconds)
         if code == 0 and values is not None:
             state.deltas[stream.sender] = values
-        elif code != 0:
+            state.pooled.append(values)
+        else:
+            self.pool.give(decoder.out)
+        if code != 0:
             log.warning(
                 "[%s] round %d shard %d: delta from %s refused: %s: %s",
                 self.tag,
@@ -284,8 +313,11 @@ class Aggregators:
         plan_shards = self.installer.plan().shards
         encoding = self.encoding
         elem = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}[encoding]
-        payload = Payload(payload_len(n, encoding), elem)
-        update = torch.empty(n, dtype=torch.float32)
+        size = payload_len(n, encoding)
+        payload = Payload(0, elem)
+        payload.buffer = self.streams.pool.take(size)  # reused round after round
+        payload.view = memoryview(payload.buffer)
+        update = self.pool.take(n)
         loop = asyncio.get_running_loop()
 
         def compute() -> None:
@@ -295,13 +327,17 @@ class Aggregators:
                 scales = []
                 itemsize = 1 if encoding == "int8" else elem
                 numel = self.installer.layout.numel
+                acc = torch.empty(min(n, UPDATE_BLOCK_ELEMS), dtype=torch.float32)
                 for lo in range(0, n, UPDATE_BLOCK_ELEMS):
                     hi = min(n, lo + UPDATE_BLOCK_ELEMS)
-                    acc = torch.zeros(hi - lo, dtype=torch.float32)
+                    block = acc[: hi - lo].zero_()
                     for values, weight in weighted:
-                        acc.add_(values[lo:hi], alpha=weight)
-                    encoded = self.encoder.encode(acc, state.start + lo, numel)
-                    update[lo:hi] = decode_slice(encoded)
+                        block.add_(values[lo:hi], alpha=weight)
+                    encoded = self.encoder.encode(block, state.start + lo, numel)
+                    if encoded.scales is None:  # what the receivers decode, converted in place
+                        update[lo:hi].copy_(encoded.values)
+                    else:
+                        update[lo:hi] = decode_slice(encoded)
                     payload.buffer[lo * itemsize : hi * itemsize] = flat_bytes(encoded.values)
                     if encoded.scales is not None:
                         scales.append(encoded.scales)
@@ -312,6 +348,10 @@ class Aggregators:
             except BaseException as exc:
                 loop.call_soon_threadsafe(payload.fail, exc)
                 raise
+            finally:
+                for tensor in state.pooled:
+                    self.pool.give(tensor)
+                state.pooled.clear()
 
         header = ShardUpdate(
             stream_id=self.streams.new_id(),
@@ -325,13 +365,17 @@ class Aggregators:
         )
         receivers = sorted(self.installer.live() - {self.swarm.me}, key=lambda p: p.digest)
         reached = await self.swarm.connect(receivers)
-        async with asyncio.TaskGroup() as group:
-            group.create_task(asyncio.to_thread(compute))
-            for peer in reached:
-                group.create_task(self._send(peer, header, payload))
-        self.deliver(ShardResult(round_, shard, self.swarm.me, update, report))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for peer in reached:
+                    group.create_task(self._send(peer, header, payload))
+                await asyncio.to_thread(compute)
+                # our own round has its update as soon as it is computed, while it streams
+                self.deliver(ShardResult(round_, shard, self.swarm.me, update, report))
+        finally:
+            self.streams.pool.give(payload.buffer)
         if self.roundlog is not None:
-            self.roundlog.shard(outcome, state.delta_times, len(reached), len(payload.buffer))
+            self.roundlog.shard(outcome, state.delta_times, len(reached), size)
         log.info(
             "[%s] round %d shard %d closed (%s): %d contributors, %d refused, %d late; "
             "update to %d replicas",

@@ -32,6 +32,7 @@ from spheroid_p2p.core.rounds import RoundParams, preferred_manifest
 from spheroid_p2p.ml.averaging import FlatLayout, tensors_norm
 from spheroid_p2p.ml.checkpoint import atomic_write
 from spheroid_p2p.node.admission import SetCheck, join_check, version_check
+from spheroid_p2p.node.buffers import TensorPool
 from spheroid_p2p.node.swarm import SwarmView, holders, live_replicas, version_records
 from spheroid_p2p.node.transfer import FetchError, Transfers, VersionRejected
 from spheroid_p2p.wire.manifests import KIND_FULL, SignedManifest
@@ -57,6 +58,9 @@ class Base:
     tensors: dict[str, torch.Tensor]
     flat: torch.Tensor
     norm: float
+    #: checks of fetched versions that read this base's tensors now (its flat vector is
+    #: not recycled while any runs)
+    pins: int = 0
 
     @property
     def version(self) -> int:
@@ -112,6 +116,8 @@ class Installer:
         #: versions refused by 09 §9.8 (signer, finite, norm), for tests and status
         self.rejected_versions = 0
         self.position_path = data_dir / f"block-{block}.round.json"
+        #: where the flat vectors of retired bases go (the replica's pool; None: nowhere)
+        self.pool: TensorPool | None = None
         #: called (with the new base) right after an install, before training goes on
         self.after_install: Callable[[Base], None] | None = None
         #: offered version ``base + 1`` first: the round in progress installs it from its own
@@ -244,23 +250,31 @@ class Installer:
         keep_local: bool = False,
         signer: PeerId | None = None,
         flat: torch.Tensor | None = None,
+        norm: float | None = None,
     ) -> None:
-        """Make ``signed`` the base (call with :attr:`lock` held, or before training)."""
+        """Make ``signed`` the base (call with :attr:`lock` held, or before training).
+        ``keep_local``: the module holds these weights already (or ours are to be kept);
+        ``flat`` and ``norm``: the weights as the flat vector and its norm, when known."""
         if flat is None:
             flat = await asyncio.to_thread(self.layout.flatten, tensors)
-        norm = await asyncio.to_thread(tensors_norm, flat)
+        if norm is None:
+            norm = await asyncio.to_thread(tensors_norm, flat)
+        tensors = self.layout.views(flat)  # the base's tensors are views of its flat vector
+        retired = self.previous
         self.previous = self.base
         self.base = Base(signed, signer or signed.manifest.signer, tensors, flat, norm)
+        if retired is not None and retired.pins == 0 and self.pool is not None:
+            # two installs ago: nothing reads it any more (the round reads the base, the
+            # aggregator the base and the previous one's weights hash)
+            self.pool.give(retired.flat)
         if not keep_local:
             with torch.no_grad():
                 await asyncio.to_thread(self.module.load_state_dict, tensors)
         if self.after_install is not None:
             self.after_install(self.base)
         m = signed.manifest
-        atomic_write(
-            self.position_path,
-            json.dumps({"version": m.version, "weights": m.result.hex()}).encode(),
-        )
+        position = json.dumps({"version": m.version, "weights": m.result.hex()}).encode()
+        await asyncio.to_thread(atomic_write, self.position_path, position)  # fsyncs
         self.swarm.announce(
             LocalClaim(
                 block=self.block,
@@ -281,12 +295,15 @@ class Installer:
         *,
         signer: PeerId | None = None,
         flat: torch.Tensor | None = None,
+        norm: float | None = None,
+        loaded: bool = False,
     ) -> bool:
-        """Install between two training steps, unless the base moved on from ``expect``."""
+        """Install between two training steps, unless the base moved on from ``expect``;
+        ``loaded``: the module already holds these weights."""
         async with self.lock:
             if self.base is not expect:
                 return False
-            await self._set(signed, tensors, signer=signer, flat=flat)
+            await self._set(signed, tensors, signer=signer, flat=flat, norm=norm, keep_local=loaded)
             return True
 
     async def fetch(
@@ -383,6 +400,7 @@ class Installer:
         (09 §9.8) and install it; a refused set leaves nothing behind."""
         m = signed.manifest
         check = self.content_check(base, m.version - base.version)
+        base.pins += 1
         try:
             stored = await self.fetch(signed, [m.signer], check)
         except VersionRejected as exc:
@@ -391,4 +409,6 @@ class Installer:
         except (FetchError, TimeoutError) as exc:
             log.warning("[%s] cannot fetch version %d: %s", self.tag, m.version, exc)
             return
+        finally:
+            base.pins -= 1
         await self.install(signed, stored.tensors(), base, signer=m.signer)

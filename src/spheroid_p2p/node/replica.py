@@ -41,15 +41,17 @@ from spheroid_p2p.core.plan import (
 )
 from spheroid_p2p.core.rounds import RoundParams
 from spheroid_p2p.errors import ErrorCode, code_name
-from spheroid_p2p.ml.averaging import SliceEncoder, check_values
+from spheroid_p2p.ml.averaging import ENCODING_DTYPES, SliceEncoder, check_values, tensors_norm
 from spheroid_p2p.ml.checkpoint import save_block
 from spheroid_p2p.node.aggregator import Aggregators, ShardResult
+from spheroid_p2p.node.buffers import TensorPool
 from spheroid_p2p.node.installer import Base, Installer
 from spheroid_p2p.node.roundlog import RoundLog
 from spheroid_p2p.node.shards import to_payload
 from spheroid_p2p.node.swarm import SwarmView
+from spheroid_p2p.node.tensor_bridge import flat_bytes
 from spheroid_p2p.node.transfer import FetchError, Payload, Transfers
-from spheroid_p2p.node.updates import RoundState, UpdateIntake
+from spheroid_p2p.node.updates import Built, RoundState, UpdateIntake
 from spheroid_p2p.wire.deltas import ShardDelta
 from spheroid_p2p.wire.manifests import ENCODINGS, SignedManifest
 from spheroid_p2p.wire.signing import KeyPair, PeerId
@@ -59,8 +61,12 @@ __all__ = ["BlockReplica", "LocalTraining", "RoundSettings"]
 log = logging.getLogger(__name__)
 
 _ENCODING_CODES = {name: code for code, name in ENCODINGS.items()}
-#: Seconds between sends of a delta its aggregator answered NOT_READY (09 §9.5).
-NOT_READY_RETRY_S = 1.0
+#: Elements of a shard encoded per step: its first chunks go out while the rest is encoded.
+ENCODE_BLOCK_ELEMS = 1 << 20
+#: A delta its aggregator answered NOT_READY (it is installing the base, or joining) is sent
+#: again after this many seconds, doubling each time up to NOT_READY_MAX_S (09 §9.5).
+NOT_READY_RETRY_S = 0.05
+NOT_READY_MAX_S = 1.0
 
 
 class LocalTraining(Protocol):
@@ -116,6 +122,9 @@ class BlockReplica:
         self.block = installer.block
         self.tag = tag
         self.encoder = SliceEncoder(settings.encoding)
+        #: tensors reused round after round (a round's shards have the same sizes each time)
+        self.pool = TensorPool()
+        installer.pool = self.pool
         self.roundlog = RoundLog(
             data_dir / f"block-{self.block}.rounds.jsonl", self.block, swarm.me
         )
@@ -129,8 +138,10 @@ class BlockReplica:
             spawn=spawn,
             tag=tag,
             roundlog=self.roundlog,
+            pool=self.pool,
         )
         self.round: RoundState | None = None
+        self._delta_buf: torch.Tensor | None = None
         #: shard updates from the wire, judged as they arrive (09 §9.8, 3.)
         self.updates = UpdateIntake(
             installer,
@@ -138,6 +149,7 @@ class BlockReplica:
             settings.params,
             current=lambda: self.round,
             deliver=self._deliver,
+            pool=self.pool,
             spawn=spawn,
             tag=tag,
         )
@@ -161,15 +173,33 @@ class BlockReplica:
                 done, _ = await self.training.train_for(want, stop_at_wall=base.deadline - 1.0)
                 if self.installer.base is not base:
                     continue  # a newer version arrived while we trained: rebase on it
+                started = time.time()
+                cpu = time.process_time()
+                streams = self.transfers.streams
+                sent, received = streams.bytes_out, streams.bytes_in
                 delta = await asyncio.to_thread(self._delta, base)
                 if delta is None:
                     continue
-            await self._exchange(base, delta, max(1, done))
+            marks = await self._exchange(base, delta, max(1, done), started)
+            marks["cpu"] = round(time.process_time() - cpu, 4)  # this process, every thread
+            installed = self.installer.base
+            self.roundlog.exchange(
+                base.version + 1,
+                time.time() - started,
+                installed.version if installed is not None else base.version,
+                streams.bytes_out - sent,
+                streams.bytes_in - received,
+                marks,
+            )
         log.info("[%s] step budget spent at version %d", self.tag, self.installer.base.version)
 
     def _delta(self, base: Base) -> torch.Tensor | None:
         """Δ = θ_local − θ_base over the flat vector, judged like anyone's (09 §9.8)."""
-        delta = self.installer.layout.flatten(self.training.module.state_dict()).sub_(base.flat)
+        layout = self.installer.layout
+        if self._delta_buf is None:  # one buffer for every round's delta (read within a round)
+            self._delta_buf = torch.empty(layout.numel, dtype=torch.float32)
+        delta = layout.flatten(self.training.module.state_dict(), out=self._delta_buf)
+        delta.sub_(base.flat)
         check = check_values(delta, base.norm, self.settings.params.max_relative_norm)
         if check.problem is None:
             return delta
@@ -184,12 +214,16 @@ class BlockReplica:
         self.training.module.load_state_dict(base.tensors)
         return None
 
-    async def _exchange(self, base: Base, delta: torch.Tensor, steps: int) -> None:
-        """One round, from our delta to version ``base.version + 1`` installed (or given up)."""
+    async def _exchange(
+        self, base: Base, delta: torch.Tensor, steps: int, started: float
+    ) -> dict[str, float]:
+        """One round, from our delta to version ``base.version + 1`` installed (or given up);
+        returns when each step of it was reached (seconds from ``started``)."""
         plan = self.installer.plan()
         bounds = shard_bounds(self.installer.layout.numel, plan.shards)
         exchange = Exchange(plan, self.swarm.me, len(bounds) - 1)
-        state = RoundState(base, exchange, bounds, steps, delta)
+        state = RoundState(base, exchange, bounds, steps, delta, started=started)
+        state.mark("delta")
         self.round = state
         try:
             self._act(state, exchange.start(time.time()))
@@ -211,8 +245,25 @@ class BlockReplica:
                     async with asyncio.timeout(timeout):
                         await state.wake.wait()
             self.rounds_done += 1
+            state.mark("installed")
         finally:
             self.round = None
+            state.closed = True
+            self._free(state)
+        return state.marks
+
+    def _free(self, state: RoundState) -> None:
+        """Give a finished round's tensors back to the pool: its updates, and its encoded
+        shards once no send of them is under way."""
+        if not state.closed or state.sending:
+            return
+        for have in state.results.values():
+            for result in have.values():
+                self.pool.give(result.update)
+        state.results.clear()
+        for tensor in state.encoded:
+            self.pool.give(tensor)
+        state.encoded.clear()
 
     def take_version(self, signed: SignedManifest) -> bool:
         """The installer hands us version ``base + 1`` from a publisher whose turn has begun:
@@ -223,6 +274,7 @@ class BlockReplica:
         if state.manifest is None:
             state.manifest = signed
             state.manifest_at = time.time()
+            state.mark("version")
             state.exchange.version_arrived()
             state.wake.set()
         return True
@@ -255,11 +307,15 @@ class BlockReplica:
         assert signed is not None
         m = signed.manifest
         built = state.built.result() if state.built is not None and state.built.done() else None
-        if built is not None and built[0] == m.result:
-            tensors = await asyncio.to_thread(self.installer.layout.unflatten, built[1])
-            await asyncio.to_thread(self.installer.store.put_signed, signed, tensors)
-            await self.installer.install(signed, tensors, state.base, flat=built[1])
+        store = self.installer.store
+        if built is not None and built.weights == m.result and built.staged is not None:
+            await asyncio.to_thread(store.commit_staged, signed, built.staged)
+            await self.installer.install(
+                signed, built.tensors, state.base, flat=built.flat, norm=built.norm, loaded=True
+            )
             return
+        if built is not None and built.staged is not None:
+            store.discard_partial(built.staged[0])
         log.info(
             "[%s] version %d from %s is not what our updates give; fetching it",
             self.tag,
@@ -276,7 +332,7 @@ class BlockReplica:
                 a, b = state.bounds[action.shard], state.bounds[action.shard + 1]
                 plan = state.exchange.plan
                 code = self.aggregators.offer_own(
-                    plan.round, action.shard, plan.shards, state.delta[a:b].clone(), state.steps
+                    plan.round, action.shard, plan.shards, state.delta[a:b], state.steps
                 )
                 if code == ErrorCode.ROUND_CLOSED:
                     state.late[action.shard] = state.delta[a:b].clone()
@@ -287,21 +343,62 @@ class BlockReplica:
     # -- our delta's shards out -----------------------------------------------------------------
     def _payload(self, state: RoundState, shard: int) -> Payload:
         """Shard ``shard`` of our delta, encoded once per round (a hand-over resends the same
-        bytes; encoding again would count the error feedback twice)."""
+        bytes; encoding again would count the error feedback twice). The encoding runs on a
+        worker thread block by block, and each block's bytes can go out as soon as it is done
+        (int8, whose scales come last, is encoded whole first)."""
         payload = state.payloads.get(shard)
-        if payload is None:
-            a, b = state.bounds[shard], state.bounds[shard + 1]
-            encoded = self.encoder.encode(state.delta[a:b].clone(), a, state.delta.numel())
-            elem = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}[self.settings.encoding]
+        if payload is not None:
+            return payload
+        a, b = state.bounds[shard], state.bounds[shard + 1]
+        encoding = self.settings.encoding
+        numel = state.delta.numel()
+        elem = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}[encoding]
+        if encoding == "int8":
+            encoded = self.encoder.encode(state.delta[a:b], a, numel)
             payload = Payload.of(to_payload(encoded), elem)
             state.payloads[shard] = payload
+            return payload
+        out = self.pool.take(b - a, ENCODING_DTYPES[encoding])
+        state.encoded.append(out)
+        payload = Payload.of(flat_bytes(out), elem, ready=0)
+        state.payloads[shard] = payload
+        loop = asyncio.get_running_loop()
+
+        def encode() -> None:
+            try:
+                for lo in range(0, b - a, ENCODE_BLOCK_ELEMS):
+                    hi = min(b - a, lo + ENCODE_BLOCK_ELEMS)
+                    self.encoder.encode(state.delta[a + lo : a + hi], a + lo, numel, out[lo:hi])
+                    loop.call_soon_threadsafe(payload.advance, hi * elem)
+            except BaseException as exc:
+                loop.call_soon_threadsafe(payload.fail, exc)
+                raise
+
+        async def encoding() -> None:
+            state.sending += 1  # the pooled tensor is in use until the encoder is done
+            try:
+                await asyncio.to_thread(encode)
+            finally:
+                state.sending -= 1
+                self._free(state)
+
+        self.spawn(encoding(), f"{self.tag} encode shard {shard}")
         return payload
 
     async def _send(self, state: RoundState, action: SendShard) -> None:
+        state.sending += 1
+        try:
+            payload = self._payload(state, action.shard)
+            await self._send_payload(state, action, payload)
+        finally:
+            state.sending -= 1
+            self._free(state)
+
+    async def _send_payload(self, state: RoundState, action: SendShard, payload: Payload) -> None:
         plan = state.exchange.plan
         base = state.base
         give_up = plan.handover_at(action.rank)
-        payload = await asyncio.to_thread(self._payload, state, action.shard)
+        retry = NOT_READY_RETRY_S
         while not self.swarm.stopping and self.installer.base is base:
             header = ShardDelta(
                 stream_id=self.transfers.streams.new_id(),
@@ -325,8 +422,9 @@ class BlockReplica:
             except FetchError as exc:
                 log.warning("[%s] shard %d to %s: %s", self.tag, action.shard, action.to, exc)
                 return
-            if ack.code == ErrorCode.NOT_READY and time.time() + NOT_READY_RETRY_S < give_up:
-                await asyncio.sleep(NOT_READY_RETRY_S)  # it is still joining: again (09 §9.5)
+            if ack.code == ErrorCode.NOT_READY and time.time() + retry < give_up:
+                await asyncio.sleep(retry)  # it is installing or joining: again (09 §9.5)
+                retry = min(NOT_READY_MAX_S, 2 * retry)
                 continue
             if ack.code == ErrorCode.ROUND_CLOSED:
                 a, b = state.bounds[action.shard], state.bounds[action.shard + 1]
@@ -350,15 +448,28 @@ class BlockReplica:
             state.deliver(result)
 
     async def _build(self, state: RoundState) -> None:
-        """θ_r from the base and the chosen updates (float32), for the install."""
+        """θ_r from the base and the chosen updates (float32), made ready to install before
+        the publisher's manifest comes: its blob staged in the store, its norm taken, the
+        module loaded with it (the next training waits for the install anyway)."""
+        store, module = self.installer.store, self.training.module
+
+        def build() -> Built:
+            built = state.build(self.installer.layout, self.pool)
+            built.staged = store.stage(built.tensors, built.entries)
+            built.norm = tensors_norm(built.flat)
+            with torch.no_grad():
+                module.load_state_dict(built.tensors)
+            return built
+
         try:
-            weights, flat = await asyncio.to_thread(state.build, self.installer.layout)
+            built = await asyncio.to_thread(build)
         except BaseException as exc:
             if state.built is not None and not state.built.done():
                 state.built.set_exception(exc)
             raise
         if state.built is not None and not state.built.done():
-            state.built.set_result((weights, flat))
+            state.built.set_result(built)
+        state.mark("built")
         state.wake.set()
 
     async def _publish(self, state: RoundState, action: Publish) -> None:
@@ -366,7 +477,7 @@ class BlockReplica:
         if state.built is None:
             self._start_build(state)
         assert state.built is not None
-        _, flat = await state.built
+        built = await state.built
         plan = state.exchange.plan
         chosen = state.choice()
         report = version_report(
@@ -377,12 +488,11 @@ class BlockReplica:
         next_ranks, next_shards = next_plan(
             self.block, plan.round + 1, live, self.settings.params.max_shards
         )
-        tensors = await asyncio.to_thread(self.installer.layout.unflatten, flat)
         now = time.time()
         stored = await asyncio.to_thread(
             self.installer.store.put,
             self.key,
-            tensors,
+            built.tensors,
             block=self.block,
             version=plan.round,
             parent=state.base.weights,
@@ -393,6 +503,7 @@ class BlockReplica:
             plan=next_ranks,
             shards=next_shards,
             durable=False,
+            staged=built.staged,
         )
         if self.installer.base is not state.base:
             return  # another publisher's version came first
@@ -408,7 +519,9 @@ class BlockReplica:
             len(report.contributors),
             entry["late"],
         )
-        await self.installer.install(stored.signed, tensors, state.base, flat=flat)
+        await self.installer.install(
+            stored.signed, built.tensors, state.base, flat=built.flat, norm=built.norm, loaded=True
+        )
 
     def _after_install(self, base: Base) -> None:
         """Right after a new base is installed: half of each late shard delta (09 §9.6)."""

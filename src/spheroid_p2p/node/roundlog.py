@@ -1,6 +1,8 @@
 """The round log a replica keeps: ``<data-dir>/block-B.rounds.jsonl``, one JSON line per event.
 
-A ``shard`` line for each shard this replica closed as its aggregator (how it closed, the
+An ``exchange`` line for each round this replica took part in (seconds from its delta to the
+next version installed, bytes it sent and received in shard streams); a ``shard`` line for each
+shard this replica closed as its aggregator (how it closed, the
 contributors and their weights, refusals and why, who was late, each delta's bytes and
 seconds, the update's bytes sent); a ``version`` line for each version it published (the
 shard table: whose update each shard uses, the shards missing, the next round's plan).
@@ -32,6 +34,33 @@ class RoundLog:
     def _write(self, entry: dict[str, object]) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(entry) + "\n")
+
+    def exchange(
+        self,
+        round_: int,
+        seconds: float,
+        installed: int,
+        sent: int,
+        received: int,
+        marks: dict[str, float] | None = None,
+    ) -> dict[str, object]:
+        entry: dict[str, object] = {
+            "kind": "exchange",
+            "block": self.block,
+            "round": round_,
+            "peer": self.me.short(),
+            "seconds": round(seconds, 4),
+            "installed": installed,
+            "bytes_out": sent,
+            "bytes_in": received,
+            # when each step was reached, in seconds from the delta: the delta computed, each
+            # shard's update judged, all of them, the new weights built and staged, the
+            # publisher's version received, installed
+            "marks": marks or {},
+            "time": time.time(),
+        }
+        self._write(entry)
+        return entry
 
     def shard(
         self,

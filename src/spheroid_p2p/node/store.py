@@ -33,6 +33,7 @@ from spheroid_p2p.wire.manifests import (
     ChunkSpan,
     Manifest,
     SignedManifest,
+    TensorEntry,
     chunk_spans,
     tensor_entry,
     weights_hash,
@@ -176,7 +177,10 @@ class VersionStore:
     def _commit(self, signed: SignedManifest, blob_tmp: Path, durable: bool = True) -> StoredSet:
         content = signed.manifest.content
         blob, manifest_path = self._paths(content)
-        os.replace(blob_tmp, blob)
+        if blob_tmp.exists() or content not in self.sets:
+            os.replace(blob_tmp, blob)
+        # else: the same tensors are held already (committed under another signer's
+        # manifest a moment ago); only the manifest file changes
         tmp = manifest_path.with_suffix(".manifest.tmp")
         with open(tmp, "wb") as f:
             f.write(msgpack_profile.pack([signed.data, signed.signature]))
@@ -212,16 +216,16 @@ class VersionStore:
         plan: tuple[bytes, ...] = (),
         shards: int = 0,
         durable: bool = True,
+        staged: tuple[Path, tuple[TensorEntry, ...]] | None = None,
     ) -> StoredSet:
         """Write ``tensors`` as a new set (blob, then signed manifest) and return it.
 
         ``durable=False`` returns before the fsyncs, which follow on the store's thread (for
-        versions that peers also hold: a crash in between loses the set, never tears it)."""
-        from spheroid_p2p.node.tensor_bridge import raw_of
-
-        names = list(tensors)
-        raws = [raw_of(tensors[n]) for n in names]
-        entries = tuple(tensor_entry(n, r) for n, r in zip(names, raws, strict=True))
+        versions that peers also hold: a crash in between loses the set, never tears it).
+        ``staged``: the blob :meth:`stage` wrote already, and its entries."""
+        if staged is None:
+            staged = self.stage(tensors, durable=durable)
+        path, entries = staged
         content = weights_hash(entries)
         manifest = Manifest(
             signer_key=key.public_key,
@@ -239,40 +243,61 @@ class VersionStore:
             plan=plan,
             shards=shards,
         )
-        signed = manifest.sign(key)
-        tmp = self.partial_dir / f"{content.hex()}.put"
-        with open(tmp, "wb") as f:
-            for raw in raws:
-                f.write(raw.data)
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-        stored = self._commit(signed, tmp, durable=durable)
+        stored = self._commit(manifest.sign(key), path, durable=durable)
         if not durable:
             self.persist_later(content)
         return stored
 
-    def put_signed(self, signed: SignedManifest, tensors: Mapping[str, torch.Tensor]) -> StoredSet:
-        """Store ``tensors`` under a manifest someone else signed (a version this node built
-        from the round's updates); they must hash to its content. Durable a moment later."""
-        content = signed.manifest.content
-        existing = self.sets.get(content)
-        if existing is not None:
-            return existing
+    def stage(
+        self,
+        tensors: Mapping[str, torch.Tensor],
+        entries: tuple[TensorEntry, ...] | None = None,
+        *,
+        durable: bool = False,
+    ) -> tuple[Path, tuple[TensorEntry, ...]]:
+        """Write the blob of a set before it is signed (a version this node built from a
+        round's updates, ready when the publisher's manifest comes); ``entries`` when the
+        caller just hashed the tensors. Commit it with :meth:`put` or :meth:`commit_staged`,
+        or drop it with :meth:`discard_partial` (a start removes what a crash left)."""
         from spheroid_p2p.node.tensor_bridge import raw_of
 
-        names = [e.name for e in signed.manifest.tensors]
-        raws = [raw_of(tensors[name]) for name in names]
-        entries = tuple(tensor_entry(n, r) for n, r in zip(names, raws, strict=True))
-        if weights_hash(entries) != content:
-            raise ValueError("the tensors do not hash to the manifest's content")
-        tmp = self.partial_dir / f"{content.hex()}.put"
-        with open(tmp, "wb") as f:
+        names = list(tensors)
+        raws = [raw_of(tensors[n]) for n in names]
+        if entries is None:
+            entries = tuple(tensor_entry(n, r) for n, r in zip(names, raws, strict=True))
+        path = self.partial_dir / f"{weights_hash(entries).hex()}.put"
+        with open(path, "wb") as f:
             for raw in raws:
                 f.write(raw.data)
-        stored = self._commit(signed, tmp, durable=False)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        return path, entries
+
+    def commit_staged(
+        self, signed: SignedManifest, staged: tuple[Path, tuple[TensorEntry, ...]]
+    ) -> StoredSet:
+        """Install a staged blob under a manifest someone else signed: its entries must be
+        the manifest's. Durable a moment later."""
+        path, entries = staged
+        content = signed.manifest.content
+        if entries != signed.manifest.tensors:
+            raise ValueError("the staged tensors are not the manifest's")
+        existing = self.sets.get(content)
+        if existing is not None:
+            self.discard_partial(path)
+            return existing
+        stored = self._commit(signed, path, durable=False)
         self.persist_later(content)
         return stored
+
+    def put_signed(self, signed: SignedManifest, tensors: Mapping[str, torch.Tensor]) -> StoredSet:
+        """Store ``tensors`` under a manifest someone else signed; they must hash to its
+        content. Durable a moment later."""
+        existing = self.sets.get(signed.manifest.content)
+        if existing is not None:
+            return existing
+        return self.commit_staged(signed, self.stage(tensors))
 
     # -- partial fetches -----------------------------------------------------------------------
     def begin_partial(self, signed: SignedManifest) -> tuple[Path, set[int]]:

@@ -16,26 +16,48 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from spheroid_p2p.core.plan import Exchange
 from spheroid_p2p.core.rounds import RoundParams
-from spheroid_p2p.ml.averaging import FlatLayout, check_values, decode_slice, tensors_norm
+from spheroid_p2p.ml.averaging import FlatLayout, tensors_norm
 from spheroid_p2p.node.aggregator import ShardResult
+from spheroid_p2p.node.buffers import TensorPool
 from spheroid_p2p.node.installer import Base, Installer
-from spheroid_p2p.node.shards import from_payload, payload_len
+from spheroid_p2p.node.shards import ChunkDecoder, payload_len
 from spheroid_p2p.node.tensor_bridge import raw_of
 from spheroid_p2p.node.transfer import InStream, Payload
 from spheroid_p2p.node.transfer.streams import Streams
 from spheroid_p2p.params import MAX_UPDATES_PER_SHARD
 from spheroid_p2p.wire.deltas import ShardUpdate
-from spheroid_p2p.wire.manifests import ENCODINGS, SignedManifest, tensor_entry, weights_hash
+from spheroid_p2p.wire.manifests import (
+    ENCODINGS,
+    SignedManifest,
+    TensorEntry,
+    tensor_entry,
+    weights_hash,
+)
 from spheroid_p2p.wire.signing import PeerId
 
-__all__ = ["RoundState", "UpdateIntake"]
+__all__ = ["Built", "RoundState", "UpdateIntake"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Built:
+    """A version built from the round's updates: its weights hash, the flat vector, the
+    tensors (views of it) and their entries (hashed once, reused by the store); then, made
+    ready before the publisher's manifest comes, its staged blob and its norm."""
+
+    weights: bytes
+    flat: torch.Tensor
+    tensors: dict[str, torch.Tensor]
+    entries: tuple[TensorEntry, ...]
+    staged: tuple[Path, tuple[TensorEntry, ...]] | None = None
+    norm: float | None = None
 
 
 @dataclass
@@ -50,12 +72,22 @@ class RoundState:
     payloads: dict[int, Payload] = field(default_factory=dict)
     results: dict[int, dict[PeerId, ShardResult]] = field(default_factory=dict)
     late: dict[int, torch.Tensor] = field(default_factory=dict)
-    built: asyncio.Future[tuple[bytes, torch.Tensor]] | None = None
+    built: asyncio.Future[Built] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     #: the round's version as its publisher signed it, once it reached us (09 §9.5 step 5)
     manifest: SignedManifest | None = None
     manifest_at: float = 0.0
     installing: bool = False
+    #: pooled tensors of our encoded shards, and the sends of them under way
+    encoded: list[torch.Tensor] = field(default_factory=list)
+    sending: int = 0
+    closed: bool = False
+    #: when each step of the round was reached, in seconds from ``started`` (the round log)
+    started: float = 0.0
+    marks: dict[str, float] = field(default_factory=dict)
+
+    def mark(self, what: str) -> None:
+        self.marks.setdefault(what, round(time.time() - self.started, 4))
 
     def slice(self, shard: int) -> tuple[int, int]:
         return self.bounds[shard], self.bounds[shard + 1]
@@ -67,6 +99,9 @@ class RoundState:
             return
         have[result.aggregator] = result
         self.exchange.update_arrived(result.shard, result.aggregator)
+        self.mark(f"update{result.shard}")
+        if self.exchange.complete:
+            self.mark("updates")
         self.wake.set()
 
     def choice(self) -> dict[int, ShardResult]:
@@ -79,15 +114,15 @@ class RoundState:
             )
         return out
 
-    def build(self, layout: FlatLayout) -> tuple[bytes, torch.Tensor]:
-        """θ_r = θ_base + the chosen updates, in float32 (09 §9.7), and its weights hash."""
-        flat = self.base.flat.clone()
+    def build(self, layout: FlatLayout, pool: TensorPool) -> Built:
+        """θ_r = θ_base + the chosen updates, in float32 (09 §9.7), hashed once."""
+        flat = pool.take(layout.numel).copy_(self.base.flat)
         for shard, result in self.choice().items():
             a, b = self.slice(shard)
             flat[a:b].add_(result.update)
-        tensors = layout.unflatten(flat)
+        tensors = layout.views(flat)
         entries = tuple(tensor_entry(n, raw_of(t)) for n, t in tensors.items())
-        return weights_hash(entries), flat
+        return Built(weights_hash(entries), flat, tensors, entries)
 
 
 class UpdateIntake:
@@ -103,7 +138,11 @@ class UpdateIntake:
         deliver: Callable[[ShardResult], None],
         spawn: Callable[[Coroutine[object, object, None], str], bool],
         tag: str,
+        pool: TensorPool | None = None,
     ) -> None:
+        self.pool = pool or TensorPool()
+        #: (sender, stream id) -> the decoder of an update being received
+        self._decoders: dict[tuple[PeerId, int], ChunkDecoder] = {}
         self.installer = installer
         self.streams = streams
         self.params = params
@@ -120,8 +159,16 @@ class UpdateIntake:
             log.warning("[%s] update from %s dropped: %s", self.tag, sender.short(), why)
             return
         a, b = state.slice(header.shard)
-        size = payload_len(b - a, ENCODINGS[header.encoding])
-        self.streams.accept(sender, header, size, self._arrived)
+        encoding = ENCODINGS[header.encoding]
+        decoder = ChunkDecoder(b - a, encoding, self.pool.take(b - a))  # decodes as chunks land
+        self._decoders[(sender, header.stream_id)] = decoder
+        size = payload_len(b - a, encoding)
+        refused = self.streams.accept(
+            sender, header, size, self._arrived, decoder.tap, self._dropped
+        )
+        if refused is not None:
+            self._decoders.pop((sender, header.stream_id), None)
+            self.pool.give(decoder.out)
 
     def _problem(self, sender: PeerId, header: ShardUpdate) -> str | None:
         state = self.current()
@@ -143,34 +190,45 @@ class UpdateIntake:
             return f"shard {header.shard} has its updates"
         return None
 
+    def _dropped(self, stream: InStream) -> None:
+        decoder = self._decoders.pop((stream.sender, stream.header.stream_id), None)
+        if decoder is not None and not stream.pending:  # (a chunk being decoded keeps it)
+            self.pool.give(decoder.out)
+
     def _arrived(self, stream: InStream) -> None:
         header = stream.header
         assert isinstance(header, ShardUpdate)
         what = f"{self.tag} update r{header.round} s{header.shard} from {stream.sender.short()}"
         if not self.spawn(self._judge(stream, header), what):
             self.streams.release(stream)
+            decoder = self._decoders.pop((stream.sender, header.stream_id), None)
+            if decoder is not None:
+                self.pool.give(decoder.out)
 
     async def _judge(self, stream: InStream, header: ShardUpdate) -> None:
         state = self.current()
+        decoder = self._decoders.pop((stream.sender, header.stream_id))
         if state is None or state.exchange.plan.round != header.round:
             self.streams.release(stream)
+            self.pool.give(decoder.out)
             return
         a, b = state.slice(header.shard)
-        encoding = ENCODINGS[header.encoding]
 
         def decode() -> tuple[torch.Tensor | None, str | None]:
             try:
-                encoded, problem = from_payload(stream.payload, b - a, encoding)
-                if encoded is None:
-                    return None, problem
-                values = decode_slice(encoded).clone()
+                values, norm, problem = decoder.finish(stream.payload)  # mostly done already
             finally:
                 self.streams.release(stream)
+            if values is None or problem is not None:
+                return values, problem
             base_norm = tensors_norm(state.base.flat[a:b])
-            return values, check_values(values, base_norm, self.params.max_relative_norm).problem
+            if base_norm > 0 and norm > self.params.max_relative_norm * base_norm:
+                return values, f"update norm {norm:.4g} exceeds max_relative_norm x the base's"
+            return values, None
 
         values, problem = await asyncio.to_thread(decode)
         if values is None or problem is not None:
+            self.pool.give(decoder.out)
             self.installer.rejected_versions += 1
             log.warning("[%s] update of shard %d refused: %s", self.tag, header.shard, problem)
             return

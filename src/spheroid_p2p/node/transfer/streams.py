@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,11 +67,13 @@ class Payload:
         self._digests: dict[int, asyncio.Future[bytes]] = {}
 
     @classmethod
-    def of(cls, data: memoryview | bytes | bytearray, elem: int = 1) -> Payload:
-        """A payload that is ready at once."""
+    def of(
+        cls, data: memoryview | bytes | bytearray, elem: int = 1, ready: int | None = None
+    ) -> Payload:
+        """A payload over ``data``: ready at once, or (``ready`` 0) as its writer advances."""
         payload = cls(0, elem)
         payload.view = memoryview(data).cast("B")
-        payload.ready = len(payload.view)
+        payload.ready = len(payload.view) if ready is None else ready
         return payload
 
     def advance(self, ready: int) -> None:
@@ -109,6 +112,10 @@ class InStream:
     buffer: bytearray
     lengths: list[int]
     on_done: Callable[[InStream], None]
+    #: called on the worker thread with (byte offset, bytes) as each chunk lands
+    tap: Callable[[int, memoryview], None] | None = None
+    #: called if the stream is dropped before it completes (timeout, a bad chunk, peer gone)
+    on_drop: Callable[[InStream], None] | None = None
     have: set[int] = field(default_factory=set)
     pending: set[int] = field(default_factory=set)
     wire_bytes: int = 0
@@ -127,18 +134,24 @@ class BufferPool:
     def __init__(self, keep: int = POOL_BUFFERS) -> None:
         self.keep = keep
         self._idle: dict[int, list[bytearray]] = {}
+        self._lock = threading.Lock()  # given back on worker threads too
         self.reused = 0
 
     def take(self, size: int) -> bytearray:
-        idle = self._idle.get(size)
-        if idle:
-            self.reused += 1
-            return idle.pop()
+        with self._lock:
+            idle = self._idle.get(size)
+            if idle:
+                self.reused += 1
+                return idle.pop()
         return bytearray(size)
 
     def give(self, buffer: bytearray) -> None:
-        if sum(len(v) for v in self._idle.values()) < self.keep:
-            self._idle.setdefault(len(buffer), []).append(buffer)
+        with self._lock:
+            idle = self._idle.setdefault(len(buffer), [])
+            if sum(len(v) for v in self._idle.values()) < self.keep and all(
+                b is not buffer for b in idle
+            ):
+                idle.append(buffer)
 
 
 class Streams:
@@ -170,7 +183,7 @@ class Streams:
         :class:`FetchError` if the connection goes away."""
         if not self.link.send(peer, header):
             raise FetchError(f"{peer.short()} is not connected")
-        total = len(payload.view) if payload.ready == len(payload.view) else len(payload.buffer)
+        total = len(payload.view)
         codec = Codec.NONE
         for index, start in enumerate(range(0, total, TENSOR_CHUNK_BYTES)):
             end = min(total, start + TENSOR_CHUNK_BYTES)
@@ -223,9 +236,12 @@ class Streams:
         header: Header,
         size: int,
         on_done: Callable[[InStream], None],
+        tap: Callable[[int, memoryview], None] | None = None,
+        on_drop: Callable[[InStream], None] | None = None,
     ) -> tuple[int, str] | None:
         """Open a stream of ``size`` bytes the round code admitted; (code, reason) when the
-        limits refuse it (the caller answers), None when it is open."""
+        limits refuse it (the caller answers), None when it is open. ``tap`` sees each chunk
+        as it lands (on the worker thread: decode it while it is in cache)."""
         key = (peer, header.stream_id)
         if key in self.open:
             self.link.close_peer(peer, ErrorCode.PROTOCOL_VIOLATION, "stream id reused")
@@ -234,7 +250,7 @@ class Streams:
         if mine >= MAX_OPEN_STREAMS_PER_PEER or len(self.open) >= MAX_OPEN_STREAMS:
             return int(ErrorCode.OVERLOADED), "too many streams in flight"
         lengths = [min(TENSOR_CHUNK_BYTES, size - s) for s in range(0, size, TENSOR_CHUNK_BYTES)]
-        stream = InStream(peer, header, self.pool.take(size), lengths, on_done)
+        stream = InStream(peer, header, self.pool.take(size), lengths, on_done, tap, on_drop)
         self.open[key] = stream
         if not lengths:
             self._done(key)
@@ -262,7 +278,9 @@ class Streams:
         stream.pending.add(chunk.index)
         start = chunk.index * TENSOR_CHUNK_BYTES
         dest = memoryview(stream.buffer)[start : start + chunk.raw_len]
-        job = asyncio.get_running_loop().run_in_executor(self.worker, place_chunk, chunk, dest)
+        job = asyncio.get_running_loop().run_in_executor(
+            self.worker, _place_and_tap, chunk, dest, start, stream.tap
+        )
         index, wire_len = chunk.index, len(chunk.payload)  # not ``chunk``: its buffer is pooled
         job.add_done_callback(lambda done: self._placed(key, stream, index, wire_len, done, dest))
 
@@ -300,6 +318,8 @@ class Streams:
                 stream.timer.cancel()
             if not stream.pending:  # a chunk still being placed keeps its buffer
                 self.pool.give(stream.buffer)
+            if stream.on_drop is not None:
+                stream.on_drop(stream)
         return stream
 
     def _done(self, key: tuple[PeerId, int]) -> None:
@@ -342,3 +362,15 @@ class Streams:
         for key in [k for k in self.open if k[0] == peer]:
             self._drop(key)
         self.acks.peer_lost(peer)
+
+
+def _place_and_tap(
+    chunk: TensorChunk,
+    dest: memoryview,
+    offset: int,
+    tap: Callable[[int, memoryview], None] | None,
+) -> None:
+    """Worker thread: check and place a chunk, then let the stream's tap see it."""
+    place_chunk(chunk, dest)
+    if tap is not None:
+        tap(offset, dest)
