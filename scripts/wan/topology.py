@@ -1,10 +1,12 @@
-"""Three emulated hosts on one machine: network namespaces, tbf links and a delay router.
+"""Emulated hosts on one machine (three by default, up to MAX_HOSTS): network namespaces, tbf
+links and a delay router.
 
 ::
 
     h1 (10.77.1.2) --eth0==veth==h1-- +
     h2 (10.77.2.2) --eth0==veth==h2-- + router namespace: policy routing into a TUN device,
     h3 (10.77.3.2) --eth0==veth==h3-- +   router.py holds each packet for its links' delay
+    ...
 
 Every host link is shaped by ``tbf`` on both ends (the host's egress is its upload, the router's
 egress towards it its download). A packet from one host to another crosses two links, so a
@@ -19,6 +21,7 @@ are ended by PID, the router stopped and the namespaces deleted. Needs root and
 CLI (for trying things by hand; the benchmarks use :class:`Topology` directly)::
 
     python3 scripts/wan/topology.py up --profile default   # prints the hosts, waits for Ctrl-C
+    python3 scripts/wan/topology.py up --hosts 6           # six hosts of the profile's link
     python3 scripts/wan/topology.py down                   # removes leftovers of killed runs
 """
 
@@ -37,7 +40,15 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-__all__ = ["PROFILES", "HostLink", "Profile", "Topology", "profile_named", "unavailable"]
+__all__ = [
+    "MAX_HOSTS",
+    "PROFILES",
+    "HostLink",
+    "Profile",
+    "Topology",
+    "profile_named",
+    "unavailable",
+]
 
 HERE = Path(__file__).resolve().parent
 #: Every namespace this tool creates starts with this (``down`` removes only these).
@@ -47,6 +58,8 @@ SUBNET = "10.77"
 QUEUE_MS = 50
 #: Lifetime bound of a topology's router (a killed harness never leaves one running longer).
 MAX_LIFETIME_S = 4 * 3600
+#: Hosts a topology can have (one /24 of SUBNET each).
+MAX_HOSTS = 16
 
 
 @dataclass(frozen=True)
@@ -63,7 +76,8 @@ class HostLink:
 @dataclass(frozen=True)
 class Profile:
     name: str
-    links: tuple[HostLink, HostLink, HostLink]
+    #: One per host (a profile of three; :meth:`with_hosts` for another count).
+    links: tuple[HostLink, ...]
     #: The hosts' default TCP congestion control (each host's own sysctl).
     congestion: str = "bbr"
     #: ``net.ipv4.tcp_slow_start_after_idle`` on the hosts (Linux's default is 1).
@@ -72,6 +86,13 @@ class Profile:
     #: Linux's 10); a host setting, like the sysctls, that no socket option reaches.
     initcwnd: int | None = None
     notes: str = ""
+
+    def with_hosts(self, n: int) -> Profile:
+        """The same profile over ``n`` hosts, their links taken in turn from this one's."""
+        if not 2 <= n <= MAX_HOSTS:
+            raise ValueError(f"a topology has 2 to {MAX_HOSTS} hosts, not {n}")
+        links = tuple(self.links[i % len(self.links)] for i in range(n))
+        return replace(self, links=links)
 
     def one_way_ms(self, a: int, b: int) -> float:
         """One-way delay from host ``a`` to host ``b`` (0-based), without jitter."""
@@ -269,7 +290,7 @@ class Topology:
     def down(self) -> None:
         if self.router is not None:
             _end(self.router)
-        names = [self.router_ns, *(self.ns(i) for i in range(3))]
+        names = [self.router_ns, *(self.ns(i) for i in range(len(self.profile.links)))]
         for ns in names:
             _end_namespace_processes(ns)
             _sh("ip", "netns", "del", ns, check=False)
@@ -321,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="build the hosts and keep them until Ctrl-C")
     up.add_argument("--profile", default="default", help="e.g. default, harsh+cubic+iw64")
+    up.add_argument("--hosts", type=int, default=3, help=f"2 to {MAX_HOSTS} hosts")
     up.add_argument("--seconds", type=float, default=3600, help="tear down after this long")
     sub.add_parser("down", help=f"delete namespaces named {PREFIX}* left by killed runs")
     args = parser.parse_args(argv)
@@ -334,9 +356,13 @@ def main(argv: list[str] | None = None) -> int:
     if reason:
         print(f"error: {reason}", file=sys.stderr)
         return 2
-    profile = profile_named(args.profile)
+    try:
+        profile = profile_named(args.profile).with_hosts(args.hosts)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     with signals_end_cleanly(), Topology(profile) as topo:
-        for i in range(3):
+        for i in range(args.hosts):
             print(f"host {i + 1}: {topo.addr(i)}  (ip netns exec {topo.ns(i)} ...)")
         print(f"profile {profile.name}: {profile.notes}; Ctrl-C tears down", flush=True)
         with contextlib.suppress(KeyboardInterrupt):

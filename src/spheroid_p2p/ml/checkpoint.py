@@ -56,22 +56,29 @@ def previous_of(path: Path) -> Path:
     return path.with_name(path.name + ".prev")
 
 
-def atomic_write(path: Path, data: bytes, keep_previous: bool = False) -> None:
+def atomic_write(
+    path: Path, data: bytes, keep_previous: bool = False, durable: bool = True
+) -> None:
     """Replace ``path`` with ``data`` atomically (tmp file, fsync, rename, fsync dir). With
     ``keep_previous`` the file it replaces becomes ``NAME.prev`` (a crash between the two
-    renames leaves ``NAME.prev`` and no ``NAME``: the loader falls back to it)."""
+    renames leaves ``NAME.prev`` and no ``NAME``: the loader falls back to it). With
+    ``durable=False`` the fsyncs are skipped: a reader still sees the old file or the new one,
+    never a torn one, but a crash may bring the old one back (for hints that are safe to lose)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         if keep_previous and path.exists():
             os.replace(path, previous_of(path))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    if not durable:
+        return
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

@@ -274,7 +274,9 @@ class Installer:
             self.after_install(self.base)
         m = signed.manifest
         position = json.dumps({"version": m.version, "weights": m.result.hex()}).encode()
-        await asyncio.to_thread(atomic_write, self.position_path, position)  # fsyncs
+        # a hint, safe to lose (a stale or missing one only reloads the trainer from the store):
+        # no fsync, which on ext4 would also force out the 100s of MB just staged
+        await asyncio.to_thread(atomic_write, self.position_path, position, durable=False)
         self.swarm.announce(
             LocalClaim(
                 block=self.block,

@@ -6,12 +6,13 @@ One :class:`BlockReplica` per trained block. It joins the block's current versio
 1. **train** ``round_steps`` local steps, or as many as fit before the round's deadline, with
    its own optimizer state (kept across rounds);
 2. **send** each shard of its delta Δ = θ_local − θ_base to that shard's aggregator (its own
-   shard it offers to itself, ``node.aggregator``), encoded once per round with error feedback;
-   a shard whose update does not come in time goes to the shard's next rank — the sans-I/O
-   :class:`~spheroid_p2p.core.plan.Exchange` says where and when;
+   shard it offers to itself, ``node.aggregator``), encoded once per round with error feedback
+   (``node.outgoing``); a shard whose update does not come in time goes to the shard's next
+   rank — the sans-I/O :class:`~spheroid_p2p.core.plan.Exchange` says where and when;
 3. **collect** every shard's averaged update (``SHARD_UPDATE``, judged as it arrives, 09 §9.8),
-   build the new weights θ_base + update in float32, and install them when the round's
-   publisher's manifest names them — or, as the publisher, sign and push that manifest.
+   building the new weights θ_base + update in float32 as the updates stream in
+   (``node.building``), and install them when the round's publisher's manifest names them —
+   or, as the publisher, sign and push that manifest (``node.publishing``).
 
 The replica waits on events only: an update arriving, a version installed, or the exchange's
 next deadline. A shard delta refused as late (``ROUND_CLOSED``) is not lost: half of it is
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -35,38 +37,28 @@ from spheroid_p2p.core.plan import (
     Exchange,
     Publish,
     SendShard,
-    next_plan,
     shard_bounds,
-    version_report,
 )
 from spheroid_p2p.core.rounds import RoundParams
-from spheroid_p2p.errors import ErrorCode, code_name
-from spheroid_p2p.ml.averaging import ENCODING_DTYPES, SliceEncoder, check_values, tensors_norm
+from spheroid_p2p.errors import ErrorCode
+from spheroid_p2p.ml.averaging import check_values
 from spheroid_p2p.ml.checkpoint import save_block
 from spheroid_p2p.node.aggregator import Aggregators, ShardResult
 from spheroid_p2p.node.buffers import TensorPool
+from spheroid_p2p.node.building import VersionBuilder
 from spheroid_p2p.node.installer import Base, Installer
+from spheroid_p2p.node.outgoing import DeltaSender
+from spheroid_p2p.node.publishing import Publisher
 from spheroid_p2p.node.roundlog import RoundLog
-from spheroid_p2p.node.shards import to_payload
 from spheroid_p2p.node.swarm import SwarmView
-from spheroid_p2p.node.tensor_bridge import flat_bytes
-from spheroid_p2p.node.transfer import FetchError, Payload, Transfers
-from spheroid_p2p.node.updates import Built, RoundState, UpdateIntake
-from spheroid_p2p.wire.deltas import ShardDelta
-from spheroid_p2p.wire.manifests import ENCODINGS, SignedManifest
-from spheroid_p2p.wire.signing import KeyPair, PeerId
+from spheroid_p2p.node.transfer import Transfers
+from spheroid_p2p.node.updates import RoundState, UpdateIntake
+from spheroid_p2p.wire.manifests import SignedManifest
+from spheroid_p2p.wire.signing import KeyPair
 
 __all__ = ["BlockReplica", "LocalTraining", "RoundSettings"]
 
 log = logging.getLogger(__name__)
-
-_ENCODING_CODES = {name: code for code, name in ENCODINGS.items()}
-#: Elements of a shard encoded per step: its first chunks go out while the rest is encoded.
-ENCODE_BLOCK_ELEMS = 1 << 20
-#: A delta its aggregator answered NOT_READY (it is installing the base, or joining) is sent
-#: again after this many seconds, doubling each time up to NOT_READY_MAX_S (09 §9.5).
-NOT_READY_RETRY_S = 0.05
-NOT_READY_MAX_S = 1.0
 
 
 class LocalTraining(Protocol):
@@ -121,12 +113,24 @@ class BlockReplica:
         self.spawn = spawn
         self.block = installer.block
         self.tag = tag
-        self.encoder = SliceEncoder(settings.encoding)
         #: tensors reused round after round (a round's shards have the same sizes each time)
         self.pool = TensorPool()
         installer.pool = self.pool
         self.roundlog = RoundLog(
             data_dir / f"block-{self.block}.rounds.jsonl", self.block, swarm.me
+        )
+        self.publisher = Publisher(
+            swarm, transfers, installer, key, settings.params, self.roundlog, tag
+        )
+        self.sender = DeltaSender(
+            swarm,
+            transfers,
+            installer,
+            settings.encoding,
+            self.pool,
+            spawn=spawn,
+            free=self._free,
+            tag=tag,
         )
         self.aggregators = Aggregators(
             swarm,
@@ -142,6 +146,7 @@ class BlockReplica:
         )
         self.round: RoundState | None = None
         self._delta_buf: torch.Tensor | None = None
+        self._builds = itertools.count()
         #: shard updates from the wire, judged as they arrive (09 §9.8, 3.)
         self.updates = UpdateIntake(
             installer,
@@ -223,6 +228,15 @@ class BlockReplica:
         bounds = shard_bounds(self.installer.layout.numel, plan.shards)
         exchange = Exchange(plan, self.swarm.me, len(bounds) - 1)
         state = RoundState(base, exchange, bounds, steps, delta, started=started)
+        state.builder = VersionBuilder(
+            base.flat,
+            bounds,
+            self.installer.layout,
+            self.pool,
+            self.installer.store.stage_path(
+                f"build-{self.block}-{plan.round}-{next(self._builds)}"
+            ),
+        )
         state.mark("delta")
         self.round = state
         try:
@@ -249,6 +263,7 @@ class BlockReplica:
         finally:
             self.round = None
             state.closed = True
+            state.builder.close()
             self._free(state)
         return state.marks
 
@@ -316,6 +331,7 @@ class BlockReplica:
             return
         if built is not None and built.staged is not None:
             store.discard_partial(built.staged[0])
+            self.pool.give(built.flat)
         log.info(
             "[%s] version %d from %s is not what our updates give; fetching it",
             self.tag,
@@ -338,131 +354,38 @@ class BlockReplica:
                     state.late[action.shard] = state.delta[a:b].clone()
             else:
                 what = f"{self.tag} shard {action.shard} to {action.to.short()}"
-                self.spawn(self._send(state, action), what)
+                self.spawn(self.sender.send(state, action), what)
 
-    # -- our delta's shards out -----------------------------------------------------------------
-    def _payload(self, state: RoundState, shard: int) -> Payload:
-        """Shard ``shard`` of our delta, encoded once per round (a hand-over resends the same
-        bytes; encoding again would count the error feedback twice). The encoding runs on a
-        worker thread block by block, and each block's bytes can go out as soon as it is done
-        (int8, whose scales come last, is encoded whole first)."""
-        payload = state.payloads.get(shard)
-        if payload is not None:
-            return payload
-        a, b = state.bounds[shard], state.bounds[shard + 1]
-        encoding = self.settings.encoding
-        numel = state.delta.numel()
-        elem = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}[encoding]
-        if encoding == "int8":
-            encoded = self.encoder.encode(state.delta[a:b], a, numel)
-            payload = Payload.of(to_payload(encoded), elem)
-            state.payloads[shard] = payload
-            return payload
-        out = self.pool.take(b - a, ENCODING_DTYPES[encoding])
-        state.encoded.append(out)
-        payload = Payload.of(flat_bytes(out), elem, ready=0)
-        state.payloads[shard] = payload
-        loop = asyncio.get_running_loop()
+    def _deliver(self, result: ShardResult) -> None:
+        """A judged update of a shard (from the wire, or from our own aggregator): kept, and
+        its slice of the new version built at once."""
+        state = self.round
+        if state is None or state.exchange.plan.round != result.round:
+            return
+        kept = state.deliver(result)
+        builder, shard = state.builder, result.shard
+        if builder is None:
+            return
+        better = state.ranks_before(shard, result.aggregator, builder.applied.get(shard))
+        if builder.delivered(shard, result.aggregator, kept, better):
+            self.spawn(self._apply(state, result), f"{self.tag} build shard {shard}")
 
-        def encode() -> None:
-            try:
-                for lo in range(0, b - a, ENCODE_BLOCK_ELEMS):
-                    hi = min(b - a, lo + ENCODE_BLOCK_ELEMS)
-                    self.encoder.encode(state.delta[a + lo : a + hi], a + lo, numel, out[lo:hi])
-                    loop.call_soon_threadsafe(payload.advance, hi * elem)
-            except BaseException as exc:
-                loop.call_soon_threadsafe(payload.fail, exc)
-                raise
-
-        async def encoding() -> None:
-            state.sending += 1  # the pooled tensor is in use until the encoder is done
-            try:
-                await asyncio.to_thread(encode)
-            finally:
-                state.sending -= 1
-                self._free(state)
-
-        self.spawn(encoding(), f"{self.tag} encode shard {shard}")
-        return payload
-
-    async def _send(self, state: RoundState, action: SendShard) -> None:
-        state.sending += 1
+    async def _apply(self, state: RoundState, result: ShardResult) -> None:
+        assert state.builder is not None
+        state.sending += 1  # the pooled update is in use until it is applied
         try:
-            payload = self._payload(state, action.shard)
-            await self._send_payload(state, action, payload)
+            await state.builder.take(result.shard, result.aggregator, result.update)
         finally:
             state.sending -= 1
             self._free(state)
 
-    async def _send_payload(self, state: RoundState, action: SendShard, payload: Payload) -> None:
-        plan = state.exchange.plan
-        base = state.base
-        give_up = plan.handover_at(action.rank)
-        retry = NOT_READY_RETRY_S
-        while not self.swarm.stopping and self.installer.base is base:
-            header = ShardDelta(
-                stream_id=self.transfers.streams.new_id(),
-                block=self.block,
-                round=plan.round,
-                base=base.weights,
-                base_version=base.version,
-                shard=action.shard,
-                shards=plan.shards,
-                steps=state.steps,
-                loss=0.0,
-                encoding=_ENCODING_CODES[self.settings.encoding],
-            )
-            if not await self.swarm.connect([action.to]):
-                log.warning("[%s] shard %d: %s unreachable", self.tag, action.shard, action.to)
-                return
-            try:
-                ack = await self.transfers.streams.send_delta(
-                    action.to, header, payload, max(5.0, give_up - time.time())
-                )
-            except FetchError as exc:
-                log.warning("[%s] shard %d to %s: %s", self.tag, action.shard, action.to, exc)
-                return
-            if ack.code == ErrorCode.NOT_READY and time.time() + retry < give_up:
-                await asyncio.sleep(retry)  # it is installing or joining: again (09 §9.5)
-                retry = min(NOT_READY_MAX_S, 2 * retry)
-                continue
-            if ack.code == ErrorCode.ROUND_CLOSED:
-                a, b = state.bounds[action.shard], state.bounds[action.shard + 1]
-                state.late[action.shard] = state.delta[a:b].clone()
-            if ack.code != 0:
-                log.warning(
-                    "[%s] round %d shard %d: %s refused our delta: %s: %s",
-                    self.tag,
-                    plan.round,
-                    action.shard,
-                    action.to.short(),
-                    code_name(ack.code),
-                    ack.reason,
-                )
-            return
-
-    def _deliver(self, result: ShardResult) -> None:
-        """A judged update of a shard (from the wire, or from our own aggregator)."""
-        state = self.round
-        if state is not None and state.exchange.plan.round == result.round:
-            state.deliver(result)
-
     async def _build(self, state: RoundState) -> None:
-        """θ_r from the base and the chosen updates (float32), made ready to install before
-        the publisher's manifest comes: its blob staged in the store, its norm taken, the
-        module loaded with it (the next training waits for the install anyway)."""
-        store, module = self.installer.store, self.training.module
-
-        def build() -> Built:
-            built = state.build(self.installer.layout, self.pool)
-            built.staged = store.stage(built.tensors, built.entries)
-            built.norm = tensors_norm(built.flat)
-            with torch.no_grad():
-                module.load_state_dict(built.tensors)
-            return built
-
+        """θ_r from the base and the chosen updates, most of it done already shard by shard
+        (``node.building``), ready to install before the publisher's manifest comes."""
+        assert state.builder is not None
+        choice = {s: (r.aggregator, r.update) for s, r in state.choice().items()}
         try:
-            built = await asyncio.to_thread(build)
+            built = await state.builder.build(choice, self.training.module)
         except BaseException as exc:
             if state.built is not None and not state.built.done():
                 state.built.set_exception(exc)
@@ -478,50 +401,8 @@ class BlockReplica:
             self._start_build(state)
         assert state.built is not None
         built = await state.built
-        plan = state.exchange.plan
-        chosen = state.choice()
-        report = version_report(
-            {s: (r.aggregator.digest, r.report) for s, r in chosen.items()}, action.missing
-        )
-        contributors = {PeerId(c[0]) for c in report.contributors} | {self.swarm.me}
-        live = self.installer.live() & contributors
-        next_ranks, next_shards = next_plan(
-            self.block, plan.round + 1, live, self.settings.params.max_shards
-        )
-        now = time.time()
-        stored = await asyncio.to_thread(
-            self.installer.store.put,
-            self.key,
-            built.tensors,
-            block=self.block,
-            version=plan.round,
-            parent=state.base.weights,
-            config_hash=self.installer.config_hash,
-            created_ms=int(now * 1000),
-            next_deadline_ms=int((now + self.settings.params.period_s) * 1000),
-            report=report,
-            plan=next_ranks,
-            shards=next_shards,
-            durable=False,
-            staged=built.staged,
-        )
-        if self.installer.base is not state.base:
-            return  # another publisher's version came first
-        for peer in self.installer.live() - {self.swarm.me}:
-            self.transfers.push_manifest(peer, stored.signed)
-        entry = self.roundlog.version(stored.signed, action.missing)
-        log.info(
-            "[%s] version %d published: %d shards (%s missing), %d contributors, late %s",
-            self.tag,
-            plan.round,
-            entry["shards"],
-            list(action.missing) or "none",
-            len(report.contributors),
-            entry["late"],
-        )
-        await self.installer.install(
-            stored.signed, built.tensors, state.base, flat=built.flat, norm=built.norm, loaded=True
-        )
+        if built is not None:  # (None: the round ended meanwhile)
+            await self.publisher.publish(state, built, action.missing)
 
     def _after_install(self, base: Base) -> None:
         """Right after a new base is installed: half of each late shard delta (09 §9.6)."""

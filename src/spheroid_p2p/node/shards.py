@@ -9,6 +9,7 @@ own base, so nothing a peer declares sizes a buffer.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -98,10 +99,18 @@ class ChunkDecoder:
     last chunk is in, judging the shard costs nothing more. int8 (whose scales come last)
     is decoded whole at the end instead."""
 
-    def __init__(self, n: int, encoding: str, out: torch.Tensor) -> None:
+    def __init__(
+        self,
+        n: int,
+        encoding: str,
+        out: torch.Tensor,
+        sink: Callable[[int, torch.Tensor], None] | None = None,
+    ) -> None:
         self.n = n
         self.encoding = encoding
         self.out = out
+        #: sees each decoded block (its first element's index, its values) as it is decoded
+        self.sink = sink
         self.dtype = ENCODING_DTYPES[encoding]
         self.itemsize = torch.empty((), dtype=self.dtype).element_size()
         self.sumsq = 0.0
@@ -116,6 +125,8 @@ class ChunkDecoder:
         block = self.out[start : start + raw.numel()]
         block.copy_(raw)
         self.sumsq += float(torch.linalg.vector_norm(block, dtype=torch.float64)) ** 2
+        if self.sink is not None:
+            self.sink(start, block)
 
     def finish(self, payload: memoryview) -> tuple[torch.Tensor | None, float, str | None]:
         """(values, norm, problem) once every chunk landed."""
@@ -124,6 +135,8 @@ class ChunkDecoder:
             if values is None:
                 return None, 0.0, problem
             self.sumsq = float(torch.linalg.vector_norm(values, dtype=torch.float64)) ** 2
+            if self.sink is not None:
+                self.sink(0, values)
         norm = math.sqrt(self.sumsq) if math.isfinite(self.sumsq) else math.inf
         if not math.isfinite(norm):
             return self.out, norm, "non-finite values (NaN or Inf)"

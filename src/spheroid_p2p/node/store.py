@@ -22,7 +22,7 @@ import contextlib
 import logging
 import mmap
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -102,6 +102,11 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _unlink(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
+
+
 class VersionStore:
     """Tensor sets by content hash, and each block's newest full version."""
 
@@ -112,13 +117,15 @@ class VersionStore:
         self.keep = keep
         self.sets: dict[bytes, StoredSet] = {}
         self._syncer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._trashed = 0
         self._load_all()
 
     # -- loading -------------------------------------------------------------------------------
     def _load_all(self) -> None:
         # temporaries of a writer killed mid-put (a .part is a fetch to resume: kept), and
         # blobs whose manifest never landed
-        stale = [*self.partial_dir.glob("*.put"), *self.root.glob("*.manifest.tmp")]
+        stale = [*self.partial_dir.glob("*.put"), *self.partial_dir.glob("*.trash")]
+        stale += self.root.glob("*.manifest.tmp")
         stale += [b for b in self.root.glob("*.blob") if not b.with_suffix(".manifest").exists()]
         for path in stale:
             log.info("version store: removing %s, left by an interrupted write", path.name)
@@ -248,6 +255,11 @@ class VersionStore:
             self.persist_later(content)
         return stored
 
+    def stage_path(self, name: str) -> Path:
+        """Where to write a blob staged piece by piece (``node.building``); a start removes
+        what a crash left there. Commit it with :meth:`put` or :meth:`commit_staged`."""
+        return self.partial_dir / f"{name}.put"
+
     def stage(
         self,
         tensors: Mapping[str, torch.Tensor],
@@ -352,9 +364,7 @@ class VersionStore:
 
     def persist_later(self, content: bytes) -> None:
         """Make a set installed with ``durable=False`` durable, on the store's own thread."""
-        if self._syncer is None:
-            self._syncer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fsync")
-        self._syncer.submit(self.persist, content)
+        self._background(self.persist, content)
 
     def persist(self, content: bytes) -> None:
         """fsync a set installed with ``durable=False`` (blob, manifest, directory)."""
@@ -371,18 +381,31 @@ class VersionStore:
         _fsync_dir(self.root)
 
     def _prune(self, block: int) -> None:
-        """Keep the newest ``keep`` sets of ``block`` (full and update alike)."""
+        """Keep the newest ``keep`` sets of ``block`` (full and update alike). Their files are
+        moved aside at once and unlinked on the store's own thread (unlinking hundreds of MB
+        is not free; moved aside, a set of the same content stored meanwhile is safe)."""
         mine = sorted(
             (s for s in self.sets.values() if s.manifest.block == block),
             key=lambda s: (s.manifest.version, s.manifest.kind == KIND_FULL),
         )
+        doomed = []
         for old in mine[: max(0, len(mine) - self.keep)]:
             content = old.manifest.content
             old.close()
-            blob, manifest_path = self._paths(content)
-            manifest_path.unlink(missing_ok=True)
-            blob.unlink(missing_ok=True)
+            for path in self._paths(content)[::-1]:  # the manifest first
+                self._trashed += 1
+                trash = self.partial_dir / f"{self._trashed}.trash"
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(path, trash)
+                    doomed.append(trash)
             del self.sets[content]
+        if doomed:
+            self._background(_unlink, doomed)
+
+    def _background(self, job: Callable[..., None], *args: object) -> None:
+        if self._syncer is None:
+            self._syncer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fsync")
+        self._syncer.submit(job, *args)
 
     def close(self) -> None:
         if self._syncer is not None:  # finish the pending fsyncs: a clean stop is durable

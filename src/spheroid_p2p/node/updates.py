@@ -16,18 +16,17 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from spheroid_p2p.core.plan import Exchange
 from spheroid_p2p.core.rounds import RoundParams
-from spheroid_p2p.ml.averaging import FlatLayout, tensors_norm
+from spheroid_p2p.ml.averaging import tensors_norm
 from spheroid_p2p.node.aggregator import ShardResult
 from spheroid_p2p.node.buffers import TensorPool
+from spheroid_p2p.node.building import Built, VersionBuilder
 from spheroid_p2p.node.installer import Base, Installer
 from spheroid_p2p.node.shards import ChunkDecoder, payload_len
-from spheroid_p2p.node.tensor_bridge import raw_of
 from spheroid_p2p.node.transfer import InStream, Payload
 from spheroid_p2p.node.transfer.streams import Streams
 from spheroid_p2p.params import MAX_UPDATES_PER_SHARD
@@ -35,29 +34,12 @@ from spheroid_p2p.wire.deltas import ShardUpdate
 from spheroid_p2p.wire.manifests import (
     ENCODINGS,
     SignedManifest,
-    TensorEntry,
-    tensor_entry,
-    weights_hash,
 )
 from spheroid_p2p.wire.signing import PeerId
 
-__all__ = ["Built", "RoundState", "UpdateIntake"]
+__all__ = ["RoundState", "UpdateIntake"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Built:
-    """A version built from the round's updates: its weights hash, the flat vector, the
-    tensors (views of it) and their entries (hashed once, reused by the store); then, made
-    ready before the publisher's manifest comes, its staged blob and its norm."""
-
-    weights: bytes
-    flat: torch.Tensor
-    tensors: dict[str, torch.Tensor]
-    entries: tuple[TensorEntry, ...]
-    staged: tuple[Path, tuple[TensorEntry, ...]] | None = None
-    norm: float | None = None
 
 
 @dataclass
@@ -72,7 +54,9 @@ class RoundState:
     payloads: dict[int, Payload] = field(default_factory=dict)
     results: dict[int, dict[PeerId, ShardResult]] = field(default_factory=dict)
     late: dict[int, torch.Tensor] = field(default_factory=dict)
-    built: asyncio.Future[Built] | None = None
+    #: the new version, built shard by shard as updates are judged (``node.building``)
+    builder: VersionBuilder | None = None
+    built: asyncio.Future[Built | None] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     #: the round's version as its publisher signed it, once it reached us (09 §9.5 step 5)
     manifest: SignedManifest | None = None
@@ -92,17 +76,26 @@ class RoundState:
     def slice(self, shard: int) -> tuple[int, int]:
         return self.bounds[shard], self.bounds[shard + 1]
 
-    def deliver(self, result: ShardResult) -> None:
-        """Keep a judged update (at most ``MAX_UPDATES_PER_SHARD`` a shard) and wake the round."""
+    def deliver(self, result: ShardResult) -> bool:
+        """Keep a judged update (at most ``MAX_UPDATES_PER_SHARD`` a shard) and wake the round;
+        False if it was not kept."""
         have = self.results.setdefault(result.shard, {})
         if result.aggregator in have or len(have) >= MAX_UPDATES_PER_SHARD:
-            return
+            return False
         have[result.aggregator] = result
         self.exchange.update_arrived(result.shard, result.aggregator)
         self.mark(f"update{result.shard}")
         if self.exchange.complete:
             self.mark("updates")
         self.wake.set()
+        return True
+
+    def ranks_before(self, shard: int, one: PeerId, other: PeerId | None) -> bool:
+        """Whether aggregator ``one`` comes before ``other`` in ``shard``'s order."""
+        plan = self.exchange.plan
+        if other is None:
+            return True
+        return (plan.aggregator_rank(shard, one) or 0) < (plan.aggregator_rank(shard, other) or 0)
 
     def choice(self) -> dict[int, ShardResult]:
         """One update per shard: the one from the lowest rank we hold."""
@@ -113,16 +106,6 @@ class RoundState:
                 have.values(), key=lambda r: plan.aggregator_rank(shard, r.aggregator) or 0
             )
         return out
-
-    def build(self, layout: FlatLayout, pool: TensorPool) -> Built:
-        """θ_r = θ_base + the chosen updates, in float32 (09 §9.7), hashed once."""
-        flat = pool.take(layout.numel).copy_(self.base.flat)
-        for shard, result in self.choice().items():
-            a, b = self.slice(shard)
-            flat[a:b].add_(result.update)
-        tensors = layout.views(flat)
-        entries = tuple(tensor_entry(n, raw_of(t)) for n, t in tensors.items())
-        return Built(weights_hash(entries), flat, tensors, entries)
 
 
 class UpdateIntake:
@@ -160,7 +143,10 @@ class UpdateIntake:
             return
         a, b = state.slice(header.shard)
         encoding = ENCODINGS[header.encoding]
-        decoder = ChunkDecoder(b - a, encoding, self.pool.take(b - a))  # decodes as chunks land
+        # decoded as chunks land, and (unless its slice is written already) added to the base
+        # into the new version at once (node.building)
+        sink = state.builder.sink(header.shard, sender) if state.builder is not None else None
+        decoder = ChunkDecoder(b - a, encoding, self.pool.take(b - a), sink)
         self._decoders[(sender, header.stream_id)] = decoder
         size = payload_len(b - a, encoding)
         refused = self.streams.accept(
@@ -168,7 +154,15 @@ class UpdateIntake:
         )
         if refused is not None:
             self._decoders.pop((sender, header.stream_id), None)
+            self._abandon(sender, header)
             self.pool.give(decoder.out)
+
+    def _abandon(self, sender: PeerId, header: ShardUpdate) -> None:
+        """The update stopped before it was kept: its writes into the new version stop."""
+        state = self.current()
+        if state is None or state.builder is None or state.exchange.plan.round != header.round:
+            return
+        state.builder.abandoned(header.shard, sender)
 
     def _problem(self, sender: PeerId, header: ShardUpdate) -> str | None:
         state = self.current()
@@ -191,6 +185,8 @@ class UpdateIntake:
         return None
 
     def _dropped(self, stream: InStream) -> None:
+        assert isinstance(stream.header, ShardUpdate)
+        self._abandon(stream.sender, stream.header)
         decoder = self._decoders.pop((stream.sender, stream.header.stream_id), None)
         if decoder is not None and not stream.pending:  # (a chunk being decoded keeps it)
             self.pool.give(decoder.out)
@@ -200,6 +196,7 @@ class UpdateIntake:
         assert isinstance(header, ShardUpdate)
         what = f"{self.tag} update r{header.round} s{header.shard} from {stream.sender.short()}"
         if not self.spawn(self._judge(stream, header), what):
+            self._abandon(stream.sender, header)
             self.streams.release(stream)
             decoder = self._decoders.pop((stream.sender, header.stream_id), None)
             if decoder is not None:
@@ -228,6 +225,7 @@ class UpdateIntake:
 
         values, problem = await asyncio.to_thread(decode)
         if values is None or problem is not None:
+            self._abandon(stream.sender, header)
             self.pool.give(decoder.out)
             self.installer.rejected_versions += 1
             log.warning("[%s] update of shard %d refused: %s", self.tag, header.shard, problem)
