@@ -646,10 +646,10 @@ def message_vectors() -> list[dict[str, Any]]:
         bad_body(UPDATE, rep=dict(SHARD_REPORT.to_wire(), ms=[0])),
         ErrorCode.MALFORMED_MESSAGE,
     )
-    overplanned = msgpack_profile.pack(dict(msgpack_profile.unpack(PLANNED.data), ns=3))
+    overplanned = msgpack_profile.pack(dict(msgpack_profile.unpack(PLANNED.data), ns=65))
     err(
-        "manifest-more-shards-than-plan",
-        "r10: a manifest whose plan names 2 peers but asks for 3 shards",
+        "manifest-too-many-shards",
+        "r10: a manifest whose plan asks for 65 shards (MAX_SHARDS is 64)",
         raw_body(
             msgpack_profile.pack(
                 signed_map(

@@ -15,6 +15,10 @@ The floor of a sharded round is the link floor ``2 (R − 1) / R × size / rate`
 uploads the (R − 1)/R of its delta that others aggregate, then downloads the (R − 1)/R of the
 update it does not aggregate, where ``size`` is a delta's payload bytes and ``rate`` a host
 link's (upload = download). The single aggregator's link carries ``(R − 1) × size`` each way.
+What the emulation itself allows is measured on the same hosts just before each swarm: the
+same traffic as plain bytes over plain TCP (``rawexchange.py``: no node code at all); on a
+2-core machine, R hosts' traffic through the user-space delay router can be slower than the
+links, and the round is also reported against that.
 
     python3 scripts/wan/bench_wan_rounds.py [--profile default] [--replicas 2,3,4,6]
         [--size-mb 50] [--rounds 6] [--single 3]
@@ -51,6 +55,8 @@ ELEM_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}
 #: Rounds before this one are not timed (no plan yet, buffers warming).
 FIRST_TIMED_ROUND = 3
 PORT = 7300
+#: Rounds of the raw exchange (the emulation's ceiling) per replica count.
+RAW_ROUNDS = 3
 #: Seconds a host's replica may take to answer its first status query.
 READY_S = 60.0
 
@@ -77,17 +83,43 @@ def _wait_ready(topo: Topology, host: int, addr: str) -> None:
     raise RuntimeError(f"the replica at {addr} did not answer within {READY_S:.0f} s")
 
 
+def raw_exchange(topo: Topology, replicas: int, size: int, work: Path) -> list[float]:
+    """The emulation's ceiling for this round's traffic (``rawexchange.py`` on every host):
+    each round's time from the first host's start to the last host's end."""
+    hosts = ",".join(topo.addr(i) for i in range(replicas))
+    procs = []
+    for i in range(replicas):
+        out = work / f"raw-h{i + 1}.json"
+        cmd = [
+            *topo.exec_prefix(i), sys.executable, str(HERE / "rawexchange.py"),
+            "--me", str(i), "--hosts", hosts, "--port", str(PORT + 100), "--bytes", str(size),
+            "--rounds", str(RAW_ROUNDS), "--out", str(out),
+        ]  # fmt: skip
+        procs.append((subprocess.Popen(cmd), out))
+    for proc, _ in procs:
+        if proc.wait(timeout=600) != 0:
+            raise RuntimeError("the raw exchange failed")
+    runs = [json.loads(out.read_text()) for _, out in procs]
+    return [
+        max(r[k]["end"] for r in runs) - min(r[k]["start"] for r in runs) for k in range(RAW_ROUNDS)
+    ]
+
+
 def run_swarm(
     profile: Profile, replicas: int, shards: int, args: argparse.Namespace, tmp: Path
 ) -> dict[str, Any]:
-    """``replicas`` roundlab replicas, one per host, for ``args.rounds`` rounds."""
+    """``replicas`` roundlab replicas, one per host, for ``args.rounds`` rounds; with the raw
+    exchange of the same traffic on the same hosts first."""
     work = tmp / f"r{replicas}-s{shards}"
+    work.mkdir(parents=True)
+    size = payload_bytes(args.size_mb, args.encoding)
     with Topology(profile.with_hosts(replicas), workdir=tmp) as topo:
+        raw = raw_exchange(topo, replicas, size, work) if shards > 1 else []
         first = f"{topo.addr(0)}:{PORT}"
         procs = []
         for i in range(replicas):
             wd = work / f"h{i + 1}"
-            wd.mkdir(parents=True)
+            wd.mkdir()
             cmd = [
                 *topo.exec_prefix(i), sys.executable, str(ROOT / "scripts" / "roundlab.py"),
                 "--size-mb", str(args.size_mb), "--rounds", str(args.rounds),
@@ -95,7 +127,8 @@ def run_swarm(
                 "--encoding", args.encoding, "--seed", str(i + 1),
                 "--period", str(args.period), "--grace", str(args.grace),
                 "--workdir", str(wd), "--out", str(wd / "log.json"),
-                *(["--listen", first] if i == 0 else ["--bootstrap", first]),
+                "--listen", f"{topo.addr(i)}:{PORT}",
+                *(["--bootstrap", first] if i else []),
             ]  # fmt: skip
             log = open(wd / "stderr.log", "w")  # noqa: SIM115 (closed with the process)
             procs.append((subprocess.Popen(cmd, stderr=log, stdout=log), wd, log))
@@ -126,6 +159,8 @@ def run_swarm(
         "rounds_measured": len(times),
         "replica_bytes_out_per_round": statistics.median(r["bytes_out"] for r in times) / replicas,
         "wan_bytes": sum(int(v.get("bytes", 0)) for v in stats.values()),
+        "raw_exchange_s_all": [round(t, 3) for t in raw],
+        "raw_exchange_s": statistics.median(raw) if raw else None,
     }
 
 
@@ -141,6 +176,7 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     ax.plot(rs, [r["round_s"] for r in rows], "o-", label="sharded round (median)")
     ax.plot(rs, [r["floor_s"] for r in rows], "k--", label="link floor 2(R-1)/R x size/rate")
     ax.plot(rs, [1.3 * r["floor_s"] for r in rows], ":", color="gray", label="1.3 x floor")
+    ax.plot(rs, [r["raw_exchange_s"] for r in rows], "^-", color="green", label="raw TCP exchange")
     for single in report["single_aggregator"]:
         ax.plot([single["replicas"]], [single["round_s"]], "rs", label="single aggregator")
     ax.set_xlabel("replicas (one per host)")
@@ -163,6 +199,7 @@ def main() -> int:
     ap.add_argument("--period", type=float, default=120.0, help="round period (deadline)")
     ap.add_argument("--grace", type=float, default=60.0, help="round grace")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per swarm")
+    ap.add_argument("--keep", type=Path, help="keep the replicas' logs in this new directory")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-out" / "bench_wan_rounds.json")
     args = ap.parse_args()
     reason = unavailable()
@@ -181,14 +218,19 @@ def main() -> int:
     size = payload_bytes(args.size_mb, args.encoding)
     sharded, single = [], []
     with signals_end_cleanly(), tempfile.TemporaryDirectory(prefix="wanrounds") as d:
-        tmp = Path(d)
+        tmp = args.keep or Path(d)
+        tmp.mkdir(parents=True, exist_ok=True)
         for n in counts:
             row = run_swarm(profile, n, 64, args, tmp)
             row["floor_s"] = link_floor_s(n, size, profile.with_hosts(n))
             row["ratio_to_floor"] = row["round_s"] / row["floor_s"]
+            row["raw_ratio_to_floor"] = row["raw_exchange_s"] / row["floor_s"]
+            row["ratio_to_raw"] = row["round_s"] / row["raw_exchange_s"]
             sharded.append(row)
             print(
-                f"  R={n}: {row['round_s']:.2f} s = {row['ratio_to_floor']:.2f}x floor", flush=True
+                f"  R={n}: {row['round_s']:.2f} s = {row['ratio_to_floor']:.2f}x floor "
+                f"(raw exchange {row['raw_exchange_s']:.2f} s)",
+                file=sys.stderr,
             )
         for n in singles:
             row = run_swarm(profile, n, 1, args, tmp)
@@ -212,7 +254,9 @@ def main() -> int:
     png = args.out.with_suffix(".png")
     _plot(report, png)
     parts = [
-        f"R={r['replicas']} {r['round_s']:.1f} s = {r['ratio_to_floor']:.2f}x" for r in sharded
+        f"R={r['replicas']} {r['round_s']:.1f} s = {r['ratio_to_floor']:.2f}x "
+        f"(raw TCP {r['raw_ratio_to_floor']:.2f}x)"
+        for r in sharded
     ]
     singles_txt = [
         f"single aggregator at R={r['replicas']} {r['round_s']:.1f} s"
@@ -221,7 +265,8 @@ def main() -> int:
     ]
     print(
         f"bench_wan_rounds: {profile.name}, {size / 1e6:.0f} MB {args.encoding} deltas, round "
-        f"against its link floor: {', '.join(parts)}; {'; '.join(singles_txt)} -> {args.out}"
+        f"(and the same traffic as raw TCP) against the link floor: {', '.join(parts)}; "
+        f"{'; '.join(singles_txt)} -> {args.out}"
     )
     return 0
 

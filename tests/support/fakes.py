@@ -38,6 +38,7 @@ class MemoryLink:
         self.key = key
         self.sent: list[tuple[PeerId, Message]] = []
         self.closed: list[tuple[PeerId, ErrorCode]] = []
+        self.holds: list[tuple[PeerId, bool]] = []
         self.handler: Callable[[PeerId, Message], object] = lambda peer, message: None
         #: told when a connection of this endpoint closes (as ``PeerManager``'s on_close)
         self.on_lost: Callable[[PeerId, int], object] = lambda peer, code: None
@@ -76,6 +77,10 @@ class MemoryLink:
 
     def keep_hot(self, peer: PeerId, seconds: float) -> None:
         pass
+
+    def hold(self, peer: PeerId, held: bool) -> None:
+        """Recorded only: in memory, a held peer's frames are already here."""
+        self.holds.append((peer, held))
 
     def of(self, peer: PeerId, kind: type[Message]) -> list[Message]:
         """What this endpoint sent ``peer`` of one message type."""

@@ -7,7 +7,10 @@ rank-``k`` publisher is ``ranks[k]``. Every time in it is wall-clock seconds, li
 manifest's deadline ``D``; turns follow one grace period ``G`` after another.
 
 **Shards** (:func:`shard_bounds`) cut the block's flat vector at multiples of
-``SHARD_ALIGN_ELEMS``.
+``SHARD_ALIGN_ELEMS``. A publisher plans ``SHARDS_PER_AGGREGATOR`` shards per aggregator: each
+aggregator's shards arrive one after another (senders stream them in shard order), so the
+first is averaged and its update streams back while the next still arrive — the round's
+reduce-scatter and all-gather overlap instead of following each other.
 
 **The exchange** (:class:`Exchange`) is one replica's side of one round: where it sent each
 shard of its delta, which shard updates it holds, when a shard is overdue and goes to the next
@@ -27,7 +30,11 @@ from spheroid_p2p.params import MAX_REPORT_ENTRIES, MAX_SHARDS, SHARD_ALIGN_ELEM
 from spheroid_p2p.wire.reports import RoundReport, ShardRow, shard_mask
 from spheroid_p2p.wire.signing import PeerId
 
+#: Shards a publisher plans per aggregator (09 §9.2), when its shard setting allows.
+SHARDS_PER_AGGREGATOR = 4
+
 __all__ = [
+    "SHARDS_PER_AGGREGATOR",
     "Exchange",
     "Publish",
     "RoundPlan",
@@ -122,9 +129,11 @@ def next_plan(
     block: int, round_: int, peers: Iterable[PeerId], max_shards: int
 ) -> tuple[tuple[bytes, ...], int]:
     """The plan a publisher writes for round ``round_`` (09 §9.2): ``peers`` in rendezvous
-    order, at most ``MAX_SHARDS`` of them, and the shard count."""
+    order, at most ``MAX_SHARDS`` of them, and the shard count: ``SHARDS_PER_AGGREGATOR`` per
+    peer, at most ``max_shards`` (1: the single aggregator of r9) and ``MAX_SHARDS``."""
     order = aggregator_order(block, round_, peers)[:MAX_SHARDS]
-    return tuple(p.digest for p in order), max(1, min(len(order), max_shards))
+    per = SHARDS_PER_AGGREGATOR if len(order) > 1 else 1
+    return tuple(p.digest for p in order), max(1, min(per * len(order), max_shards, MAX_SHARDS))
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,6 +61,8 @@ class Link(asyncio.BufferedProtocol):
         self.addr = "?"
         self.host = "?"  # the source address of an inbound connection
         self.throttled = False
+        #: reads stopped while what it sent waits to be processed (PeerManager.hold)
+        self.held = False
         self.small_reads_until = 0.0
         self.transport: asyncio.Transport | None = None
         loop = asyncio.get_running_loop()

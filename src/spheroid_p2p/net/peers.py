@@ -341,10 +341,23 @@ class PeerManager:
 
         def resume() -> None:
             link.throttled = False
-            if link.transport is not None and not link.transport.is_closing():
+            if not link.held and link.transport is not None and not link.transport.is_closing():
                 link.transport.resume_reading()
 
         asyncio.get_running_loop().call_later(seconds, resume)
+
+    def hold(self, peer: PeerId, held: bool) -> None:
+        """Stop reading from ``peer`` (``held``) while what it sent waits to be processed, or
+        read again: flow control, TCP's window slows the sender down (its chunks of a shard
+        stream wait in the kernel, not in our memory)."""
+        link = self._by_peer.get(peer)
+        if link is None or link.transport is None or link.held == held:
+            return
+        link.held = held
+        if held:
+            link.transport.pause_reading()
+        elif not link.throttled and not link.transport.is_closing():
+            link.transport.resume_reading()
 
     def close_peer(self, peer: PeerId, code: ErrorCode, reason: str) -> None:
         """Close the connection to ``peer`` with a coded Close frame."""

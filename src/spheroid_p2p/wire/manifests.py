@@ -245,8 +245,8 @@ class Manifest:
         if len(set(self.plan)) != len(self.plan):
             raise bad("a plan names a peer twice")
         check_uint("shards", self.shards, MAX_SHARDS)
-        if (self.shards == 0) != (not self.plan) or self.shards > len(self.plan):
-            raise bad("a plan has 1..len(plan) shards, and no plan none")
+        if (self.shards == 0) != (not self.plan):
+            raise bad("a plan has 1..MAX_SHARDS shards, and no plan none")
 
     @property
     def signer(self) -> PeerId:

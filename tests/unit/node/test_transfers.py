@@ -5,6 +5,7 @@ shard streams in and out, and a stream chunk outside its layout."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -105,7 +106,7 @@ async def test_a_request_fails_at_once_when_its_peer_goes(peers) -> None:  # typ
     assert not me.transfers.requests
 
 
-def _delta(sender: Peer, shard: int = 0) -> ShardDelta:
+def _delta(sender: Peer, shard: int = 0, shards: int = 2) -> ShardDelta:
     return ShardDelta(
         stream_id=sender.transfers.streams.new_id(),
         block=0,
@@ -113,7 +114,7 @@ def _delta(sender: Peer, shard: int = 0) -> ShardDelta:
         base=bytes(32),
         base_version=1,
         shard=shard,
-        shards=2,
+        shards=shards,
         steps=3,
         loss=0.0,
         encoding=0,
@@ -184,3 +185,43 @@ async def test_a_chunk_outside_its_streams_layout_closes_the_connection(peers) -
     await asyncio.sleep(0.05)
     assert b.link.closed == [(a.link.me, ErrorCode.HASH_MISMATCH)]
     assert not b.transfers.streams.open
+
+
+@pytest.mark.asyncio
+async def test_streams_to_a_peer_go_one_at_a_time_and_a_slow_receiver_holds_the_sender(
+    peers,  # type: ignore[no-untyped-def]
+) -> None:
+    """Three shard streams sent at once reach the receiver one after another, lowest shard
+    first (09 §9.5 "Order"); while its worker thread lags the receiver stops reading the
+    sender (flow control) and reads again once the chunks are placed."""
+    a, b, _ = peers
+    data = bytes(range(256)) * 20_000  # 5 MiB: five chunks each
+    opened: list[int] = []
+    arrived: list[InStream] = []
+    gate = threading.Event()
+
+    def admit(peer: PeerId, header: ShardDelta) -> None:
+        opened.append(header.shard)
+        b.transfers.streams.accept(peer, header, len(data), arrived.append)
+
+    b.transfers.on_stream = admit  # type: ignore[assignment]
+    b.transfers.worker.submit(gate.wait)  # the worker is busy: chunks wait for it
+    sends = [
+        asyncio.ensure_future(
+            a.transfers.streams.send(b.link.me, _delta(a, s, 4), Payload.of(data))
+        )
+        for s in (2, 0, 1)
+    ]
+    async with asyncio.timeout(5):
+        while (a.link.me, True) not in b.link.holds:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+    assert (a.link.me, True) in b.link.holds  # b stopped reading a
+    gate.set()
+    await asyncio.gather(*sends)
+    async with asyncio.timeout(5):
+        while len(arrived) < 3:  # noqa: ASYNC110 - chunks are placed on the worker thread
+            await asyncio.sleep(0.005)
+    assert b.link.holds[-1] == (a.link.me, False)  # and reads it again
+    # the first send took the lane at once; the other two waited and went lowest shard first
+    assert opened == [2, 0, 1]
+    assert [s.header.shard for s in arrived] == [2, 0, 1]

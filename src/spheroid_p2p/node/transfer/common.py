@@ -35,6 +35,8 @@ class BulkLink(Protocol):
 
     def close_peer(self, peer: PeerId, code: ErrorCode, reason: str) -> None: ...
 
+    def hold(self, peer: PeerId, held: bool) -> None: ...
+
 
 @dataclass
 class FetchResult:

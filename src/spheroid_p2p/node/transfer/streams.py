@@ -5,13 +5,16 @@ round code computes them block by block) with a watermark of the bytes ready; :m
 writes the header, then each chunk as soon as its bytes are ready, behind the connection's
 bulk backpressure (01 §1.4). Sending one payload to several peers runs one such sender per
 peer, so a slow peer holds up only its own copy: the shard's update goes out chunk by chunk
-while it is still being computed, and while other shards' streams still arrive.
+while it is still being computed, and while other shards' streams still arrive. Streams of one
+kind to one peer take turns, lowest shard first (:class:`~.lanes.Lane`, 09 §9.5 "Order").
 
 **In.** The round code admits a header (it alone knows the shard's exact size, from its own
 base) and calls :meth:`Streams.accept` with that size: the bytes land in a buffer from a pool
 of same-sized buffers (reused round after round), each chunk checked against its hash and
 copied into place on the transfer worker thread, and ``on_done`` gets the complete payload.
-A stream not complete ``STREAM_TIMEOUT_S`` after its header is dropped.
+A stream not complete ``STREAM_TIMEOUT_S`` after its header is dropped. A peer whose chunks
+wait for the worker thread (``MAX_PENDING_CHUNKS_PER_PEER``) is not read from until they are
+placed: flow control, so its streams wait in TCP rather than pile up here.
 
 Acks: a shard delta's sender waits for its ``DELTA_ACK`` through the request table, keyed by
 the stream id (bit 63 clear, from this table's own counter).
@@ -32,6 +35,7 @@ from spheroid_p2p.net.requests import PeerLostError, RequestTable
 from spheroid_p2p.node.transfer.codecs import Codecs, encode_chunk
 from spheroid_p2p.node.transfer.common import BulkLink, FetchError
 from spheroid_p2p.node.transfer.fetching import place_chunk
+from spheroid_p2p.node.transfer.lanes import Lane
 from spheroid_p2p.params import TENSOR_CHUNK_BYTES
 from spheroid_p2p.wire.chunks import TensorChunk
 from spheroid_p2p.wire.deltas import DeltaAck, ShardDelta, ShardUpdate
@@ -45,7 +49,12 @@ log = logging.getLogger(__name__)
 
 #: Streams being received at once, in all and from one peer (each holds one shard in memory).
 MAX_OPEN_STREAMS = 128
-MAX_OPEN_STREAMS_PER_PEER = 4
+MAX_OPEN_STREAMS_PER_PEER = 8
+#: A peer's chunks received but not yet placed (checked, copied, decoded) above which the node
+#: stops reading from it until they are down to RESUME_PENDING_CHUNKS (flow control: a sender
+#: ahead of the worker thread waits in TCP, and its streams never pile up here).
+MAX_PENDING_CHUNKS_PER_PEER = 4
+RESUME_PENDING_CHUNKS = 1
 #: A stream not complete this long after its header is dropped (``TIMEOUT``).
 STREAM_TIMEOUT_S = 60.0
 #: Idle buffers the pool keeps for reuse.
@@ -169,7 +178,11 @@ class Streams:
         self.worker = worker
         self.tag = tag
         self.acks: RequestTable[object] = RequestTable()
+        #: (peer, kind) -> its streams' turns (deltas and updates each have their own)
+        self.lanes: dict[tuple[PeerId, type], Lane] = {}
         self.open: dict[tuple[PeerId, int], InStream] = {}
+        #: peer -> its chunks being placed on the worker thread (flow control)
+        self.placing: dict[PeerId, int] = {}
         self.pool = BufferPool()
         self.bytes_out = 0
         self.bytes_in = 0
@@ -179,8 +192,18 @@ class Streams:
         return self.acks.new_id()
 
     async def send(self, peer: PeerId, header: Header, payload: Payload) -> None:
-        """Write ``header``, then the payload's chunks as they become ready. Raises
-        :class:`FetchError` if the connection goes away."""
+        """Write ``header``, then the payload's chunks as they become ready, in this peer's
+        lane for its kind (:class:`Lane`, lowest shard first). Raises :class:`FetchError` if
+        the connection goes away."""
+        lane = self.lanes.get((peer, type(header)))
+        if lane is None:
+            lane = self.lanes[(peer, type(header))] = Lane()
+        async with lane.turn(header.shard):
+            await self._send(peer, header, payload)
+        if not lane.busy:
+            self.lanes.pop((peer, type(header)), None)
+
+    async def _send(self, peer: PeerId, header: Header, payload: Payload) -> None:
         if not self.link.send(peer, header):
             raise FetchError(f"{peer.short()} is not connected")
         total = len(payload.view)
@@ -276,6 +299,9 @@ class Streams:
         if chunk.index in stream.have or chunk.index in stream.pending:
             return
         stream.pending.add(chunk.index)
+        placing = self.placing[peer] = self.placing.get(peer, 0) + 1
+        if placing >= MAX_PENDING_CHUNKS_PER_PEER:
+            self.link.hold(peer, True)
         start = chunk.index * TENSOR_CHUNK_BYTES
         dest = memoryview(stream.buffer)[start : start + chunk.raw_len]
         job = asyncio.get_running_loop().run_in_executor(
@@ -295,6 +321,13 @@ class Streams:
     ) -> None:
         dest.release()
         stream.pending.discard(index)
+        placing = self.placing.get(stream.sender, 0) - 1
+        if placing > 0:
+            self.placing[stream.sender] = placing
+        else:
+            self.placing.pop(stream.sender, None)
+        if placing <= RESUME_PENDING_CHUNKS:
+            self.link.hold(stream.sender, False)
         if job.cancelled() or self.open.get(key) is not stream:
             return
         exc = job.exception()
@@ -359,6 +392,7 @@ class Streams:
         )
 
     def peer_lost(self, peer: PeerId) -> None:
+        self.placing.pop(peer, None)
         for key in [k for k in self.open if k[0] == peer]:
             self._drop(key)
         self.acks.peer_lost(peer)
