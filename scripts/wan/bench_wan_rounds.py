@@ -193,6 +193,12 @@ def main() -> int:
     ap.add_argument("--profile", default="default", help="a topology.py profile")
     ap.add_argument("--replicas", default="2,3,4,6", help="replica counts, one host each")
     ap.add_argument("--single", default="3", help="replica counts also run with one shard")
+    ap.add_argument(
+        "--one-shard-each",
+        default="",
+        help="replica counts also run with one shard per replica (--round-shards R: no "
+        "pipelining of an aggregator's shards), for comparison",
+    )
     ap.add_argument("--size-mb", type=float, default=50.0, help="float32 MB of the block")
     ap.add_argument("--encoding", default="bfloat16", choices=sorted(ELEM_BYTES))
     ap.add_argument("--rounds", type=int, default=6)
@@ -232,6 +238,13 @@ def main() -> int:
                 f"(raw exchange {row['raw_exchange_s']:.2f} s)",
                 file=sys.stderr,
             )
+        unpiped = []
+        for n in [int(x) for x in args.one_shard_each.split(",") if x]:
+            row = run_swarm(profile, n, n, args, tmp)
+            row["floor_s"] = link_floor_s(n, size, profile.with_hosts(n))
+            row["ratio_to_floor"] = row["round_s"] / row["floor_s"]
+            unpiped.append(row)
+            print(f"  R={n} one shard each: {row['round_s']:.2f} s", file=sys.stderr)
         for n in singles:
             row = run_swarm(profile, n, 1, args, tmp)
             match = next((r for r in sharded if r["replicas"] == n), None)
@@ -247,6 +260,7 @@ def main() -> int:
         "first_timed_round": FIRST_TIMED_ROUND,
         "sharded": sharded,
         "single_aggregator": single,
+        "one_shard_per_replica": unpiped,
         "command": " ".join(sys.argv),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

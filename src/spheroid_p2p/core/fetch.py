@@ -9,7 +9,10 @@ arrived chunks waiting for their check, hands each missing chunk to the least-lo
 re-requests a chunk from another holder when its holder fails, times out or sends a chunk
 whose hash is not the manifest's (that holder is then banned and reported), and near the end
 asks a second holder for chunks still in flight (so one slow holder cannot hold up the
-finish).
+finish). Requests carry ``batch`` chunks (fewer only for the last ones): a holder's window is
+refilled a batch at a time, not one chunk per arrival, so a fast fetch asks few times. A
+holder that answers ``OVERLOADED`` (its rate limit) keeps its place: its chunks are asked of
+others and it is asked again after a pause.
 
 Chunks already present (verified on disk from an interrupted fetch) are passed in ``have``
 and never requested.
@@ -29,12 +32,14 @@ __all__ = ["FetchParams", "Fetcher", "RequestChunks"]
 @dataclass(frozen=True)
 class FetchParams:
     #: Chunks in flight per holder (1 MiB each): enough to fill a long fat pipe.
-    window: int = 8
+    window: int = 16
     #: Chunks arrived but not yet hashed and written; no new requests past this (it bounds
     #: the receiver's memory when checking is slower than the network).
     max_unverified: int = 16
     #: Chunks per CHUNK_GET.
-    batch: int = 4
+    batch: int = 8
+    #: A holder that answered OVERLOADED is asked nothing for this long.
+    overload_pause_s: float = 0.25
     #: A chunk not delivered this long after it was asked for is asked of someone else.
     chunk_timeout_s: float = 20.0
 
@@ -53,6 +58,7 @@ class _Holder:
     inflight: dict[int, float] = field(default_factory=dict)  # chunk -> asked at
     received: int = 0
     banned: str | None = None
+    paused_until: float = 0.0  # it answered OVERLOADED
 
 
 class Fetcher:
@@ -150,6 +156,16 @@ class Fetcher:
         """The holder answered TRANSFER_ERROR: it does not have the version (any more)."""
         self.holder_failed(peer, reason)
 
+    def holder_overloaded(self, peer: PeerId, now: float) -> None:
+        """The holder answered OVERLOADED (past its rate limit): its chunks in flight go back
+        to the queue and it is asked again ``overload_pause_s`` later."""
+        holder = self.holders.get(peer)
+        if holder is None:
+            return
+        self._requeue(holder.inflight)
+        holder.inflight.clear()
+        holder.paused_until = now + self.params.overload_pause_s
+
     # -- outputs ----------------------------------------------------------------------------
     def poll(self, now: float) -> list[RequestChunks]:
         """Requests to send now (call after every input and on a timer)."""
@@ -164,13 +180,13 @@ class Fetcher:
         inflight_any = {i for h in self.holders.values() for i in h.inflight}
         queue = [i for i in self.missing if i not in inflight_any and i not in self.unverified]
         actions: list[RequestChunks] = []
-        usable = [h for h in self.holders.values() if h.banned is None]
+        usable = [h for h in self.holders.values() if h.banned is None and h.paused_until <= now]
         while usable and len(self.unverified) < p.max_unverified:
             usable.sort(key=lambda h: (len(h.inflight), -h.received, h.peer.digest))
             holder = usable[0]
             room = p.window - len(holder.inflight)
-            if room <= 0:
-                break
+            if room <= 0 or (room < min(p.batch, len(queue)) and holder.inflight):
+                break  # refilled a whole batch at a time
             take = min(room, p.batch)
             picked = queue[:take]
             del queue[:take]
@@ -190,8 +206,13 @@ class Fetcher:
         return actions
 
     def next_deadline(self) -> float | None:
-        times = [t for h in self.holders.values() for t in h.inflight.values()]
-        return min(times) + self.params.chunk_timeout_s if times else None
+        times = [
+            t + self.params.chunk_timeout_s
+            for h in self.holders.values()
+            for t in h.inflight.values()
+        ]
+        times += [h.paused_until for h in self.holders.values() if h.paused_until]
+        return min(times) if times else None
 
     def _requeue(self, chunks: dict[int, float]) -> None:
         for i in chunks:

@@ -31,7 +31,9 @@ REQUEST_RATES: Final = {
     # unsolicited VERSION_INFO (id 0): one a round from each publisher; a replica fetches one
     # only from the round's publisher in its turn (09 §9.8), once per version
     "version_push": (8.0, 32.0),
-    "chunk_get": (64.0, 128.0),
+    # chunks asked for (a CHUNK_GET costs one per chunk it names): what a peer may take of
+    # our upload, about 2 GiB/s; its connection's flow control bounds it further
+    "chunk_get": (2048.0, 4096.0),
     # SHARD_DELTA headers: one per shard a peer sends us per round
     "delta": (16.0, 32.0),
 }

@@ -53,10 +53,12 @@ THROTTLE_S = 0.25
 
 
 def cost(message: Message) -> float:
-    """Tokens a request spends: a record batch one per record, a traversal one per
-    block-step it asks for, anything else one."""
+    """Tokens a request spends: a record batch one per record, a chunk request one per
+    chunk, a traversal one per block-step it asks for, anything else one."""
     if isinstance(message, GossipRecords):
         return float(max(1, len(message.records)))
+    if isinstance(message, ChunkGet):
+        return float(max(1, len(message.indices)))
     if isinstance(message, Traverse):
         hop = message.route[message.hop]
         return float(message.steps_per_block * (hop.last_block - hop.first_block + 1))

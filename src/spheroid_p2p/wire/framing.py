@@ -67,7 +67,7 @@ class BodyPool:
     pool keeps at most ``keep`` buffers; past that, bodies are freshly allocated as before.
     """
 
-    def __init__(self, capacity: int = MAX_FRAME_BYTES, keep: int = 16) -> None:
+    def __init__(self, capacity: int = MAX_FRAME_BYTES, keep: int = 32) -> None:
         self.capacity = capacity
         self.keep = keep
         self._buffers: list[bytearray] = []

@@ -16,6 +16,7 @@ re-encoding: msgpack encodings are not canonical across implementations.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import struct
 from dataclasses import dataclass
@@ -133,6 +134,13 @@ class KeyPair:
         return self._private.sign(signing_input(domain, data))
 
 
+@functools.lru_cache(maxsize=1024)
+def _public_key(public_key: bytes) -> Ed25519PublicKey:
+    """The key object of a peer's public key (parsed once: every frame of a connection is
+    signed by the same key). Raises ``ValueError`` for bytes that are no key."""
+    return Ed25519PublicKey.from_public_bytes(public_key)
+
+
 def verify(public_key: bytes, signature: bytes, domain: bytes, data: bytes | memoryview) -> None:
     """Check a signature; raise ``RemoteProtocolError(BAD_SIGNATURE)`` if it does not verify."""
     if len(signature) != SIGNATURE_BYTES:
@@ -140,8 +148,7 @@ def verify(public_key: bytes, signature: bytes, domain: bytes, data: bytes | mem
             f"signature is {len(signature)} bytes, want {SIGNATURE_BYTES}", ErrorCode.BAD_SIGNATURE
         )
     try:
-        key = Ed25519PublicKey.from_public_bytes(public_key)
-        key.verify(signature, signing_input(domain, data))
+        _public_key(public_key).verify(signature, signing_input(domain, data))
     except (InvalidSignature, ValueError) as exc:
         raise RemoteProtocolError(
             "signature does not verify for the sender's key", ErrorCode.BAD_SIGNATURE

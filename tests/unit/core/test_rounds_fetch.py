@@ -170,7 +170,7 @@ def _asked(actions: list) -> list[int]:
 
 
 def test_an_arrived_chunk_frees_its_window_slot_before_its_hash_is_checked() -> None:
-    f = Fetcher(_spans(10), params=FetchParams(window=2, batch=2, max_unverified=3))
+    f = Fetcher(_spans(10), params=FetchParams(window=2, batch=1, max_unverified=3))
     holder = PEERS[0]
     f.add_holder(holder)
     assert _asked(f.poll(0.0)) == [0, 1]
@@ -183,6 +183,37 @@ def test_an_arrived_chunk_frees_its_window_slot_before_its_hash_is_checked() -> 
     assert f.chunk_received(holder, 0, bytes([0]) * 32)
     assert _asked(f.poll(0.4)) == [3, 4]
     assert f.next_deadline() == 0.4 + f.params.chunk_timeout_s  # only what is on the wire
+
+
+def test_a_window_is_refilled_a_batch_at_a_time() -> None:
+    """One request per batch, not one per arrived chunk (a fast fetch asks few times)."""
+    f = Fetcher(_spans(20), params=FetchParams(window=8, batch=4, max_unverified=16))
+    holder = PEERS[0]
+    f.add_holder(holder)
+    first = f.poll(0.0)
+    assert [a.indices for a in first] == [(0, 1, 2, 3), (4, 5, 6, 7)]
+    for i in range(3):
+        f.chunk_arrived(holder, i)
+        assert f.poll(0.1) == []  # room for 1, 2, 3: less than a batch
+    f.chunk_arrived(holder, 3)
+    assert [a.indices for a in f.poll(0.2)] == [(8, 9, 10, 11)]
+
+
+def test_an_overloaded_holder_is_paused_not_dropped() -> None:
+    """OVERLOADED (a holder's rate limit) sends its chunks to the others and asks it again
+    after ``overload_pause_s``; it stays a holder."""
+    f = Fetcher(_spans(8), params=FetchParams(window=4, batch=4, overload_pause_s=0.25))
+    busy, other = PEERS[0], PEERS[1]
+    f.add_holder(busy)
+    asked = f.poll(0.0)
+    assert [a.holder for a in asked] == [busy]
+    f.add_holder(other)
+    f.holder_overloaded(busy, 0.0)
+    assert busy in f.usable
+    again = f.poll(0.1)
+    assert {a.holder for a in again} == {other}  # its chunks went to the other holder
+    assert f.next_deadline() is not None and f.next_deadline() <= 0.25
+    assert any(a.holder == busy for a in f.poll(0.3))  # and it is asked again after the pause
 
 
 def test_a_chunk_that_fails_its_check_is_asked_again_from_a_good_holder() -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import mmap
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,23 +42,21 @@ from spheroid_p2p.wire.tensors import chunk_digest
 from spheroid_p2p.wire.transfer import ChunkGet, TransferError
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from spheroid_p2p.node.admission import SetCheck
     from spheroid_p2p.node.store import VersionStore
 
-__all__ = ["Fetches", "place_chunk"]
+__all__ = ["Fetches", "checked_bytes", "place_chunk", "write_chunk"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
 class Fetch:
-    """One fetch in progress: the fetcher's state, the mapped partial file, who sent what."""
+    """One fetch in progress: the fetcher's state, the partial file, who sent what."""
 
     fetcher: Fetcher
     signed: SignedManifest
-    view: memoryview
+    fd: int  # the partial file, written at each chunk's offset (-1: an empty set)
     wake: asyncio.Event
     codec: dict[PeerId, Codec]
     bytes_by: dict[PeerId, int] = field(default_factory=dict)
@@ -72,29 +70,45 @@ class Fetch:
     blind: set[PeerId] = field(default_factory=set)
 
 
-def place_chunk(
-    chunk: TensorChunk, dest: memoryview, measure_itemsize: int = 0
-) -> tuple[float, float] | None:
-    """Worker thread: check a chunk against its hash and put its bytes in ``dest`` (its slice
-    of the destination). With ``measure_itemsize``, also measure shuffle+zstd on it (08 §8.7).
-    Raises ``RemoteProtocolError`` (``HASH_MISMATCH`` or the codec's error)."""
+def checked_bytes(chunk: TensorChunk, length: int) -> memoryview:
+    """Worker thread: a chunk's bytes, decoded and checked against its hash and against the
+    ``length`` of its span. Raises ``RemoteProtocolError`` (``HASH_MISMATCH``,
+    ``TENSOR_SHAPE_MISMATCH`` or the codec's error)."""
     plain = chunk.codec == Codec.NONE
-    if chunk.raw_len != len(dest) or (plain and len(chunk.payload) != len(dest)):
+    if chunk.raw_len != length or (plain and len(chunk.payload) != length):
         raise RemoteProtocolError(
-            f"chunk {chunk.index} has {chunk.raw_len} bytes, its span {len(dest)}",
+            f"chunk {chunk.index} has {chunk.raw_len} bytes, its span {length}",
             ErrorCode.TENSOR_SHAPE_MISMATCH,
         )
-    if chunk.codec == Codec.NONE:
-        raw = chunk.payload
+    if plain:
+        raw = memoryview(chunk.payload)
     else:
-        raw = decode_payload(chunk.payload, chunk.codec, chunk.raw_len, chunk.elem_size)
+        raw = memoryview(decode_payload(chunk.payload, chunk.codec, chunk.raw_len, chunk.elem_size))
     if chunk_digest(raw) != chunk.chunk_hash:
         raise RemoteProtocolError(
             f"chunk {chunk.index} of stream {chunk.stream_id} does not match its hash",
             ErrorCode.HASH_MISMATCH,
         )
-    dest[:] = raw
-    return measure_codec(memoryview(raw), measure_itemsize) if measure_itemsize else None
+    return raw
+
+
+def place_chunk(chunk: TensorChunk, dest: memoryview) -> None:
+    """Worker thread: check a chunk (:func:`checked_bytes`) and copy it into ``dest``."""
+    dest[:] = checked_bytes(chunk, len(dest))
+
+
+def write_chunk(
+    chunk: TensorChunk, fd: int, offset: int, length: int, measure_itemsize: int = 0
+) -> tuple[float, float] | None:
+    """Worker thread: check a chunk (:func:`checked_bytes`) and write it at ``offset`` of the
+    partial file (straight into the page cache: no page faults, unlike a mapping). With
+    ``measure_itemsize``, also measure shuffle+zstd on it (08 §8.7)."""
+    raw = checked_bytes(chunk, length)
+    data, at = raw, offset
+    while data:
+        written = os.pwrite(fd, data, at)
+        data, at = data[written:], at + written
+    return measure_codec(raw, measure_itemsize) if measure_itemsize else None
 
 
 class Fetches:
@@ -145,12 +159,11 @@ class Fetches:
         path, have = await asyncio.to_thread(self.store.begin_partial, signed)
         spans = chunk_spans(m.tensors)
         fetcher = Fetcher(spans, have, params)
-        size = sum(s.length for s in spans)
-        mapped = await asyncio.to_thread(_map, path, size)
+        fd = await asyncio.to_thread(os.open, path, os.O_WRONLY)
         fetch = Fetch(
             fetcher,
             signed,
-            memoryview(mapped) if mapped is not None else memoryview(bytearray()),
+            fd,
             asyncio.Event(),
             {},
             on_chunk=on_chunk,
@@ -175,11 +188,9 @@ class Fetches:
         finally:
             self.active.remove(fetch)
             self.requests.forget(lambda target: target is fetch)
-            if fetch.pending:  # never unmap the file under a write still queued
+            if fetch.pending:  # never close the file under a write still queued
                 await asyncio.wait(list(fetch.pending.values()))
-            fetch.view.release()
-            if mapped is not None:
-                await asyncio.to_thread(_flush_and_close, mapped)
+            os.close(fd)
         if check is not None:
             tensors = await asyncio.to_thread(self.store.partial_tensors, signed, path)
             problem = await asyncio.to_thread(check, tensors)
@@ -269,8 +280,12 @@ class Fetches:
 
     # -- inputs ---------------------------------------------------------------------------------
     def refused(self, peer: PeerId, fetch: Fetch, error: TransferError) -> None:
-        """A holder answered one of our chunk requests with TRANSFER_ERROR."""
-        fetch.fetcher.chunk_refused(peer, f"{code_name(error.code)}: {error.reason}")
+        """A holder answered one of our chunk requests with TRANSFER_ERROR: past its rate
+        limit (OVERLOADED) it is asked again after a pause, else it is done with."""
+        if error.code == ErrorCode.OVERLOADED:
+            fetch.fetcher.holder_overloaded(peer, time.monotonic())
+        else:
+            fetch.fetcher.chunk_refused(peer, f"{code_name(error.code)}: {error.reason}")
         fetch.wake.set()
 
     def peer_lost(self, peer: PeerId, code: int) -> None:
@@ -307,17 +322,14 @@ class Fetches:
         itemsize = 0
         if peer in fetch.blind and chunk.codec == Codec.NONE and self.codecs.wants_probe():
             itemsize = DTYPES[fetch.signed.manifest.tensors[span.tensor].dtype].itemsize
-        dest = fetch.view[span.offset : span.offset + span.length]
         job = asyncio.get_running_loop().run_in_executor(
-            self.worker, place_chunk, chunk, dest, itemsize
+            self.worker, write_chunk, chunk, fetch.fd, span.offset, span.length, itemsize
         )
         fetch.pending[index] = job
         # the callback must not keep ``chunk``: its payload is a view of a pooled receive
         # buffer, which is reused only once nothing refers to it
         digest, wire_len = chunk.chunk_hash, len(chunk.payload)
-        job.add_done_callback(
-            lambda done: self._placed(fetch, peer, index, digest, wire_len, done, dest)
-        )
+        job.add_done_callback(lambda done: self._placed(fetch, peer, index, digest, wire_len, done))
         fetch.fetcher.chunk_arrived(peer, index)
         self._pump(fetch)  # its window slot is free: ask for the next chunk at once
 
@@ -329,10 +341,8 @@ class Fetches:
         digest: bytes,
         wire_len: int,
         job: asyncio.Future[tuple[float, float] | None],
-        dest: memoryview,
     ) -> None:
         fetch.pending.pop(index, None)
-        dest.release()
         if job.cancelled() or fetch not in self.active:
             return
         exc = job.exception()
@@ -372,17 +382,3 @@ class Fetches:
                 codec.name,
             )
             fetch.codec[peer] = codec
-
-
-def _map(path: Path, size: int) -> mmap.mmap | None:
-    """A writable mapping of a fetch's partial file (None when the set is empty)."""
-    if not size:
-        return None
-    with open(path, "r+b") as f:
-        return mmap.mmap(f.fileno(), size)
-
-
-def _flush_and_close(mapped: mmap.mmap) -> None:
-    """Close a fetch's mapping (its pages stay in the page cache; durability comes with the
-    store's fsync when the set is installed)."""
-    mapped.close()
