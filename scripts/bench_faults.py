@@ -644,10 +644,12 @@ async def poison_a_trainer(tmp: Path, tries: int) -> dict[str, Any]:
     import torch
 
     from spheroid_p2p.client.status import fetch_status
+    from spheroid_p2p.core.plan import shard_bounds
     from spheroid_p2p.node.app import running_node
     from spheroid_p2p.node.config import NodeConfig
-    from spheroid_p2p.node.tensor_bridge import raw_of
-    from spheroid_p2p.node.transfer import FetchError
+    from spheroid_p2p.node.tensor_bridge import flat_bytes
+    from spheroid_p2p.node.transfer import FetchError, Payload
+    from spheroid_p2p.wire.deltas import ShardDelta
 
     model = ModelConfig(context=16, d_model=32, layers_per_block=1)
     trainer = NodeProcess(
@@ -674,9 +676,9 @@ async def poison_a_trainer(tmp: Path, tries: int) -> dict[str, Any]:
                 await asyncio.sleep(0.2)
 
             async def newest() -> tuple[Any, dict[str, torch.Tensor]]:
-                recs = [r for r in evil.gossip.owners_of(0) if r.owner == target and r.content_hash]
+                recs = [r for r in evil.swarm.owners(0) if r.owner == target and r.content_hash]
                 rec = max(recs, key=lambda r: r.version)
-                await evil.connect_all([target])
+                await evil.swarm.connect([target])
                 signed = await evil.transfers.get_manifest(target, 0, rec.content_hash)
                 return signed, (await evil.transfers.fetch(signed, [target])).stored.tensors()
 
@@ -703,21 +705,26 @@ async def poison_a_trainer(tmp: Path, tries: int) -> dict[str, Any]:
                     )
                     node.transfers.push_manifest(target, bad.signed)
                     sent.append(bad.manifest.content)
-                poison = {
-                    k: torch.full_like(v, float("nan")).to(torch.bfloat16) for k, v in base.items()
-                }
+                # a NaN delta of shard 0 of the round the trainer's plan announces
+                numel = sum(v.numel() for v in base.values())
+                shards = max(1, m.shards)
+                bounds = shard_bounds(numel, shards)
+                nan = torch.full((bounds[1] - bounds[0],), float("nan"), dtype=torch.bfloat16)
+                header = ShardDelta(
+                    stream_id=evil.transfers.streams.new_id(),
+                    block=0,
+                    round=m.version + 1,
+                    base=m.content,
+                    base_version=m.version,
+                    shard=0,
+                    shards=shards,
+                    steps=5,
+                    loss=1.0,
+                    encoding=2,
+                )
                 try:
-                    ack = await evil.transfers.send_delta(
-                        target,
-                        block=0,
-                        round_=m.version + 1,
-                        base=m.content,
-                        base_version=m.version,
-                        steps=5,
-                        loss=1.0,
-                        encoding=2,
-                        tensors={k: raw_of(v) for k, v in poison.items()},
-                        timeout_s=20,
+                    ack = await evil.transfers.streams.send_delta(
+                        target, header, Payload.of(flat_bytes(nan), 2), 20
                     )
                     delta_codes[code_name(ack.code)] += 1
                 except (FetchError, TimeoutError):

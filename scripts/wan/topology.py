@@ -118,6 +118,11 @@ PROFILES: dict[str, Profile] = {
         (HostLink(1000, 1000, 0.0),) * 3,
         notes="1 Gbit/s, no added delay: what the emulation itself costs",
     ),
+    "slow": Profile(
+        "slow",
+        (HostLink(20, 20, 25.0),) * 3,
+        notes="20 Mbit/s, 25 ms one way per link, no loss (many hosts within this machine's CPU)",
+    ),
     "nodelay": Profile(
         "nodelay",
         (HostLink(100, 100, 0.0),) * 3,

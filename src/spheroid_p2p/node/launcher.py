@@ -10,6 +10,7 @@ SIGKILL if they do not exit in time.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import random
 import signal
@@ -17,8 +18,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import TypeVar
 
 from spheroid_p2p.client.status import fetch_peer_status, fetch_status
 from spheroid_p2p.errors import ErrorCode, SpheroidError
@@ -29,10 +31,23 @@ from spheroid_p2p.wire.status import RecordView, StatusResponse
 
 __all__ = ["NodeProcess", "evaluator_command", "live_view", "swarm_plan", "wait_for"]
 
+T = TypeVar("T")
+
 #: Ports tried before giving up on starting a node.
 START_ATTEMPTS = 5
 #: Seconds between status queries while a node starts.
 READY_POLL_S = 0.1
+
+
+def _run(work: Coroutine[object, object, T]) -> T:
+    """Run a status query from sync code: on this thread, or, when this thread already runs
+    an event loop (a benchmark's async code starting a node), on a thread of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(work)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="status") as pool:
+        return pool.submit(asyncio.run, work).result()
 
 
 def probe(addr: str, key_path: Path | None = None) -> PeerId | None:
@@ -40,7 +55,7 @@ def probe(addr: str, key_path: Path | None = None) -> PeerId | None:
     or None when nothing answers yet. A node that refuses our protocol version answers too:
     its id then comes from its key file (``key_path``), which it wrote before listening."""
     try:
-        return asyncio.run(fetch_peer_status(addr, timeout_s=2.0))[0]
+        return _run(fetch_peer_status(addr, timeout_s=2.0))[0]
     except DialError as exc:
         if exc.code == ErrorCode.UNSUPPORTED_VERSION and key_path is not None:
             return load_or_create_identity(key_path)[0].peer_id
@@ -148,7 +163,7 @@ class NodeProcess:
         return self.log_path.read_text() if self.log_path.exists() else ""
 
     def status(self, timeout_s: float = 5.0) -> StatusResponse:
-        return asyncio.run(fetch_status(self.addr, timeout_s))
+        return _run(fetch_status(self.addr, timeout_s))
 
     def own_records(self, role: str | None = None) -> list[RecordView]:
         """This node's own live records, from its status."""
