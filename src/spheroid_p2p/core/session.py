@@ -76,11 +76,14 @@ def session_keys(
 class Sealer:
     """One direction of a session: seals (or opens) frames in order, counting them."""
 
-    __slots__ = ("_aead", "count")
+    __slots__ = ("_aead", "_scratch", "count")
 
     def __init__(self, key: bytes) -> None:
         self._aead = AESGCM(key)
         self.count = 0
+        #: the plaintext of the frame being sealed, gathered from its buffers (reused: a
+        #: fresh megabyte for every chunk frame costs more than sealing it)
+        self._scratch = bytearray()
 
     def _nonce(self) -> bytes:
         nonce = struct.pack(">IQ", 0, self.count)
@@ -90,7 +93,18 @@ class Sealer:
     def seal(self, buffers: list[Buffer]) -> list[Buffer]:
         """A plaintext frame (its buffers, length prefix first) -> the sealed frame, as the
         new length prefix and the ciphertext (two buffers: the ciphertext is not copied)."""
-        body = buffers[0][4:] if len(buffers) == 1 else b"".join(buffers)[4:]
+        if len(buffers) == 1:
+            body = memoryview(buffers[0]).cast("B")[4:]
+        else:
+            views = [memoryview(b).cast("B") for b in buffers]
+            size = sum(v.nbytes for v in views)
+            if len(self._scratch) < size:
+                self._scratch = bytearray(size)
+            gathered, at = memoryview(self._scratch), 0
+            for v in views:
+                gathered[at : at + v.nbytes] = v
+                at += v.nbytes
+            body = gathered[4:size]
         prefix = frame_header(len(body) + SESSION_TAG_BYTES)
         return [prefix, self._aead.encrypt(self._nonce(), body, prefix)]
 

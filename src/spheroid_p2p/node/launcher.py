@@ -132,7 +132,11 @@ class NodeProcess:
                     env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 )
             while time.monotonic() < deadline and self.proc.poll() is None:
-                peer = self._probe(addr)
+                try:
+                    peer = self._probe(addr)
+                except BaseException:  # (Ctrl-C, a bug): never leave the process behind
+                    self.kill9()
+                    raise
                 if peer is None:
                     time.sleep(READY_POLL_S)  # not listening yet
                     continue
