@@ -347,12 +347,12 @@ def test_poisoned_versions_and_foreign_shard_deltas_are_refused(tmp_path: Path) 
             assert answer.code in (ErrorCode.DELTA_REJECTED, ErrorCode.ROUND_CLOSED), answer
             assert _hwm_kib(trainer.proc.pid) - before < 64 * 1024  # type: ignore[union-attr]
             # the trainer fetches and judges the pushed versions
-            await _until(lambda: trainer.log().count("refused") >= 3, 30, "three refusals")
+            await _until(lambda: trainer.log().count("refused: ") >= 3, 30, "three refusals")
         return sent
 
     try:
         sent = asyncio.run(main())
-        wait_for(lambda: trainer.log().count("refused") >= 3, timeout_s=30)
+        wait_for(lambda: trainer.log().count("refused: ") >= 3, timeout_s=30)
         assert trainer.alive()
         held = {p.name.split(".")[0] for p in (tmp_path / "r0" / "versions").glob("*")}
         for content in sent:
