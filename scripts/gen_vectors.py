@@ -51,6 +51,7 @@ from spheroid_p2p.wire.gossip import (
 )
 from spheroid_p2p.wire.manifests import KIND_FULL, Manifest, tensor_entry, weights_hash
 from spheroid_p2p.wire.message import Message
+from spheroid_p2p.wire.pipeline import PipeResult, PipeStep
 from spheroid_p2p.wire.records import OwnershipRecord, SignedRecord
 from spheroid_p2p.wire.reports import RoundReport, ShardRow, shard_mask
 from spheroid_p2p.wire.signing import (
@@ -66,8 +67,6 @@ from spheroid_p2p.wire.transfer import ChunkGet, TransferError, VersionGet, Vers
 from spheroid_p2p.wire.traversal import (
     Hop,
     InlineTensor,
-    PipeResult,
-    PipeStep,
     Traverse,
     TraverseError,
     TraverseResult,
@@ -429,6 +428,22 @@ def message_vectors() -> list[dict[str, Any]]:
             ),
         ),
         (
+            "traverse-known-prefix",
+            "Traverse to hop 1 under the known-prefix rule (r11 pr, ps, ses, nt, cr: 10 §10.8), "
+            "two trajectory rows of 2 float16 numbers, hop 0 reused 5 rows",
+            dataclasses.replace(
+                TRAVERSE_0,
+                hop=1,
+                z=InlineTensor(2, (2, 2), 0, chunk_digest(Z_F16), Z_F16),
+                payload=Z_F16,
+                prefix_rule=1,
+                prefix_seed=5,
+                session=0x1234_5678_9ABC,
+                trajectory_rows=2,
+                reused=(5,),
+            ),
+        ),
+        (
             "pipe-step",
             "PipeStep to stage 0 with a 6-byte prompt",
             PipeStep(
@@ -493,6 +508,12 @@ def message_vectors() -> list[dict[str, Any]]:
                 hop_ms=(12.5, 11.0),
                 timings=(0.25, 12.5, 0.125, 1.5, 11.0, 0.0),
             ),
+        ),
+        (
+            "traverse-result-reused",
+            "TraverseResult of a 2-hop known-prefix traversal: two bytes (two trajectory rows) "
+            "and the rows each hop reused (r11 cr)",
+            TraverseResult(traversal_id=7, output=b"xy", hop_ms=(12.5, 11.0), reused=(5, 0)),
         ),
         (
             "traverse-error",
@@ -876,6 +897,34 @@ def message_vectors() -> list[dict[str, Any]]:
         "Traverse whose codes do not match their hash",
         encode(bad_z),
         ErrorCode.HASH_MISMATCH,
+    )
+    err(
+        "traverse-unknown-prefix-rule",
+        "Traverse whose pr is 2 (only 0 and 1 are rules, 10 §10.8)",
+        raw_body(
+            msgpack_profile.pack(
+                signed_map(TRAVERSE_0, body=dict(TRAVERSE_0.to_body(), pr=2, ps=1))
+            )
+        ),
+        ErrorCode.MALFORMED_MESSAGE,
+    )
+    err(
+        "traverse-session-without-rule",
+        "Traverse with a session but the r3 rule (ses belongs to pr = 1)",
+        raw_body(
+            msgpack_profile.pack(signed_map(TRAVERSE_0, body=dict(TRAVERSE_0.to_body(), ses=3)))
+        ),
+        ErrorCode.MALFORMED_MESSAGE,
+    )
+    err(
+        "traverse-too-many-trajectory-rows",
+        "Traverse with nt = 65 (MAX_TRAJECTORY_ROWS is 64)",
+        raw_body(
+            msgpack_profile.pack(
+                signed_map(TRAVERSE_0, body=dict(TRAVERSE_0.to_body(), pr=1, ps=1, nt=65))
+            )
+        ),
+        ErrorCode.MALFORMED_MESSAGE,
     )
     timed = TraverseResult(traversal_id=7, output=b"x", hop_ms=(1.0,))
     err(

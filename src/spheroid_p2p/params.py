@@ -27,6 +27,9 @@ __all__ = [
     "MAX_MANIFEST_BYTES",
     "MAX_MAP_LEN",
     "MAX_MSGPACK_DEPTH",
+    "MAX_PREFIX_SESSIONS",
+    "MAX_PREFIX_SESSIONS_PER_CLIENT",
+    "MAX_PREFIX_SESSION_BYTES",
     "MAX_RECORDS_PER_ANSWER",
     "MAX_RECORDS_PER_MESSAGE",
     "MAX_RECORDS_PER_OWNER",
@@ -42,10 +45,12 @@ __all__ = [
     "MAX_TENSOR_BYTES",
     "MAX_TENSOR_CHUNKS",
     "MAX_TENSOR_DIMS",
+    "MAX_TRAJECTORY_ROWS",
     "MAX_UPDATES_PER_SHARD",
     "MAX_VERSION_CHUNKS",
     "MAX_VERSION_TENSORS",
     "MAX_ZSTD_WINDOW_BYTES",
+    "PREFIX_SESSION_IDLE_S",
     "PROTOCOL_VERSION",
     "PUBLIC_KEY_BYTES",
     "SESSION_KEY_BYTES",
@@ -152,3 +157,13 @@ MAX_UPDATES_PER_SHARD: Final = 2
 # --- 10-traversal.md -------------------------------------------------------------------------
 #: Hops in one route (a chain of at most this many servers).
 MAX_ROUTE_HOPS: Final = 64
+#: r11, 10 §10.8: trajectory rows of one known-prefix traversal (a draft of up to 63 bytes)
+MAX_TRAJECTORY_ROWS: Final = 64
+#: r11, 10 §10.8: generation sessions a block server keeps (keys and values of known rows)
+MAX_PREFIX_SESSIONS: Final = 256
+#: r11: of which one client may hold
+MAX_PREFIX_SESSIONS_PER_CLIENT: Final = 16
+#: r11: bytes of keys and values a server keeps over all its sessions
+MAX_PREFIX_SESSION_BYTES: Final = 512 * 1024 * 1024
+#: r11: a session unused this long is dropped
+PREFIX_SESSION_IDLE_S: Final = 120.0

@@ -14,6 +14,7 @@ from spheroid_p2p.ml.block import BlockDenoiser
 from spheroid_p2p.ml.checkpoint import load_block, save_block
 from spheroid_p2p.ml.config import ModelConfig
 from spheroid_p2p.ml.generate import generate
+from spheroid_p2p.ml.prefixed import generate_prefixed
 from spheroid_p2p.wire.signing import PeerId
 from tests.support.swarm import NodeProcess, wait_for
 
@@ -55,13 +56,13 @@ def _serving(node: NodeProcess, count: int) -> bool:
 
 
 def _remote(
-    addr: str, prompt: bytes, n: int, dtype: str = "float32", on_bytes: object = None
+    addr: str, prompt: bytes, n: int, dtype: str = "float32", rule: str = "known"
 ) -> GenerationReport:
     async def run() -> GenerationReport:
         client = TraversalClient(timeout_s=10.0, max_retries=6)
         await client.start()
         try:
-            return await client.generate(addr, prompt, n, seed=5, z_dtype=dtype, on_bytes=on_bytes)  # type: ignore[arg-type]
+            return await client.generate(addr, prompt, n, seed=5, z_dtype=dtype, rule=rule)
         finally:
             await client.close()
 
@@ -71,16 +72,24 @@ def _remote(
 def test_chain_of_four_servers_matches_the_in_process_sampler(
     nodes: list[NodeProcess], tmp_path: Path
 ) -> None:
-    """fp32 transport reproduces in-process generation byte for byte; fp16 is measured."""
+    """fp32 transport reproduces in-process generation byte for byte, under both prefix rules
+    (the known-prefix rule past the context, with every server reusing its session's rows);
+    fp16 is measured."""
     paths = _checkpoints(tmp_path, CFG)
     for b, path in enumerate(paths):
         _serve(nodes, tmp_path, f"s{b}", path)
     wait_for(lambda: _serving(nodes[0], 4), timeout_s=30)
     blocks = {b: load_block(p) for b, p in enumerate(paths)}
-    expected = generate(blocks, b"Day 1.", 24, seed=5)
-    report = _remote(nodes[0].addr, b"Day 1.", 24)
+    noisy = _remote(nodes[0].addr, b"Day 1.", 24, rule="noisy")
+    assert noisy.output == generate(blocks, b"Day 1.", 24, seed=5) and not noisy.reused
+    expected = generate_prefixed(blocks, b"Day 1.", 40, seed=5)
+    report = _remote(nodes[0].addr, b"Day 1.", 40)
     assert report.output == expected
-    assert report.traversals == 24 and len(report.routes[-1]) == 4
+    assert report.traversals == 40 and len(report.routes[-1]) == 4
+    assert report.reused[0] == (0, 0, 0, 0)  # the first traversal computes the prompt
+    assert report.reused[1] == (5, 5, 5, 5)  # then every server reuses its session
+    assert (0, 0, 0, 0) in report.reused[20:]  # the window restarted past the context
+    expected = expected[:24]
     fp16 = _remote(nodes[0].addr, b"Day 1.", 24, dtype="float16").output
     agreement = sum(a == b for a, b in zip(fp16, expected, strict=True)) / len(expected)
     print(f"fp16 transport agreement with fp32: {agreement:.2%}")
@@ -98,8 +107,8 @@ def test_chain_of_four_servers_matches_the_in_process_sampler(
         return list(await asyncio.gather(one(b"Day 1."), one(b"Day 2.")))
 
     first, second = asyncio.run(two_at_once())  # concurrent traversals share the servers
-    assert first.output == generate(blocks, b"Day 1.", 12, seed=5)
-    assert second.output == generate(blocks, b"Day 2.", 12, seed=5)
+    assert first.output == generate_prefixed(blocks, b"Day 1.", 12, seed=5)
+    assert second.output == generate_prefixed(blocks, b"Day 2.", 12, seed=5)
     # every hop reported its times (10 §10.3.1)
     assert all(len(hops) == 4 for hops in report.hop_timings)
     assert all(h["compute_ms"] > 0 and h["queued_ms"] >= 0 for h in report.hop_timings[0])
@@ -135,7 +144,7 @@ def test_a_client_no_server_can_dial_gets_its_answer_over_its_own_connection(
 
     report = asyncio.run(run())
     blocks = {b: load_block(p) for b, p in enumerate(paths)}
-    assert report.output == generate(blocks, b"Day 1.", 6, seed=5)
+    assert report.output == generate_prefixed(blocks, b"Day 1.", 6, seed=5)
     assert report.retries == 0
     assert report.connect_ms[0] > 0 and all(ms == 0 for ms in report.connect_ms[1:])
 
@@ -144,14 +153,15 @@ def test_a_killed_hop_is_routed_around_and_the_output_is_unchanged(
     nodes: list[NodeProcess], tmp_path: Path
 ) -> None:
     """Two servers hold block 2; kill -9 the one in use mid-generation: the request
-    completes through the other, with the same bytes as in-process generation."""
+    completes through the other, with the same bytes as in-process generation (the new
+    server has no session: the traversal's window replays the prefix to it)."""
     paths = _checkpoints(tmp_path, CFG)
     for b, path in enumerate(paths):
         _serve(nodes, tmp_path, f"s{b}", path)
     spare = _serve(nodes, tmp_path, "s2b", paths[2])
     wait_for(lambda: _serving(nodes[0], 5), timeout_s=30)
     blocks = {b: load_block(p) for b, p in enumerate(paths)}
-    expected = generate(blocks, b"Day 7.", 30, seed=5)
+    expected = generate_prefixed(blocks, b"Day 7.", 30, seed=5)
     by_short = {n.peer_id[:12]: n for n in (nodes[2], spare)}
     killed: list[str] = []
 
@@ -176,6 +186,8 @@ def test_a_killed_hop_is_routed_around_and_the_output_is_unchanged(
     assert killed, "the kill never happened"
     assert report.output == expected
     assert report.retries >= 1
+    after = report.reused[8:]
+    assert after[0][2] == 0 and after[1][2] > 0  # the spare rebuilt its session, then reused
 
 
 def test_the_autoregressive_pipeline_matches_the_in_process_model(

@@ -20,28 +20,31 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from spheroid_p2p.client.report import GenerationReport
 from spheroid_p2p.client.status import every_page
 from spheroid_p2p.core.connection import ConnectionLost, FrameSigner
 from spheroid_p2p.core.freshness import initial_seq
 from spheroid_p2p.core.routing import NoRouteError, ServerOffer, plan_route
 from spheroid_p2p.errors import ErrorCode, TransportError, code_name
+from spheroid_p2p.ml.windows import prefix_window
 from spheroid_p2p.net.peers import PeerManager
 from spheroid_p2p.net.sockets import DialError, parse_addr, source_address
 from spheroid_p2p.wire.codec import Envelope
 from spheroid_p2p.wire.dtypes import dtype_by_name
 from spheroid_p2p.wire.message import Message
+from spheroid_p2p.wire.pipeline import PipeResult
 from spheroid_p2p.wire.signing import KeyPair, PeerId
 from spheroid_p2p.wire.status import StatusRequest, StatusResponse
 from spheroid_p2p.wire.tensors import chunk_digest
 from spheroid_p2p.wire.traversal import (
     HOP_TIMINGS,
+    PREFIX_KNOWN,
+    PREFIX_NOISY,
     Hop,
     InlineTensor,
-    PipeResult,
-    PipeStep,
     Traverse,
     TraverseError,
     TraverseResult,
@@ -63,26 +66,10 @@ class _Spec:
     temperature: float
     z_dtype: str
     span: int
-
-
-@dataclass
-class GenerationReport:
-    """What a generation cost: traversals, time, bytes on the wire, retries."""
-
-    output: bytes = b""
-    traversals: int = 0
-    seconds: float = 0.0
-    traversal_ms: list[float] = field(default_factory=list)
-    bytes_sent: int = 0
-    retries: int = 0
-    routes: list[tuple[str, ...]] = field(default_factory=list)
-    last_ms: float = 0.0
-    #: Per successful traversal, the hops' own times (10 §10.3.1): one dict per hop with
-    #: ``queued_ms``, ``compute_ms``, ``encode_ms`` (empty where the servers did not say).
-    hop_timings: list[list[dict[str, float]]] = field(default_factory=list)
-    #: Per traversal tried, the ms spent connecting to its first and last hop before sending
-    #: (0 once both are connected).
-    connect_ms: list[float] = field(default_factory=list)
+    #: r11 (10 §10.8): the known-prefix rule's session and noise seed (rule PREFIX_NOISY: 0)
+    rule: int = PREFIX_NOISY
+    session: int = 0
+    prefix_seed: int = 0
 
 
 class TraversalClient:
@@ -192,20 +179,43 @@ class TraversalClient:
         z_dtype: str = "float32",
         span: int = 0,
         on_bytes: Callable[[bytes], None] | None = None,
+        rule: str = "known",
     ) -> GenerationReport:
-        """Generate ``n_bytes`` after ``prompt`` through the swarm that ``addr`` belongs to."""
+        """Generate ``n_bytes`` after ``prompt`` through the swarm that ``addr`` belongs to.
+
+        ``rule``: for per-byte models, "known" (10 §10.8: the prefix's rows carry their known
+        bytes, and every server keeps the session's keys and values, so a traversal computes
+        one new row per block) or "noisy" (every row from fresh noise, recomputed each time).
+        """
+        if rule not in ("known", "noisy"):
+            raise ValueError(f"rule must be 'known' or 'noisy', got {rule!r}")
         report = GenerationReport()
         offers = await self.offers(addr)
         n_blocks = max((o.n_blocks for o in offers), default=0)
         if not n_blocks:
             raise TransportError(f"no block servers known to {addr} yet")
         config = next((o.config_hash for o in offers if o.config_hash), "")
+        context = min((o.context for o in offers if o.context), default=0)
+        known = rule == "known" and span in (0, 1)
+        if known and not context:
+            raise TransportError("the block servers do not announce their context (ctx)")
+        session = random.getrandbits(63) | 1 if known else 0
         start = time.perf_counter()
         out = b""
         traversal = 0
         while len(out) < n_bytes:
+            text = prompt + out
             spec = _Spec(
-                config, prompt + out, steps_per_block, seed + traversal, temperature, z_dtype, span
+                config,
+                prefix_window(text, context) if known else text[-4096:],
+                steps_per_block,
+                seed + traversal,
+                temperature,
+                z_dtype,
+                span,
+                PREFIX_KNOWN if known else PREFIX_NOISY,
+                session,
+                seed if known else 0,
             )
             piece = await self._one(offers, n_blocks, spec, report, addr)
             out += piece
@@ -270,17 +280,22 @@ class TraversalClient:
             hop=0,
             config_hash=spec.config,
             steps_per_block=spec.steps,
-            prefix=spec.prefix[-4096:],
+            prefix=spec.prefix,
             span=spec.span,
             seed=spec.seed,
             temperature=spec.temperature,
             deadline_ms=int(self.timeout_s * 1000),
             want_logits=False,
             z=InlineTensor(dtype_by_name(spec.z_dtype).code, (0,), 0, chunk_digest(b"")),
+            prefix_rule=spec.rule,
+            session=spec.session,
+            prefix_seed=spec.prefix_seed,
         )
         answer = await self._exchange(route, request, tid, report)
         if isinstance(answer, TraverseResult):
             report.traversal_ms.append(report.last_ms)
+            if spec.rule == PREFIX_KNOWN:
+                report.reused.append(answer.reused)
             n = len(HOP_TIMINGS)
             t = answer.timings
             report.hop_timings.append(
@@ -366,63 +381,7 @@ class TraversalClient:
         n_bytes: int,
         on_bytes: Callable[[bytes], None] | None = None,
     ) -> GenerationReport:
-        """The baseline: the autoregressive model pipelined by layers, one traversal per byte.
+        """The baseline: the autoregressive model pipelined by layers (``client.pipeline``)."""
+        from spheroid_p2p.client.pipeline import generate_ar
 
-        Each server keeps the session's key/value cache, so after the prompt only the new
-        byte travels. When the context is full the session restarts from the last half.
-        """
-        report = GenerationReport()
-        offers = await self.offers(addr, kind="ar")
-        if not offers:
-            raise TransportError(f"no autoregressive pipeline stages known to {addr}")
-        stages = max(o.n_blocks for o in offers)
-        config = offers[0].config_hash
-        context = min((o.context for o in offers), default=0)
-        if context <= 0:
-            raise TransportError("the pipeline's stages do not announce their context (ctx)")
-        start = time.perf_counter()
-        out = b""
-        session: int | None = None
-        pos = 0
-        pending = b""
-        while len(out) < n_bytes:
-            if session is None or pos + 1 > context:
-                keep = context // 2 if session is not None else context
-                session, pos, pending = random.getrandbits(63), 0, (prompt + out)[-keep:]
-            now = time.monotonic()
-            route = plan_route(
-                offers, stages, exclude={p for p, t in self._avoid.items() if t > now}
-            )
-            self.last_route = tuple(PeerId(h.peer).short() for h in route)
-            report.routes.append(self.last_route)
-            step = PipeStep(
-                session_id=session,
-                client=self.key.peer_id.digest,
-                reply_addr=self.reply_addr,
-                route=route,
-                hop=0,
-                config_hash=config,
-                pos=pos,
-                tokens=pending,
-                deadline_ms=int(self.timeout_s * 1000),
-                hidden=InlineTensor(1, (0,), 0, chunk_digest(b"")),
-            )
-            answer = await self._exchange(route, step, session, report)
-            if not isinstance(answer, PipeResult):
-                report.retries += 1
-                if report.retries > self.max_retries:
-                    raise TransportError("pipeline step failed after retries")
-                for bad in await self._blame(route, answer):
-                    self._avoid[bad] = time.monotonic() + self.avoid_s
-                session = None  # the caches lived on the failed route: start over
-                continue
-            report.traversal_ms.append(report.last_ms)
-            report.traversals += 1
-            pos += len(pending)
-            pending = answer.output
-            out += answer.output
-            if on_bytes is not None:
-                on_bytes(answer.output)
-        report.output = out[:n_bytes]
-        report.seconds = time.perf_counter() - start
-        return report
+        return await generate_ar(self, addr, prompt, n_bytes, on_bytes)

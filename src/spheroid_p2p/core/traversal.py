@@ -13,9 +13,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from spheroid_p2p.errors import ErrorCode
-from spheroid_p2p.wire.traversal import HOP_TIMINGS, Hop, InlineTensor, Traverse
+from spheroid_p2p.wire.traversal import HOP_TIMINGS, PREFIX_KNOWN, Hop, InlineTensor, Traverse
 
-__all__ = ["Compute", "Refuse", "ServedModel", "check_hop", "forward", "from_route", "hop_times"]
+__all__ = [
+    "Compute",
+    "Refuse",
+    "ServedModel",
+    "check_hop",
+    "forward",
+    "from_route",
+    "hop_reused",
+    "hop_times",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +34,9 @@ class ServedModel:
     blocks: frozenset[int]
     config_hash: str
     span: int
+    #: a per-byte model (layout S), which alone serves the known-prefix rule (10 §10.8)
+    per_byte: bool = True
+    context: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +68,7 @@ def check_hop(
     req: Traverse,
     me: bytes,
     served: ServedModel | None,
-    z_shape: Callable[[int, bytes], tuple[int, int]],
+    z_shape: Callable[[int, Traverse], tuple[int, int]],
     waited_ms: float,
 ) -> Compute | Refuse:
     """Steps 1-2: the route names us, we serve its blocks of its model and span, ``z`` has
@@ -74,10 +86,25 @@ def check_hop(
         return Refuse(ErrorCode.BLOCK_NOT_SERVED, "request is for a different model config")
     if req.span not in (0, served.span):
         return Refuse(ErrorCode.SPAN_UNSUPPORTED, f"this model emits spans of {served.span}")
+    if not req.prefix:
+        return Refuse(ErrorCode.PROTOCOL_VIOLATION, "a traversal needs at least one prefix byte")
+    if req.prefix_rule == PREFIX_KNOWN:
+        if not served.per_byte:
+            return Refuse(
+                ErrorCode.SPAN_UNSUPPORTED,
+                f"the known-prefix rule needs a per-byte model; this one emits spans of "
+                f"{served.span}",
+            )
+        window = min(len(req.prefix), served.context) if served.context else len(req.prefix)
+        if req.trajectory_rows > window:
+            return Refuse(
+                ErrorCode.PROTOCOL_VIOLATION,
+                f"{req.trajectory_rows} trajectory rows in a window of {window} bytes",
+            )
     starting = len(req.z.shape) == 1 and req.z.shape[0] == 0
     if starting != (hop.first_block == 0):
         return Refuse(ErrorCode.PROTOCOL_VIOLATION, "only block 0 starts from noise")
-    want = z_shape(hop.first_block, req.prefix)
+    want = z_shape(hop.first_block, req)
     if not starting and tuple(req.z.shape) != want:
         return Refuse(
             ErrorCode.TENSOR_SHAPE_MISMATCH, f"z has shape {list(req.z.shape)}, want {list(want)}"
@@ -94,8 +121,20 @@ def hop_times(req: Traverse, mine: tuple[float, float, float]) -> tuple[float, .
     return (*earlier, *mine)
 
 
+def hop_reused(req: Traverse, mine: int) -> tuple[int, ...]:
+    """The reused rows this hop passes on (10 §10.8): the earlier hops' (only if there is one
+    per earlier hop), then its own."""
+    earlier = req.reused if len(req.reused) == req.hop else ()
+    return (*earlier, mine)
+
+
 def forward(
-    req: Traverse, z: InlineTensor, payload: bytes, timings: tuple[float, ...], spent_ms: int
+    req: Traverse,
+    z: InlineTensor,
+    payload: bytes,
+    timings: tuple[float, ...],
+    spent_ms: int,
+    reused: tuple[int, ...] = (),
 ) -> Traverse | Refuse:
     """The traversal for the next hop: one hop on, the deadline less what this hop spent."""
     if req.hop + 1 >= len(req.route):
@@ -109,4 +148,5 @@ def forward(
         payload=payload,
         z=z,
         timings=timings,
+        reused=reused if req.prefix_rule == PREFIX_KNOWN else (),
     )

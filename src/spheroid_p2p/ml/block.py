@@ -171,13 +171,50 @@ class BlockDenoiser(nn.Module):
             row_mask = torch.arange(h.shape[1], device=x.device) >= n_clean  # (Tc + N,)
         for layer in self.layers:
             h = layer(h, cond, row_mask, attn_mask)
-        h = h[:, n_clean:]  # (B, N, D): the noisy rows
+        return self._out(h[:, n_clean:], z, cond, c_skip, c_out)  # the noisy rows
+
+    def _out(
+        self,
+        h: torch.Tensor,  # (B, N, D)
+        z: torch.Tensor,  # (B, N, d_z)
+        cond: torch.Tensor,  # (B, C)
+        c_skip: torch.Tensor,
+        c_out: torch.Tensor,
+    ) -> BlockOutput:
+        """The final AdaLN, the EDM output D = c_skip z + c_out F, and the byte head."""
         shift, scale = self.ada_f(cond)[:, None].chunk(2, dim=-1)  # (B, 1, D)
         f = self.w_out(ada_layer_norm(h, shift, scale))  # (B, N, d_z)
         denoised = c_skip * z + c_out * f  # (B, N, d_z)
         hshift, hscale = self.ada_head(cond)[:, None].chunk(2, dim=-1)
         logits = self.head(ada_layer_norm(denoised, hshift, hscale))  # (B, N, vocab)
         return BlockOutput(logits=logits, denoised=denoised)
+
+    @torch.no_grad()
+    def forward_rows(
+        self,
+        x: torch.Tensor,  # (B, n) each new row's clean byte, long
+        pos: torch.Tensor,  # (n,) each new row's position in the window
+        z: torch.Tensor,  # (B, n, d_z) each new row's noisy code
+        sigma: torch.Tensor,  # (B,)
+        attn_mask: torch.Tensor,  # (n, p + n) bool over [cached rows ; new rows]
+        past: list[tuple[torch.Tensor, torch.Tensor]] | None,  # per layer (B, H, p, Dh)
+        out_from: int = 0,
+    ) -> tuple[BlockOutput, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Layout S over some rows of a window: new rows attend to cached rows' keys and
+        values and to each other as ``attn_mask`` says (``ml.prefixed``). Returns the output
+        of rows ``out_from..`` and every layer's keys and values of the new rows."""
+        if self.cfg.layout != "S":
+            raise ValueError("rows with cached keys are a layout S feature")
+        c_skip, c_out, c_in, c_noise = (
+            s[:, None, None] for s in edm_scalings(sigma, self.cfg.sigma_data)
+        )
+        cond = self.noise_embed(c_noise[:, 0, 0])  # (B, C)
+        h = self.embed(x) + self.pos(pos)[None] + self.w_in(c_in * z)  # (B, n, D)
+        kv = []
+        for i, layer in enumerate(self.layers):
+            h, layer_kv = layer.forward_rows(h, cond, None if past is None else past[i], attn_mask)
+            kv.append(layer_kv)
+        return self._out(h[:, out_from:], z[:, out_from:], cond, c_skip, c_out), kv
 
     def expected_code(self, logits: torch.Tensor) -> torch.Tensor:
         """D_hat = softmax(logits) @ C: the denoised estimate the sampler moves toward."""

@@ -187,6 +187,40 @@ class Layer(nn.Module):
         h = h + self.fc2(F.gelu(self.fc1(self.ln2(h))))
         return h, (k, v)
 
+    @torch.no_grad()
+    def forward_rows(
+        self,
+        h: torch.Tensor,  # (B, n, D): the new rows only
+        cond: torch.Tensor,  # (B, C)
+        past: tuple[torch.Tensor, torch.Tensor] | None,  # keys, values (B, H, p, Dh)
+        attn_mask: torch.Tensor,  # (n, p + n) bool, True = may attend
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """The modulated layer (every row conditioned on ``cond``) over new rows that attend
+        to ``past`` rows' cached keys and values as ``attn_mask`` says. Returns the new rows'
+        hidden states and their own keys and values (B, H, n, Dh), for the caller to keep."""
+        assert self.ada is not None
+        B, n, D = h.shape
+        heads = self.n_heads
+        mod = self.ada(cond)[:, None, :]  # (B, 1, 6D)
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)
+        gate1, gate2 = gate1 + self.gate_offset, gate2 + self.gate_offset
+        q, k, v = self.qkv(ada_layer_norm(h, shift1, scale1)).split(D, dim=-1)
+        q = q.view(B, n, heads, D // heads).transpose(1, 2)  # (B, H, n, Dh)
+        k = k.view(B, n, heads, D // heads).transpose(1, 2)
+        v = v.view(B, n, heads, D // heads).transpose(1, 2)
+        keys, values = (
+            (k, v)
+            if past is None
+            else (
+                torch.cat([past[0], k], dim=2),
+                torch.cat([past[1], v], dim=2),
+            )
+        )
+        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask)
+        h = h + self.proj(y.transpose(1, 2).reshape(B, n, D)) * gate1
+        h = h + self.fc2(F.gelu(self.fc1(ada_layer_norm(h, shift2, scale2)))) * gate2
+        return h, (k, v)
+
     def forward(
         self,
         h: torch.Tensor,  # (B, S, D)

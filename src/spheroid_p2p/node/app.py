@@ -55,9 +55,10 @@ from spheroid_p2p.wire.gossip import (
     GossipSummary,
     GossipSuspect,
 )
+from spheroid_p2p.wire.pipeline import PipeStep
 from spheroid_p2p.wire.signing import KeyPair
 from spheroid_p2p.wire.status import StatusRequest, StatusResponse
-from spheroid_p2p.wire.traversal import PipeStep, Traverse
+from spheroid_p2p.wire.traversal import Traverse
 
 if TYPE_CHECKING:
     from spheroid_p2p.node.blocks import TrainedBlocks

@@ -19,9 +19,11 @@ from spheroid_p2p.ml.block import BlockDenoiser
 from spheroid_p2p.ml.checkpoint import load_block
 from spheroid_p2p.ml.config import ModelConfig
 from spheroid_p2p.ml.generate import noisy_slots, pick_bytes, run_blocks, start_noise, window
+from spheroid_p2p.node.prefix_sessions import KnownPrefixRunner
 from spheroid_p2p.node.tensor_bridge import raw_of, torch_dtype
 from spheroid_p2p.node.turns import StepGate
 from spheroid_p2p.wire.manifests import tensor_entry, weights_hash
+from spheroid_p2p.wire.traversal import PREFIX_KNOWN, Traverse
 
 __all__ = ["BlockRuntime", "HopOutput"]
 
@@ -40,11 +42,14 @@ class HopOutput:
         output: bytes | None,
         logits: torch.Tensor | None,
         seconds: float,
+        reused: int = 0,
     ) -> None:
         self.z = z
         self.output = output
         self.logits = logits
         self.seconds = seconds
+        #: known rows this hop took from its session cache (known-prefix rule; 10 §10.8)
+        self.reused = reused
 
 
 class BlockRuntime:
@@ -62,6 +67,8 @@ class BlockRuntime:
             max_workers=TRAVERSAL_THREADS, thread_name_prefix="traverse"
         )
         self.gate = StepGate()
+        #: generation sessions of the known-prefix rule (10 §10.8)
+        self.known = KnownPrefixRunner()
         for path in checkpoints:
             self.add(path)
 
@@ -85,58 +92,38 @@ class BlockRuntime:
     def serves(self, first: int, last: int) -> bool:
         return all(b in self.blocks for b in range(first, last + 1))
 
-    def z_shape(self, first: int, prefix: bytes) -> tuple[int, int]:
-        """The shape ``z`` must have on its way into block ``first`` for this prefix."""
+    def z_shape(self, first: int, req: Traverse) -> tuple[int, int]:
+        """The shape ``z`` must have on its way into block ``first`` for this request."""
         cfg = self.blocks[first].cfg
-        return noisy_slots(cfg, window(cfg, prefix)), cfg.d_z
+        if req.prefix_rule == PREFIX_KNOWN:
+            return req.trajectory_rows, cfg.d_z
+        return noisy_slots(cfg, window(cfg, req.prefix)), cfg.d_z
 
     async def run(
         self,
+        req: Traverse,
         first: int,
         last: int,
-        prefix: bytes,
         z_raw: bytes | None,
-        z_dtype: int,
-        steps: int,
-        seed: int,
-        temperature: float,
-        want_logits: bool,
         start_by: float = float("inf"),
         peer: bytes = b"",
     ) -> HopOutput:
-        """Run blocks first..last for one traversal on the worker thread.
+        """Run blocks first..last for one traversal on a traversal thread.
 
         Raises:
             TimeoutError: the request waited for the worker past ``start_by`` (monotonic).
         """
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self.traversal_pool,
-            self._run,
-            first,
-            last,
-            prefix,
-            z_raw,
-            z_dtype,
-            steps,
-            seed,
-            temperature,
-            want_logits,
-            start_by,
-            peer,
+            self.traversal_pool, self._run, req, first, last, z_raw, start_by, peer
         )
 
     def _run(
         self,
+        req: Traverse,
         first: int,
         last: int,
-        prefix: bytes,
         z_raw: bytes | None,
-        z_dtype: int,
-        steps: int,
-        seed: int,
-        temperature: float,
-        want_logits: bool,
         start_by: float,
         peer: bytes,
     ) -> HopOutput:
@@ -144,21 +131,26 @@ class BlockRuntime:
             raise TimeoutError("the deadline passed while the traversal waited for compute")
         start = time.perf_counter()
         cfg = self.blocks[first].cfg
-        clean = window(cfg, prefix)
-        if z_raw is None:
-            z = start_noise(cfg, clean, seed, steps)
+        steps, seed = req.steps_per_block, req.seed
+        gate = lambda: self.gate.step(peer)  # noqa: E731
+        reused = 0
+        if req.prefix_rule == PREFIX_KNOWN:
+            z, logits, reused = self.known.run(self.blocks, req, first, last, z_raw, gate)
         else:
-            n = noisy_slots(cfg, clean)
-            z = torch.frombuffer(bytearray(z_raw), dtype=torch_dtype(z_dtype))
-            z = z.view(1, n, cfg.d_z).float()
-        z, logits = run_blocks(
-            self.blocks, first, last, clean, z, steps, lambda: self.gate.step(peer)
-        )
+            clean = window(cfg, req.prefix)
+            if z_raw is None:
+                z = start_noise(cfg, clean, seed, steps)
+            else:
+                n = noisy_slots(cfg, clean)
+                z = torch.frombuffer(bytearray(z_raw), dtype=torch_dtype(req.z.dtype))
+                z = z.view(1, n, cfg.d_z).float()
+            z, logits = run_blocks(self.blocks, first, last, clean, z, steps, gate)
         seconds = time.perf_counter() - start
         if logits is None:
-            return HopOutput(z, None, None, seconds)
-        output = pick_bytes(cfg, logits, temperature, seed)
-        return HopOutput(None, output, logits if want_logits else None, seconds)
+            return HopOutput(z, None, None, seconds, reused)
+        rows = req.trajectory_rows if req.prefix_rule == PREFIX_KNOWN else None
+        output = pick_bytes(cfg, logits, req.temperature, seed, rows)
+        return HopOutput(None, output, logits if req.want_logits else None, seconds, reused)
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -24,10 +24,11 @@ from spheroid_p2p.wire.gossip import (
     GossipSuspect,
 )
 from spheroid_p2p.wire.message import Message
+from spheroid_p2p.wire.pipeline import PipeStep
 from spheroid_p2p.wire.signing import PeerId
 from spheroid_p2p.wire.status import StatusRequest
 from spheroid_p2p.wire.transfer import ChunkGet, TransferError, VersionGet, VersionInfo
-from spheroid_p2p.wire.traversal import PipeStep, Traverse
+from spheroid_p2p.wire.traversal import Traverse
 
 __all__ = ["Intake"]
 

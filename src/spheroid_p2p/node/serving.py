@@ -23,6 +23,7 @@ from spheroid_p2p.core.traversal import (
     ServedModel,
     check_hop,
     forward,
+    hop_reused,
     hop_times,
 )
 from spheroid_p2p.errors import ErrorCode
@@ -31,13 +32,13 @@ from spheroid_p2p.net.sockets import DialError
 from spheroid_p2p.node.gossip_glue import GossipGlue
 from spheroid_p2p.node.turns import ComputeTurns, Overloaded
 from spheroid_p2p.wire.message import Message
+from spheroid_p2p.wire.pipeline import PipeResult, PipeStep
 from spheroid_p2p.wire.signing import PeerId
 from spheroid_p2p.wire.tensors import chunk_digest
 from spheroid_p2p.wire.traversal import (
     HOP_TIMINGS,
+    PREFIX_KNOWN,
     InlineTensor,
-    PipeResult,
-    PipeStep,
     Traverse,
     TraverseError,
     TraverseResult,
@@ -92,7 +93,10 @@ class TraversalServer:
         runtime = self.runtime
         if runtime is None or runtime.config is None:
             return None
-        return ServedModel(frozenset(runtime.blocks), runtime.config_hash, runtime.config.span)
+        cfg = runtime.config
+        return ServedModel(
+            frozenset(runtime.blocks), runtime.config_hash, cfg.span, cfg.layout == "S", cfg.context
+        )
 
     async def _send_to(self, peer: bytes, addr: str, message: Message) -> str | None:
         """Send to ``peer``, dialling ``addr`` first if needed; returns an error or None."""
@@ -144,15 +148,10 @@ class TraversalServer:
         try:
             async with self.turns.turn(sender.digest):
                 out = await runtime.run(
+                    req,
                     plan.first,
                     plan.last,
-                    req.prefix,
                     None if plan.starting else bytes(req.z.data),
-                    req.z.dtype,
-                    req.steps_per_block,
-                    req.seed,
-                    req.temperature,
-                    req.want_logits,
                     start_by=arrived + req.deadline_ms / 1000,
                     peer=sender.digest,
                 )
@@ -176,7 +175,7 @@ class TraversalServer:
         z = InlineTensor(req.z.dtype, tuple(out.z.shape[1:]), 0, chunk_digest(raw), raw)
         mine = (queued_ms, out.seconds * 1e3, (time.monotonic() - computed) * 1000)
         spent_ms = int((time.monotonic() - arrived) * 1000)
-        nxt = forward(req, z, raw, hop_times(req, mine), spent_ms)
+        nxt = forward(req, z, raw, hop_times(req, mine), spent_ms, hop_reused(req, out.reused))
         if isinstance(nxt, Refuse):
             await self._fail(req, nxt.code, nxt.reason, nxt.peer)
             return
@@ -212,6 +211,7 @@ class TraversalServer:
             logits=logits,
             payload=payload,
             timings=timings,
+            reused=hop_reused(req, out.reused) if req.prefix_rule == PREFIX_KNOWN else (),
         )
         error = await self._send_to(req.client, req.reply_addr, result)
         if error:
@@ -267,5 +267,5 @@ class TraversalServer:
             await self._fail(req, ErrorCode.TIMEOUT, f"next stage unreachable: {error}", nxt.peer)
 
 
-def _no_shape(first: int, prefix: bytes) -> tuple[int, int]:
+def _no_shape(first: int, req: Traverse) -> tuple[int, int]:
     return (0, 0)

@@ -36,9 +36,10 @@ from spheroid_p2p.wire.chunks import TensorChunk, TensorHeader
 from spheroid_p2p.wire.compression import decode_payload
 from spheroid_p2p.wire.framing import Buffer, frame_header
 from spheroid_p2p.wire.message import Message, message_from_body, registry
+from spheroid_p2p.wire.pipeline import PipeStep
 from spheroid_p2p.wire.signing import DOMAIN_ENVELOPE, KeyPair, PeerId, verify
 from spheroid_p2p.wire.tensors import check_header, chunk_digest
-from spheroid_p2p.wire.traversal import PipeStep, Traverse, TraverseResult, verify_inline
+from spheroid_p2p.wire.traversal import Traverse, TraverseResult, verify_inline
 
 __all__ = [
     "Envelope",

@@ -10,12 +10,14 @@ own module; this one only gathers them:
 * ``status``: STATUS_REQUEST, STATUS_RESPONSE (07 §7.8);
 * ``transfer``: VERSION_GET, VERSION_INFO, CHUNK_GET, TRANSFER_ERROR (08);
 * ``deltas``: SHARD_DELTA, DELTA_ACK, SHARD_UPDATE (09);
-* ``traversal``: TRAVERSE, TRAVERSE_RESULT, TRAVERSE_ERROR, PIPE_STEP, PIPE_RESULT (10).
+* ``traversal``: TRAVERSE, TRAVERSE_RESULT, TRAVERSE_ERROR (10);
+* ``pipeline``: PIPE_STEP, PIPE_RESULT (10 §10.7).
 """
 
 from __future__ import annotations
 
 from spheroid_p2p.wire import deltas as _deltas  # noqa: F401  (registers 09's types)
+from spheroid_p2p.wire import pipeline as _pipeline  # noqa: F401  (registers 10.7's types)
 from spheroid_p2p.wire import transfer as _transfer  # noqa: F401  (registers 08's types)
 from spheroid_p2p.wire import traversal as _traversal  # noqa: F401  (registers 10's types)
 from spheroid_p2p.wire.chunks import TensorChunk, TensorHeader, tensor_layout

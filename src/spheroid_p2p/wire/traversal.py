@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
 
 from spheroid_p2p.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from spheroid_p2p.params import MAX_ROUTE_HOPS, TENSOR_CHUNK_BYTES
+from spheroid_p2p.params import MAX_ROUTE_HOPS, MAX_TRAJECTORY_ROWS, TENSOR_CHUNK_BYTES
 from spheroid_p2p.wire.addr import check_addr
 from spheroid_p2p.wire.chunks import tensor_layout
 from spheroid_p2p.wire.compression import decode_payload
@@ -41,14 +41,17 @@ from spheroid_p2p.wire.tensors import chunk_digest
 
 __all__ = [
     "HOP_TIMINGS",
+    "PREFIX_KNOWN",
+    "PREFIX_NOISY",
     "Z_DTYPES",
     "Hop",
     "InlineTensor",
-    "PipeResult",
-    "PipeStep",
     "Traverse",
     "TraverseError",
     "TraverseResult",
+    "check_route",
+    "route_body",
+    "route_from",
     "verify_inline",
 ]
 
@@ -128,6 +131,24 @@ class Hop:
     last_block: int
 
 
+#: Prefix rules (10 §10.8, r11): every window row from fresh noise (r3), or the known-prefix
+#: rule, whose rows with a known next byte carry its code noised with fixed noise.
+PREFIX_NOISY: Final = 0
+PREFIX_KNOWN: Final = 1
+
+
+def _check_reused(values: tuple[int, ...]) -> None:
+    """Reused rows per hop (r11 ``cr``): at most MAX_ROUTE_HOPS counts, each a uint."""
+    if len(values) > MAX_ROUTE_HOPS:
+        raise _bad(f"reused rows: at most {MAX_ROUTE_HOPS} hops")
+    for v in values:
+        check_uint("reused rows", v, MAX_TENSOR_ROWS)
+
+
+#: Bound of a reused-rows count: no window has more rows than an inline tensor could carry.
+MAX_TENSOR_ROWS: Final = TENSOR_CHUNK_BYTES
+
+
 #: Times a hop reports (10 §10.3.1), in this order, in milliseconds.
 HOP_TIMINGS = ("queued_ms", "compute_ms", "encode_ms")
 
@@ -141,7 +162,7 @@ def _check_timings(values: tuple[float, ...], per_hop: int = len(HOP_TIMINGS)) -
             raise _bad("hop times must be numbers in [0, 1e9) ms")
 
 
-def _check_route(route: tuple[Hop, ...], hop: int) -> None:
+def check_route(route: tuple[Hop, ...], hop: int) -> None:
     if not 1 <= len(route) <= MAX_ROUTE_HOPS:
         raise _bad(f"a route has 1..{MAX_ROUTE_HOPS} hops")
     for h in route:
@@ -154,11 +175,11 @@ def _check_route(route: tuple[Hop, ...], hop: int) -> None:
     check_uint("hop", hop, len(route) - 1)
 
 
-def _route_body(route: tuple[Hop, ...]) -> list[list[Any]]:
+def route_body(route: tuple[Hop, ...]) -> list[list[Any]]:
     return [[h.peer, h.addr, h.first_block, h.last_block] for h in route]
 
 
-def _route_from(body: Mapping[str, Any]) -> tuple[Hop, ...]:
+def route_from(body: Mapping[str, Any]) -> tuple[Hop, ...]:
     return tuple(Hop(*h) for h in pairs(get_field(body, "route"), "route", 4))
 
 
@@ -185,14 +206,35 @@ class Traverse(Message):
     z: InlineTensor
     #: r8: the earlier hops' times, three per hop (10 §10.3.1); () is left out of the body.
     timings: tuple[float, ...] = ()
+    #: r11 (10 §10.8): the prefix rule, its noise seed, the generation session (0: none),
+    #: the trajectory rows and the earlier hops' reused rows; defaults are left out.
+    prefix_rule: int = PREFIX_NOISY
+    prefix_seed: int = 0
+    session: int = 0
+    trajectory_rows: int = 1
+    reused: tuple[int, ...] = ()
     payload: Buffer = field(default=b"", repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_uint("traversal_id", self.traversal_id)
         check_bytes("client", self.client, 32)
         _check_timings(self.timings)
+        if self.prefix_rule not in (PREFIX_NOISY, PREFIX_KNOWN) or isinstance(
+            self.prefix_rule, bool
+        ):
+            raise _bad("prefix rule must be 0 (noisy) or 1 (known)")
+        check_uint("prefix seed", self.prefix_seed)
+        check_uint("session", self.session)
+        check_uint("trajectory rows", self.trajectory_rows, MAX_TRAJECTORY_ROWS)
+        if self.trajectory_rows < 1:
+            raise _bad("a traversal has at least one trajectory row")
+        if self.prefix_rule == PREFIX_NOISY and (
+            self.trajectory_rows != 1 or self.session or self.prefix_seed or self.reused
+        ):
+            raise _bad("ps, ses, nt and cr belong to the known-prefix rule (pr = 1)")
+        _check_reused(self.reused)
         check_addr("reply_addr", self.reply_addr)
-        _check_route(self.route, self.hop)
+        check_route(self.route, self.hop)
         check_str("config_hash", self.config_hash)
         check_uint("steps_per_block", self.steps_per_block, 64)
         if self.steps_per_block < 1:
@@ -218,7 +260,7 @@ class Traverse(Message):
             "tid": self.traversal_id,
             "client": self.client,
             "reply": self.reply_addr,
-            "route": _route_body(self.route),
+            "route": route_body(self.route),
             "hop": self.hop,
             "cfg": self.config_hash,
             "m": self.steps_per_block,
@@ -230,7 +272,20 @@ class Traverse(Message):
             "lg": self.want_logits,
             "z": self.z.to_body(),
             **({"tm": [float(v) for v in self.timings]} if self.timings else {}),
+            **self._prefix_body(),
         }
+
+    def _prefix_body(self) -> Body:
+        if self.prefix_rule == PREFIX_NOISY:
+            return {}
+        body: Body = {"pr": self.prefix_rule, "ps": self.prefix_seed}
+        if self.session:
+            body["ses"] = self.session
+        if self.trajectory_rows != 1:
+            body["nt"] = self.trajectory_rows
+        if self.reused:
+            body["cr"] = list(self.reused)
+        return body
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> Traverse:
@@ -238,7 +293,7 @@ class Traverse(Message):
             traversal_id=get_field(body, "tid"),
             client=get_field(body, "client"),
             reply_addr=get_field(body, "reply"),
-            route=_route_from(body),
+            route=route_from(body),
             hop=get_field(body, "hop"),
             config_hash=get_field(body, "cfg"),
             steps_per_block=get_field(body, "m"),
@@ -250,6 +305,11 @@ class Traverse(Message):
             want_logits=get_field(body, "lg"),
             z=InlineTensor.from_body(get_field(body, "z"), payload),
             timings=as_tuple(body.get("tm", []), "tm"),
+            prefix_rule=body.get("pr", PREFIX_NOISY),
+            prefix_seed=body.get("ps", 0),
+            session=body.get("ses", 0),
+            trajectory_rows=body.get("nt", 1),
+            reused=as_tuple(body.get("cr", []), "cr"),
             payload=payload,
         )
 
@@ -267,6 +327,8 @@ class TraverseResult(Message):
     logits: InlineTensor | None = None
     #: r8: every hop's times, three per hop (10 §10.3.1); () is left out of the body.
     timings: tuple[float, ...] = ()
+    #: r11: every hop's reused rows (10 §10.8); () is left out of the body.
+    reused: tuple[int, ...] = ()
     payload: Buffer = field(default=b"", repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -274,6 +336,7 @@ class TraverseResult(Message):
         check_bytes("output", self.output)
         _check_timings(self.hop_ms, per_hop=1)
         _check_timings(self.timings)
+        _check_reused(self.reused)
         if self.logits is not None:
             self.logits.check()
 
@@ -285,6 +348,8 @@ class TraverseResult(Message):
         }
         if self.timings:
             body["tm"] = [float(v) for v in self.timings]
+        if self.reused:
+            body["cr"] = list(self.reused)
         if self.logits is not None:
             body["lg"] = self.logits.to_body()
         return body
@@ -298,6 +363,7 @@ class TraverseResult(Message):
             hop_ms=as_tuple(body.get("hms", []), "hms"),
             logits=logits,
             timings=as_tuple(body.get("tm", []), "tm"),
+            reused=as_tuple(body.get("cr", []), "cr"),
             payload=payload,
         )
 
@@ -320,88 +386,3 @@ class TraverseError(Message):
         check_bytes("peer", self.peer, 32)
         check_uint("code", self.code, 0xFFFF)
         check_str("reason", self.reason)
-
-
-# -- the autoregressive pipeline baseline (10-traversal.md §10.7) -------------------------------
-@register
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PipeStep(Message):
-    """One step of the layer-pipelined autoregressive baseline: new tokens (first stage) or
-    their hidden states (later stages) at positions ``pos..``; servers keep KV caches per
-    session ``sid``."""
-
-    TYPE: ClassVar[MessageType] = MessageType.PIPE_STEP
-    HAS_PAYLOAD: ClassVar[bool] = True
-    session_id: int
-    client: bytes
-    reply_addr: str
-    route: tuple[Hop, ...]
-    hop: int
-    config_hash: str
-    pos: int
-    tokens: bytes
-    deadline_ms: int
-    hidden: InlineTensor
-    payload: Buffer = field(default=b"", repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        check_uint("session_id", self.session_id)
-        check_bytes("client", self.client, 32)
-        check_addr("reply_addr", self.reply_addr)
-        _check_route(self.route, self.hop)
-        check_str("config_hash", self.config_hash)
-        check_uint("pos", self.pos, 1 << 20)
-        check_bytes("tokens", self.tokens)
-        check_uint("deadline_ms", self.deadline_ms)
-        self.hidden.check()
-
-    def to_body(self) -> Body:
-        return {
-            "sid": self.session_id,
-            "client": self.client,
-            "reply": self.reply_addr,
-            "route": _route_body(self.route),
-            "hop": self.hop,
-            "cfg": self.config_hash,
-            "pos": self.pos,
-            "x": self.tokens,
-            "dl": self.deadline_ms,
-            "h": self.hidden.to_body(),
-        }
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> PipeStep:
-        return cls(
-            session_id=get_field(body, "sid"),
-            client=get_field(body, "client"),
-            reply_addr=get_field(body, "reply"),
-            route=_route_from(body),
-            hop=get_field(body, "hop"),
-            config_hash=get_field(body, "cfg"),
-            pos=get_field(body, "pos"),
-            tokens=get_field(body, "x"),
-            deadline_ms=get_field(body, "dl"),
-            hidden=InlineTensor.from_body(get_field(body, "h"), payload),
-            payload=payload,
-        )
-
-
-@register
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PipeResult(Message):
-    """The last stage's answer: the next byte of session ``sid``."""
-
-    TYPE: ClassVar[MessageType] = MessageType.PIPE_RESULT
-    session_id: int
-    output: bytes
-
-    def __post_init__(self) -> None:
-        check_uint("session_id", self.session_id)
-        check_bytes("output", self.output)
-
-    def to_body(self) -> Body:
-        return {"sid": self.session_id, "out": self.output}
-
-    @classmethod
-    def from_body(cls, body: Mapping[str, Any], payload: memoryview) -> PipeResult:
-        return cls(session_id=get_field(body, "sid"), output=get_field(body, "out"))

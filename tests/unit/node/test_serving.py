@@ -127,7 +127,7 @@ async def test_a_hop_runs_its_blocks_and_forwards_with_the_codes(runtime: BlockR
     ((sender, onward),) = nxt.got
     assert sender == hop.link.me and isinstance(onward, Traverse)
     assert onward.hop == 1 and onward.deadline_ms <= req.deadline_ms
-    assert tuple(onward.z.shape) == runtime.z_shape(0, req.prefix)  # every block: one shape
+    assert tuple(onward.z.shape) == runtime.z_shape(0, req)  # every block: one shape
     assert len(onward.timings) == 3 and not client.got
     # the next hop is gone: the client hears TIMEOUT naming it
     net.cut(hop.link.me, nxt.link.me)

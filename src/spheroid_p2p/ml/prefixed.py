@@ -1,0 +1,218 @@
+"""Per-byte traversals over a known prefix, with reusable keys and values (layout S).
+
+Today's rule (``ml.generate``) gives every row of the window fresh noise and denoises them all,
+keeping the last row: nothing a block computes for the prefix can be reused by the next
+traversal. The **known-prefix rule** gives every row whose next byte is known what training
+shows the blocks: that byte's code noised to the block's sigma, ``C[y_r] + sigma * eps_r``,
+with ``eps_r`` fixed per window position by the generation's seed (:func:`prefix_noise`).
+Only the **trajectory** rows (whose next byte is being generated) start from noise and follow
+the chain's Euler steps. A row's keys and values then depend only on the bytes up to its
+target, its noise and the block's sigma points, so a server keeps them per generation session
+(:class:`PrefixCache`) and a per-byte traversal computes one new known row and one trajectory
+row per block, not the whole window.
+
+One traversal over a window of ``S`` bytes carries ``n_traj`` trajectory rows at positions
+``S - n_traj .. S - 1`` (1 for a per-byte traversal; more for a draft's candidates or for
+scoring a whole window); the known rows are positions ``0 .. S - 2``. A known row ``r`` attends
+to known rows ``<= r``; a trajectory row ``q`` to known rows ``< q`` and to itself, which is
+exactly what a per-byte traversal at ``q`` would give it.
+
+Windows restart instead of sliding (:func:`window_len`): learned absolute positions make a
+window shifted by one byte a different computation, so when a window would pass the context it
+starts again from the last half, as the autoregressive pipeline's sessions do (10 §10.7).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+from spheroid_p2p.ml.block import BlockDenoiser
+from spheroid_p2p.ml.noise import NoisePartition
+from spheroid_p2p.ml.sampler import block_points, euler_step, initial_noise
+from spheroid_p2p.ml.windows import prefix_window
+
+__all__ = [
+    "BlockCache",
+    "PrefixCache",
+    "generate_prefixed",
+    "prefix_noise",
+    "prefixed_hop",
+    "row_mask",
+]
+
+#: Salt of the prefix-noise generator, so that it never equals a traversal's own noise.
+_NOISE_SALT = 0x6B6E_6F77  # "know"
+
+KV = tuple[torch.Tensor, torch.Tensor]
+
+
+def prefix_noise(seed: int, context: int, d_z: int) -> torch.Tensor:
+    """(context, d_z): the fixed noise of each window position's known row for ``seed``."""
+    gen = torch.Generator().manual_seed((seed ^ _NOISE_SALT) & 0xFFFF_FFFF_FFFF_FFFF)
+    return torch.randn(context, d_z, generator=gen)
+
+
+def row_mask(known: int, first_new: int, n_traj: int, size: int) -> torch.Tensor:
+    """Attention of the new rows over [known rows 0..known-1 ; trajectory rows]: new known
+    rows ``first_new..known-1`` then ``n_traj`` trajectory rows at positions
+    ``size - n_traj..size - 1``. (known - first_new + n_traj, known + n_traj) bool."""
+    kpos = torch.arange(known)
+    qk = torch.arange(first_new, known)
+    qt = torch.arange(size - n_traj, size)
+    known_rows = torch.cat(
+        [kpos[None, :] <= qk[:, None], torch.zeros(len(qk), n_traj, dtype=torch.bool)], dim=1
+    )
+    traj_rows = torch.cat([kpos[None, :] < qt[:, None], torch.eye(n_traj, dtype=torch.bool)], dim=1)
+    return torch.cat([known_rows, traj_rows], dim=0)
+
+
+@dataclass
+class BlockCache:
+    """One block's keys and values of the known rows ``0..rows-1``: per Euler point, per layer."""
+
+    rows: int = 0
+    steps: list[list[KV]] = field(default_factory=list)
+
+    def truncate(self, rows: int) -> None:
+        if rows >= self.rows:
+            return
+        self.rows = rows
+        self.steps = [[(k[:, :, :rows], v[:, :, :rows]) for k, v in step] for step in self.steps]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for step in self.steps for kv in step for t in kv)
+
+
+@dataclass
+class PrefixCache:
+    """What a server keeps for one generation session: the window bytes its known rows stand
+    on, the prefix-noise seed, and each block's :class:`BlockCache`."""
+
+    seed: int
+    noise: torch.Tensor  # (context, d_z) from prefix_noise(seed, ...)
+    #: Euler steps per block the cached rows were computed for (their sigma points)
+    steps_per_block: int = 0
+    text: bytes = b""
+    blocks: dict[int, BlockCache] = field(default_factory=dict)
+
+    def reuse(self, text: bytes) -> int:
+        """Keep the rows that ``text`` leaves valid (row r needs bytes 0..r+1 unchanged, and
+        no row a traversal of ``text`` does not use); returns how many are kept."""
+        same = 0
+        limit = min(len(text), len(self.text))
+        while same < limit and text[same] == self.text[same]:
+            same += 1
+        rows = max(0, min(same - 1, len(text) - 1))
+        for cache in self.blocks.values():
+            cache.truncate(rows)
+        self.text = text[: rows + 1] if rows else b""
+        return rows
+
+    def nbytes(self) -> int:
+        return sum(c.nbytes() for c in self.blocks.values())
+
+
+@torch.no_grad()
+def prefixed_hop(
+    block: BlockDenoiser,
+    text: torch.Tensor,  # (B, S) window bytes, long
+    z: torch.Tensor,  # (B, n_traj, d_z) the trajectory rows' codes
+    points: list[float],
+    next_sigma: float | None,
+    noise: torch.Tensor,  # (B or 1, >= S - 1, d_z) fixed noise of the known rows
+    cache: BlockCache | None = None,
+    gate: Callable[[], object] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One block's Euler steps for the trajectory rows of a window; known rows come from
+    ``cache`` as far as it goes and are computed (and added to it) beyond.
+
+    Returns (z after the block's steps, the last call's logits of the trajectory rows).
+    """
+    B, S = text.shape
+    n_traj = z.shape[1]
+    if not 1 <= n_traj <= S:
+        raise ValueError(f"{n_traj} trajectory rows in a window of {S}")
+    known = S - 1
+    first_new = cache.rows if cache is not None else 0
+    if first_new > known:
+        raise ValueError("the cache holds rows this window does not have")
+    mask = row_mask(known, first_new, n_traj, S)
+    new_known = known - first_new
+    x_rows = torch.cat([text[:, first_new:known], text[:, S - n_traj :]], dim=1)
+    pos = torch.cat([torch.arange(first_new, known), torch.arange(S - n_traj, S)])
+    codes = block.codebook[text[:, first_new + 1 : S]]  # (B, new_known, d_z) known targets
+    row_noise = noise[:, first_new:known]
+    logits = torch.empty(0)
+    steps: list[list[KV]] = []
+    for j, sigma in enumerate(points):
+        sig = torch.full((B,), sigma, dtype=torch.float32)
+        z_rows = torch.cat([codes + sigma * row_noise, z], dim=1)
+        past = cache.steps[j] if cache is not None and first_new else None
+        if gate is not None:
+            with gate():  # type: ignore[attr-defined]
+                out, kv = block.forward_rows(x_rows, pos, z_rows, sig, mask, past, new_known)
+        else:
+            out, kv = block.forward_rows(x_rows, pos, z_rows, sig, mask, past, new_known)
+        logits = out.logits
+        if cache is not None:
+            steps.append([_grow(past, i, k, v, new_known) for i, (k, v) in enumerate(kv)])
+        target = points[j + 1] if j + 1 < len(points) else next_sigma
+        if target is None:
+            break
+        z = euler_step(z, block.expected_code(logits), sigma, target)
+    if cache is not None:
+        cache.rows = known
+        cache.steps = steps
+    return z, logits
+
+
+def _grow(past: list[KV] | None, layer: int, k: torch.Tensor, v: torch.Tensor, rows: int) -> KV:
+    """Layer ``layer``'s cached keys and values followed by the new known rows' ``rows``."""
+    if past is None:
+        return k[:, :, :rows], v[:, :, :rows]
+    old_k, old_v = past[layer]
+    return torch.cat([old_k, k[:, :, :rows]], dim=2), torch.cat([old_v, v[:, :, :rows]], dim=2)
+
+
+def start_row(cfg_top: float, d_z: int, seed: int, rows: int = 1) -> torch.Tensor:
+    """(1, rows, d_z): the trajectory rows' initial noise at the top of the schedule."""
+    return initial_noise((1, rows, d_z), cfg_top, torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def generate_prefixed(
+    blocks: Mapping[int, BlockDenoiser],
+    prompt: bytes,
+    n_bytes: int,
+    seed: int = 0,
+    temperature: float = 0.0,
+    steps_per_block: int | None = None,
+    cached: bool = True,
+) -> bytes:
+    """Per-byte generation with the known-prefix rule in one process: one traversal per byte,
+    reusing each block's keys and values when ``cached`` (the output is the same either way)."""
+    from spheroid_p2p.ml.generate import pick_bytes
+
+    cfg = blocks[0].cfg
+    m = steps_per_block or cfg.euler_steps_per_block
+    points = block_points(NoisePartition(cfg), m)
+    session = PrefixCache(seed, prefix_noise(seed, cfg.context, cfg.d_z))
+    out = b""
+    for i in range(n_bytes):
+        window = prefix_window(prompt + out, cfg.context)
+        if not cached:
+            session = PrefixCache(seed, session.noise)
+        session.reuse(window)
+        text = torch.tensor(list(window), dtype=torch.long)[None]
+        z = start_row(points[0][0][0], cfg.d_z, seed + i)
+        logits = torch.empty(0)
+        for b in range(cfg.n_blocks):
+            pts, nxt = points[b]
+            cache = session.blocks.setdefault(b, BlockCache())
+            z, logits = prefixed_hop(blocks[b], text, z, pts, nxt, session.noise[None], cache)
+        session.text = window
+        out += pick_bytes(cfg, logits, temperature, seed + i)
+    return out
