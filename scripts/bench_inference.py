@@ -4,7 +4,10 @@ For each setup it starts 4 server processes on 127.0.0.1 (one block, or one laye
 then generates 128 and 512 bytes through them and records wall time, traversals and time per
 traversal:
 
-* BlockTrain, span K = 1 (layout S: one traversal per byte);
+* BlockTrain, span K = 1 (layout S: one traversal per byte), under today's rule (every row of
+  the window from fresh noise, recomputed by every block: ``K1``) and under the known-prefix
+  rule with each server's session cache (10 §10.8: one new known row and one trajectory row per
+  block: ``K1_cached``), on the same servers;
 * BlockTrain, span K = 32 and K = the context (layout P: one traversal per span);
 * the baseline: the autoregressive model of the same total depth, split by layers over the
   4 servers with KV caches (one traversal per byte).
@@ -60,26 +63,28 @@ def _start(workdir: Path, name: str, per_node_args: list[list[str]]) -> list[Nod
     return nodes
 
 
-def _generate(addr: str, n: int, ar: bool) -> GenerationReport:
+def _generate(addr: str, n: int, ar: bool, rule: str = "known") -> GenerationReport:
     async def run() -> GenerationReport:
         client = TraversalClient(timeout_s=60.0)
         await client.start()
         try:
             if ar:
                 return await client.generate_ar(addr, PROMPT, n)
-            return await client.generate(addr, PROMPT, n)
+            return await client.generate(addr, PROMPT, n, rule=rule)
         finally:
             await client.close()
 
     return asyncio.run(run())
 
 
-def _measure(addr: str, sizes: list[int], ar: bool) -> dict[str, Any]:
+def _measure(addr: str, sizes: list[int], ar: bool, rule: str = "known") -> dict[str, Any]:
     out: dict[str, Any] = {}
-    _generate(addr, 4, ar)  # warm-up: connections, first forward passes
+    _generate(addr, 4, ar, rule)  # warm-up: connections, first forward passes
     for n in sizes:
-        report = _generate(addr, n, ar)
+        report = _generate(addr, n, ar, rule)
+        reused = [min(hops) for hops in report.reused if hops]
         out[str(n)] = {
+            "traversals_reusing_sessions": sum(1 for r in reused if r > 0),
             "seconds": report.seconds,
             "traversals": report.traversals,
             "ms_per_traversal": report.seconds * 1000 / max(1, report.traversals),
@@ -110,19 +115,16 @@ def main(argv: list[str] | None = None) -> int:
             save_block(path, BlockDenoiser(cfg, b))
             paths.append(path)
         nodes = _start(workdir, f"k{span}-", [["--checkpoint", str(p)] for p in paths])
+        rules = [("noisy", f"blocktrain_K{span_text}")]
+        if span == 1:
+            rules.append(("known", "blocktrain_K1_cached"))
         try:
-            results[f"blocktrain_K{span_text}"] = {
-                "span": span,
-                **_measure(nodes[0].addr, sizes, ar=False),
-            }
+            for rule, key in rules:
+                results[key] = {"span": span, **_measure(nodes[0].addr, sizes, False, rule)}
+                print(f"  {key}: {json.dumps(results[key])}", file=sys.stderr, flush=True)
         finally:
             for node in nodes:
                 node.stop()
-        print(
-            f"  K={span_text}: {json.dumps(results[f'blocktrain_K{span_text}'])}",
-            file=sys.stderr,
-            flush=True,
-        )
     cfg = ModelConfig(context=args.context)
     ar_path = workdir / "ar.safetensors"
     save_ar(ar_path, ARTransformer(cfg, cfg.n_blocks * cfg.layers_per_block))

@@ -232,3 +232,20 @@ def test_the_autoregressive_pipeline_matches_the_in_process_model(
     report = asyncio.run(run())
     assert report.output == expected
     assert report.traversals == 20 and len(report.routes[-1]) == 4
+
+
+def test_a_span_model_is_served_by_the_rule_it_supports(
+    nodes: list[NodeProcess], tmp_path: Path
+) -> None:
+    """The client asks a span model for the known-prefix rule (its default), learns by code
+    (SPAN_UNSUPPORTED) that the model emits spans, and generates with the rule of 10 §10.4:
+    the bytes of in-process span generation."""
+    cfg = CFG.replace(layout="P", span=4)
+    paths = _checkpoints(tmp_path, cfg)
+    args = [a for p in paths for a in ("--checkpoint", str(p))]
+    nodes.append(NodeProcess(tmp_path, "spans", *args, verbose=1).start())
+    wait_for(lambda: _serving(nodes[0], 4), timeout_s=30)
+    blocks = {b: load_block(p) for b, p in enumerate(paths)}
+    report = _remote(nodes[0].addr, b"Day 3.", 12)
+    assert report.output == generate(blocks, b"Day 3.", 12, seed=5)
+    assert report.traversals == 3 and not report.reused

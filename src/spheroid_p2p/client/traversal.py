@@ -72,6 +72,10 @@ class _Spec:
     prefix_seed: int = 0
 
 
+class _PerByteOnlyError(Exception):
+    """The model answered the known-prefix rule SPAN_UNSUPPORTED: it emits spans."""
+
+
 class TraversalClient:
     """Generates text through a swarm of block servers."""
 
@@ -217,7 +221,11 @@ class TraversalClient:
                 session,
                 seed if known else 0,
             )
-            piece = await self._one(offers, n_blocks, spec, report, addr)
+            try:
+                piece = await self._one(offers, n_blocks, spec, report, addr)
+            except _PerByteOnlyError:  # a span model: its traversals use the rule of 10 §10.4
+                known, session = False, 0
+                continue
             out += piece
             traversal += 1
             if on_bytes is not None:
@@ -254,6 +262,8 @@ class TraversalClient:
             if isinstance(answer, TraverseResult):
                 return answer.output
             if isinstance(answer, TraverseError) and answer.code == ErrorCode.SPAN_UNSUPPORTED:
+                if spec.rule == PREFIX_KNOWN and spec.span in (0, 1):
+                    raise _PerByteOnlyError(answer.reason)
                 raise TransportError(f"the swarm cannot do this: {answer.reason}")
             report.retries += 1
             bad = await self._blame(route, answer)
