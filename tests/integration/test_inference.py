@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from spheroid_p2p.client.drafts import PromptLookup
 from spheroid_p2p.client.traversal import GenerationReport, TraversalClient
 from spheroid_p2p.ml.block import BlockDenoiser
 from spheroid_p2p.ml.checkpoint import load_block, save_block
@@ -56,13 +57,28 @@ def _serving(node: NodeProcess, count: int) -> bool:
 
 
 def _remote(
-    addr: str, prompt: bytes, n: int, dtype: str = "float32", rule: str = "known"
+    addr: str,
+    prompt: bytes,
+    n: int,
+    dtype: str = "float32",
+    rule: str = "known",
+    drafter: PromptLookup | None = None,
+    temperature: float = 0.0,
 ) -> GenerationReport:
     async def run() -> GenerationReport:
         client = TraversalClient(timeout_s=10.0, max_retries=6)
         await client.start()
         try:
-            return await client.generate(addr, prompt, n, seed=5, z_dtype=dtype, rule=rule)
+            return await client.generate(
+                addr,
+                prompt,
+                n,
+                seed=5,
+                z_dtype=dtype,
+                rule=rule,
+                drafter=drafter,
+                temperature=temperature,
+            )
         finally:
             await client.close()
 
@@ -89,6 +105,13 @@ def test_chain_of_four_servers_matches_the_in_process_sampler(
     assert report.reused[0] == (0, 0, 0, 0)  # the first traversal computes the prompt
     assert report.reused[1] == (5, 5, 5, 5)  # then every server reuses its session
     assert (0, 0, 0, 0) in report.reused[20:]  # the window restarted past the context
+    # speculative traversals (10 §10.8): the same bytes, greedy and sampled, fewer traversals
+    prompt = b"ab ab ab ab ab"
+    for temperature in (0.0, 0.9):
+        fast = _remote(nodes[0].addr, prompt, 40, drafter=PromptLookup(), temperature=temperature)
+        slow = generate_prefixed(blocks, prompt, 40, seed=5, temperature=temperature)
+        assert fast.output == slow and fast.drafted > 0, (fast.output, slow)
+        assert fast.traversals <= 40
     expected = expected[:24]
     fp16 = _remote(nodes[0].addr, b"Day 1.", 24, dtype="float16").output
     agreement = sum(a == b for a, b in zip(fp16, expected, strict=True)) / len(expected)

@@ -28,3 +28,9 @@ class GenerationReport:
     #: Per successful known-prefix traversal, the rows each hop took from its session cache
     #: (10 §10.8; 0 where a hop recomputed the window).
     reused: list[tuple[int, ...]] = field(default_factory=list)
+    #: Draft bytes the traversals carried (speculative traversals, 10 §10.8).
+    drafted: int = 0
+
+    @property
+    def bytes_per_traversal(self) -> float:
+        return len(self.output) / self.traversals if self.traversals else 0.0

@@ -72,20 +72,10 @@ def run_blocks(
     return z, logits
 
 
-def pick_bytes(
-    cfg: ModelConfig,
-    logits: torch.Tensor,
-    temperature: float,
-    seed: int,
-    rows_out: int | None = None,
-) -> bytes:
-    """The span's bytes from the final logits (1, N, 256): layout S emits the last row's byte
-    (the last ``rows_out`` rows' when given: a known-prefix traversal's trajectory rows),
+def pick_bytes(cfg: ModelConfig, logits: torch.Tensor, temperature: float, seed: int) -> bytes:
+    """The span's bytes from the final logits (1, N, 256): layout S emits the last row's byte,
     layout P every slot's. Temperature 0 is argmax; otherwise seeded sampling."""
-    if rows_out is not None:
-        rows = logits[0, -rows_out:]
-    else:
-        rows = logits[0, -1:] if cfg.layout == "S" else logits[0]  # (K, 256)
+    rows = logits[0, -1:] if cfg.layout == "S" else logits[0]  # (K, 256)
     if temperature <= 0:
         return bytes(rows.argmax(dim=-1).tolist())
     gen = torch.Generator().manual_seed(seed ^ 0x5EED)

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 
 from spheroid_p2p.ml.block import BlockDenoiser
+from spheroid_p2p.ml.drafting import MAX_DRAFT, Drafter, DraftLength, accept
 from spheroid_p2p.ml.noise import NoisePartition
 from spheroid_p2p.ml.sampler import block_points, euler_step, initial_noise
 from spheroid_p2p.ml.windows import prefix_window
@@ -38,6 +39,7 @@ __all__ = [
     "BlockCache",
     "PrefixCache",
     "generate_prefixed",
+    "pick_rows",
     "prefix_noise",
     "prefixed_hop",
     "row_mask",
@@ -177,9 +179,33 @@ def _grow(past: list[KV] | None, layer: int, k: torch.Tensor, v: torch.Tensor, r
     return torch.cat([old_k, k[:, :, :rows]], dim=2), torch.cat([old_v, v[:, :, :rows]], dim=2)
 
 
+_U64 = 0xFFFF_FFFF_FFFF_FFFF
+
+
 def start_row(cfg_top: float, d_z: int, seed: int, rows: int = 1) -> torch.Tensor:
-    """(1, rows, d_z): the trajectory rows' initial noise at the top of the schedule."""
-    return initial_noise((1, rows, d_z), cfg_top, torch.Generator().manual_seed(seed))
+    """(1, rows, d_z): the trajectory rows' initial noise at the top of the schedule, row j
+    from its own generator seeded ``seed + j``: the noise per-byte traversal ``seed + j``
+    would draw, so a pass of several rows reproduces several per-byte traversals."""
+    out = [
+        initial_noise((1, 1, d_z), cfg_top, torch.Generator().manual_seed((seed + j) & _U64))
+        for j in range(rows)
+    ]
+    return torch.cat(out, dim=1)
+
+
+def pick_rows(logits: torch.Tensor, temperature: float, seed: int) -> bytes:
+    """One byte per trajectory row of the final logits (1, n, vocab): argmax at temperature 0,
+    else row j sampled from its own generator seeded ``(seed + j) XOR 0x5EED`` (what per-byte
+    traversal ``seed + j`` samples with)."""
+    rows = logits[0]
+    if temperature <= 0:
+        return bytes(rows.argmax(dim=-1).tolist())
+    probs = torch.softmax(rows.double() / temperature, dim=-1)
+    out = []
+    for j in range(rows.shape[0]):
+        gen = torch.Generator().manual_seed(((seed + j) & _U64) ^ 0x5EED)
+        out.append(int(torch.multinomial(probs[j : j + 1], 1, generator=gen)[0, 0]))
+    return bytes(out)
 
 
 @torch.no_grad()
@@ -191,28 +217,46 @@ def generate_prefixed(
     temperature: float = 0.0,
     steps_per_block: int | None = None,
     cached: bool = True,
+    drafter: Drafter | None = None,
+    max_draft: int = 16,
+    stats: dict[str, int] | None = None,
 ) -> bytes:
-    """Per-byte generation with the known-prefix rule in one process: one traversal per byte,
-    reusing each block's keys and values when ``cached`` (the output is the same either way)."""
-    from spheroid_p2p.ml.generate import pick_bytes
+    """Per-byte generation with the known-prefix rule in one process, reusing each block's
+    keys and values when ``cached`` (the output is the same either way).
 
+    With a ``drafter``, each traversal carries its draft's candidates as trajectory rows and
+    keeps what the chain agrees with (:func:`accept`): the output is identical to per-byte
+    generation at any temperature (each row has the per-byte traversal's seed); ``stats``
+    receives ``traversals`` and ``drafted``.
+    """
     cfg = blocks[0].cfg
     m = steps_per_block or cfg.euler_steps_per_block
     points = block_points(NoisePartition(cfg), m)
     session = PrefixCache(seed, prefix_noise(seed, cfg.context, cfg.d_z))
     out = b""
-    for i in range(n_bytes):
+    traversals = drafted = 0
+    length = DraftLength(min(max_draft, MAX_DRAFT))
+    while len(out) < n_bytes:
         window = prefix_window(prompt + out, cfg.context)
+        room = min(cfg.context - len(window), n_bytes - len(out) - 1, length.next())
+        draft = drafter(prompt + out, room)[:room] if drafter is not None and room > 0 else b""
         if not cached:
             session = PrefixCache(seed, session.noise)
-        session.reuse(window)
-        text = torch.tensor(list(window), dtype=torch.long)[None]
-        z = start_row(points[0][0][0], cfg.d_z, seed + i)
+        text_bytes = window + draft
+        session.reuse(text_bytes)
+        text = torch.tensor(list(text_bytes), dtype=torch.long)[None]
+        z = start_row(points[0][0][0], cfg.d_z, seed + len(out), len(draft) + 1)
         logits = torch.empty(0)
         for b in range(cfg.n_blocks):
             pts, nxt = points[b]
             cache = session.blocks.setdefault(b, BlockCache())
             z, logits = prefixed_hop(blocks[b], text, z, pts, nxt, session.noise[None], cache)
-        session.text = window
-        out += pick_bytes(cfg, logits, temperature, seed + i)
-    return out
+        session.text = text_bytes
+        got = accept(draft, pick_rows(logits, temperature, seed + len(out)))
+        out += got
+        traversals += 1
+        drafted += len(draft)
+        length.update(len(draft), len(got) - 1)
+    if stats is not None:
+        stats.update(traversals=traversals, drafted=drafted)
+    return out[:n_bytes]

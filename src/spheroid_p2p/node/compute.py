@@ -19,6 +19,7 @@ from spheroid_p2p.ml.block import BlockDenoiser
 from spheroid_p2p.ml.checkpoint import load_block
 from spheroid_p2p.ml.config import ModelConfig
 from spheroid_p2p.ml.generate import noisy_slots, pick_bytes, run_blocks, start_noise, window
+from spheroid_p2p.ml.prefixed import pick_rows
 from spheroid_p2p.node.prefix_sessions import KnownPrefixRunner
 from spheroid_p2p.node.tensor_bridge import raw_of, torch_dtype
 from spheroid_p2p.node.turns import StepGate
@@ -148,8 +149,10 @@ class BlockRuntime:
         seconds = time.perf_counter() - start
         if logits is None:
             return HopOutput(z, None, None, seconds, reused)
-        rows = req.trajectory_rows if req.prefix_rule == PREFIX_KNOWN else None
-        output = pick_bytes(cfg, logits, req.temperature, seed, rows)
+        if req.prefix_rule == PREFIX_KNOWN:
+            output = pick_rows(logits, req.temperature, seed)
+        else:
+            output = pick_bytes(cfg, logits, req.temperature, seed)
         return HopOutput(None, output, logits if req.want_logits else None, seconds, reused)
 
     def close(self) -> None:

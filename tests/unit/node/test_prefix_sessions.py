@@ -9,8 +9,7 @@ import torch
 from spheroid_p2p.core.sessions import SessionLimits
 from spheroid_p2p.ml.block import BlockDenoiser
 from spheroid_p2p.ml.config import ModelConfig
-from spheroid_p2p.ml.generate import pick_bytes
-from spheroid_p2p.ml.prefixed import generate_prefixed
+from spheroid_p2p.ml.prefixed import generate_prefixed, pick_rows
 from spheroid_p2p.ml.windows import prefix_window
 from spheroid_p2p.node.prefix_sessions import KnownPrefixRunner
 from spheroid_p2p.node.tensor_bridge import flat_bytes
@@ -71,7 +70,7 @@ def _generate(
         raw = bytes(flat_bytes(z[0].float()))
         _, logits, r1 = second.run(blocks, req, 2, 3, raw)
         assert logits is not None
-        out += pick_bytes(CFG, logits, 0.0, 3 + i, 1)
+        out += pick_rows(logits, 0.0, 3 + i)
         reused.append((r0, r1))
     return out, reused
 
