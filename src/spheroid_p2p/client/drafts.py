@@ -13,6 +13,7 @@ wrong. Torch-free: they run in the client.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Callable
 
 __all__ = ["DRAFTERS", "FirstOf", "NgramDrafter", "PromptLookup", "drafter_by_name"]
 
@@ -71,14 +72,33 @@ class NgramDrafter:
         return bytes(out)
 
 
-def drafter_by_name(name: str, corpus: bytes | None = None) -> PromptLookup | NgramDrafter | None:
-    """ "none", "lookup" or "ngram" (which needs ``corpus``)."""
+class FirstOf:
+    """The first drafter that proposes anything (prompt lookup, then the n-gram model)."""
+
+    def __init__(self, *drafters: Callable[[bytes, int], bytes]) -> None:
+        self.drafters = drafters
+
+    def __call__(self, text: bytes, most: int) -> bytes:
+        for drafter in self.drafters:
+            draft = drafter(text, most)
+            if draft:
+                return draft
+        return b""
+
+
+#: The drafters by name, for the command line and the benchmarks.
+DRAFTERS = ("none", "lookup", "ngram", "lookup+ngram")
+
+
+def drafter_by_name(name: str, corpus: bytes | None = None) -> Callable[[bytes, int], bytes] | None:
+    """One of ``DRAFTERS``; "ngram" and "lookup+ngram" need ``corpus`` (the client's text)."""
     if name == "none":
         return None
     if name == "lookup":
         return PromptLookup()
-    if name == "ngram":
+    if name in ("ngram", "lookup+ngram"):
         if not corpus:
-            raise ValueError("the n-gram drafter needs a corpus (--draft-corpus PATH)")
-        return NgramDrafter(corpus)
-    raise ValueError(f"unknown drafter {name!r}: none, lookup or ngram")
+            raise ValueError(f"the {name} drafter needs a corpus of text (--draft-corpus PATH)")
+        ngram = NgramDrafter(corpus)
+        return ngram if name == "ngram" else FirstOf(PromptLookup(), ngram)
+    raise ValueError(f"unknown drafter {name!r}: one of {', '.join(DRAFTERS)}")
