@@ -14,7 +14,14 @@ traversal:
 
 Weights are random (timing does not depend on them); width, depth and context are the
 defaults of the quality benchmark. All setups run in one invocation, so the ratios against the
-pipeline are comparable. Writes JSON and prints one summary line.
+pipeline are comparable.
+
+With ``--corpus PATH`` (repeatable) it also serves the trained checkpoints of each corpus
+(``--models``, written by ``bench_prefix.py``) on 4 servers and generates from held-out prompts
+by cached per-byte traversals and by speculative traversals with each drafter (prompt lookup,
+an n-gram model of the corpus's training text, the first of both): bytes per traversal (the
+acceptance depends on real weights), time, and whether the output is identical to per-byte
+generation. Writes JSON and prints one summary line.
 """
 
 from __future__ import annotations
@@ -35,11 +42,13 @@ from benchlib import git_commit  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 
+from spheroid_p2p.client.drafts import DRAFTERS, drafter_by_name  # noqa: E402
 from spheroid_p2p.client.traversal import GenerationReport, TraversalClient  # noqa: E402
 from spheroid_p2p.ml.baselines import ARTransformer  # noqa: E402
 from spheroid_p2p.ml.block import BlockDenoiser  # noqa: E402
 from spheroid_p2p.ml.checkpoint import save_ar, save_block  # noqa: E402
 from spheroid_p2p.ml.config import ModelConfig  # noqa: E402
+from spheroid_p2p.ml.data import load_corpus  # noqa: E402
 from spheroid_p2p.node.launcher import NodeProcess, wait_for  # noqa: E402
 
 PROMPT = b"Day 12. Weather: rain from the west.\n"
@@ -77,6 +86,62 @@ def _generate(addr: str, n: int, ar: bool, rule: str = "known") -> GenerationRep
     return asyncio.run(run())
 
 
+def _speculative(addr: str, prompt: bytes, n: int, drafter: Any, seed: int) -> GenerationReport:
+    async def run() -> GenerationReport:
+        client = TraversalClient(timeout_s=60.0)
+        await client.start()
+        try:
+            return await client.generate(addr, prompt, n, seed=seed, drafter=drafter)
+        finally:
+            await client.close()
+
+    return asyncio.run(run())
+
+
+def _trained(workdir: Path, models: Path, path: str, sizes: list[int], prompts: int) -> Any:
+    """Cached per-byte and speculative traversals on a corpus's trained checkpoints."""
+    corpus = load_corpus(path)
+    folder = models / corpus.name
+    paths = [folder / f"block-{b}.safetensors" for b in range(4)]
+    if not all(p.exists() for p in paths):
+        return {"skipped": f"no trained checkpoints in {folder} (run bench_prefix.py)"}
+    train = bytes(corpus.train[:1_000_000].tolist())
+    held = bytes(corpus.eval.tolist())
+    step = len(held) // (prompts + 1)
+    texts = [held[(i + 1) * step : (i + 1) * step + 96] for i in range(prompts)]
+    nodes = _start(workdir, f"{corpus.name}-", [["--checkpoint", str(p)] for p in paths])
+    out: dict[str, Any] = {"corpus": corpus.name, "prompts": prompts}
+    try:
+        _speculative(nodes[0].addr, texts[0], 4, None, 0)  # warm-up
+        for n in sizes:
+            rows: dict[str, Any] = {}
+            baseline: list[bytes] = []
+            for name in DRAFTERS:
+                drafter = drafter_by_name(name, train)
+                seconds = traversals = drafted = identical = 0
+                for i, text in enumerate(texts):
+                    report = _speculative(nodes[0].addr, text, n, drafter, seed=i)
+                    if name == "none":
+                        baseline.append(report.output)
+                    identical += report.output == baseline[i]
+                    seconds += report.seconds
+                    traversals += report.traversals
+                    drafted += report.drafted
+                rows[name] = {
+                    "seconds": seconds / len(texts),
+                    "traversals": traversals / len(texts),
+                    "bytes_per_traversal": n * len(texts) / traversals,
+                    "drafted_per_traversal": drafted / traversals,
+                    "identical_to_per_byte": identical,
+                }
+                print(f"  {corpus.name} {n} B {name}: {json.dumps(rows[name])}", file=sys.stderr)
+            out[str(n)] = rows
+    finally:
+        for node in nodes:
+            node.stop()
+    return out
+
+
 def _measure(addr: str, sizes: list[int], ar: bool, rule: str = "known") -> dict[str, Any]:
     out: dict[str, Any] = {}
     _generate(addr, 4, ar, rule)  # warm-up: connections, first forward passes
@@ -100,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="128,512")
     parser.add_argument("--context", type=int, default=128)
     parser.add_argument("--spans", default="1,32,full")
+    parser.add_argument("--corpus", action="append", default=[], help="trained-model rows")
+    parser.add_argument("--models", type=Path, default=ROOT / "bench-out" / "models")
+    parser.add_argument("--prompts", type=int, default=2, help="held-out prompts per corpus")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "bench_inference.json")
     args = parser.parse_args(argv)
     sizes = [int(v) for v in args.sizes.split(",")]
@@ -143,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
             value[str(n)]["speedup_vs_ar_pipeline"] = (
                 results["ar_pipeline"][str(n)]["seconds"] / value[str(n)]["seconds"]
             )
+    trained = {
+        path: _trained(workdir, args.models, path, sizes, args.prompts) for path in args.corpus
+    }
     report = {
         "benchmark": "bench_inference",
         "git_commit": git_commit(),
@@ -153,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             "config": json.loads(cfg.to_json()),
         },
         "results": results,
+        "trained": trained,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
@@ -165,6 +237,14 @@ def main(argv: list[str] | None = None) -> int:
             for n in sizes
         )
         parts.append(f"{key}: {cells};")
+    for value in trained.values():
+        if "corpus" in value:
+            cells = ", ".join(
+                f"{name} {value[str(n)][name]['bytes_per_traversal']:.2f} B/trav"
+                for n in sizes[-1:]
+                for name in DRAFTERS[1:]
+            )
+            parts.append(f"{value['corpus']} ({sizes[-1]} B): {cells};")
     parts.append(f"-> {args.out}")
     print(" ".join(parts))
     return 0

@@ -86,9 +86,7 @@ async def member(args: argparse.Namespace) -> list[dict[str, object]]:
     )
     torch.set_num_threads(1)
     async with running_node(config) as node:
-        params = RoundParams(
-            period_s=args.period, grace_s=args.grace, max_shards=args.round_shards
-        )
+        params = RoundParams(period_s=args.period, grace_s=args.grace, max_shards=args.round_shards)
         module = SyntheticBlock(args.size_mb, args.seed)
         tag = f"{node.tag} lab"
         installer = Installer(

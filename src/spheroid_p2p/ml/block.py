@@ -89,6 +89,19 @@ def _p_mask(n_clean: int, plan: SpanPlan) -> torch.Tensor:
     return mask
 
 
+@dataclass(frozen=True)
+class _Conditioning:
+    """A forward pass's sigma-only terms (EDM scalings, every AdaLN modulation)."""
+
+    version: int  # the parameters' version counters when it was made
+    c_skip: torch.Tensor
+    c_out: torch.Tensor
+    c_in: torch.Tensor
+    layers: tuple[tuple[torch.Tensor, ...], ...]
+    final: tuple[torch.Tensor, ...]
+    head: tuple[torch.Tensor, ...]
+
+
 @dataclass
 class BlockOutput:
     logits: torch.Tensor  # (B, N, vocab)
@@ -119,6 +132,8 @@ class BlockDenoiser(nn.Module):
         self.ada_head = nn.Linear(cfg.d_cond, 2 * cfg.d_z)
         self.head = nn.Linear(cfg.d_z, cfg.vocab)
         self.register_buffer("codebook", make_codebook(cfg), persistent=False)
+        self._by_sigma: dict[float, _Conditioning] = {}
+        self._params: list[nn.Parameter] = []
         self._init_weights(cfg.init_seed * 1009 + index)
 
     def _init_weights(self, seed: int) -> None:
@@ -189,32 +204,62 @@ class BlockDenoiser(nn.Module):
         logits = self.head(ada_layer_norm(denoised, hshift, hscale))  # (B, N, vocab)
         return BlockOutput(logits=logits, denoised=denoised)
 
+    def _conditioning(self, sigma: float) -> _Conditioning:
+        """Everything a forward pass derives from sigma alone, kept per sigma value (a
+        server's traversals use the same few sigma points) until a parameter changes."""
+        if not self._params:
+            self._params = list(self.parameters())
+        version = sum(p._version for p in self._params)
+        hit = self._by_sigma.get(sigma)
+        if hit is not None and hit.version == version:
+            return hit
+        c_skip, c_out, c_in, c_noise = (
+            s[:, None, None] for s in edm_scalings(torch.tensor([sigma]), self.cfg.sigma_data)
+        )
+        cond = self.noise_embed(c_noise[:, 0, 0])  # (1, C)
+        made = _Conditioning(
+            version,
+            c_skip,
+            c_out,
+            c_in,
+            tuple(layer.modulation(cond) for layer in self.layers),
+            self.ada_f(cond)[:, None].chunk(2, dim=-1),
+            self.ada_head(cond)[:, None].chunk(2, dim=-1),
+        )
+        if len(self._by_sigma) >= 64:
+            self._by_sigma.clear()
+        self._by_sigma[sigma] = made
+        return made
+
     @torch.no_grad()
     def forward_rows(
         self,
         x: torch.Tensor,  # (B, n) each new row's clean byte, long
         pos: torch.Tensor,  # (n,) each new row's position in the window
         z: torch.Tensor,  # (B, n, d_z) each new row's noisy code
-        sigma: torch.Tensor,  # (B,)
-        attn_mask: torch.Tensor,  # (n, p + n) bool over [cached rows ; new rows]
-        past: list[tuple[torch.Tensor, torch.Tensor]] | None,  # per layer (B, H, p, Dh)
+        sigma: float,  # every row's
+        attn_mask: torch.Tensor,  # (n, past + n) bool over [cached rows ; new rows]
+        cache: list[tuple[torch.Tensor, torch.Tensor]] | None,  # per layer (B, H, cap, Dh)
+        past: int = 0,
         out_from: int = 0,
-    ) -> tuple[BlockOutput, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Layout S over some rows of a window: new rows attend to cached rows' keys and
-        values and to each other as ``attn_mask`` says (``ml.prefixed``). Returns the output
-        of rows ``out_from..`` and every layer's keys and values of the new rows."""
+    ) -> BlockOutput:
+        """Layout S over some rows of a window: new rows attend to the ``past`` cached rows'
+        keys and values and to each other as ``attn_mask`` says (``ml.prefixed``); their own
+        keys and values are written into ``cache`` after those. Returns the output of rows
+        ``out_from..``."""
         if self.cfg.layout != "S":
             raise ValueError("rows with cached keys are a layout S feature")
-        c_skip, c_out, c_in, c_noise = (
-            s[:, None, None] for s in edm_scalings(sigma, self.cfg.sigma_data)
-        )
-        cond = self.noise_embed(c_noise[:, 0, 0])  # (B, C)
-        h = self.embed(x) + self.pos(pos)[None] + self.w_in(c_in * z)  # (B, n, D)
-        kv = []
+        c = self._conditioning(float(sigma))
+        h = self.embed(x) + self.pos(pos)[None] + self.w_in(c.c_in * z)  # (B, n, D)
         for i, layer in enumerate(self.layers):
-            h, layer_kv = layer.forward_rows(h, cond, None if past is None else past[i], attn_mask)
-            kv.append(layer_kv)
-        return self._out(h[:, out_from:], z[:, out_from:], cond, c_skip, c_out), kv
+            h = layer.forward_rows(
+                h, c.layers[i], None if cache is None else cache[i], past, attn_mask
+            )
+        h, z = h[:, out_from:], z[:, out_from:]
+        f = self.w_out(ada_layer_norm(h, *c.final))  # (B, N, d_z)
+        denoised = c.c_skip * z + c.c_out * f
+        logits = self.head(ada_layer_norm(denoised, *c.head))
+        return BlockOutput(logits=logits, denoised=denoised)
 
     def expected_code(self, logits: torch.Tensor) -> torch.Tensor:
         """D_hat = softmax(logits) @ C: the denoised estimate the sampler moves toward."""

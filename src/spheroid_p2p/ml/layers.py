@@ -187,39 +187,43 @@ class Layer(nn.Module):
         h = h + self.fc2(F.gelu(self.fc1(self.ln2(h))))
         return h, (k, v)
 
+    def modulation(self, cond: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The AdaLN-Zero terms for ``cond`` (B, C), each (B, 1, D), in the form
+        :meth:`forward_rows` takes: shift1, 1 + scale1, gate1, shift2, 1 + scale2, gate2 (gates
+        offset)."""
+        assert self.ada is not None
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(cond)[:, None, :].chunk(6, dim=-1)
+        off = self.gate_offset
+        return shift1, 1 + scale1, gate1 + off, shift2, 1 + scale2, gate2 + off
+
     @torch.no_grad()
     def forward_rows(
         self,
         h: torch.Tensor,  # (B, n, D): the new rows only
-        cond: torch.Tensor,  # (B, C)
-        past: tuple[torch.Tensor, torch.Tensor] | None,  # keys, values (B, H, p, Dh)
-        attn_mask: torch.Tensor,  # (n, p + n) bool, True = may attend
-    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """The modulated layer (every row conditioned on ``cond``) over new rows that attend
-        to ``past`` rows' cached keys and values as ``attn_mask`` says. Returns the new rows'
-        hidden states and their own keys and values (B, H, n, Dh), for the caller to keep."""
-        assert self.ada is not None
+        mod: tuple[torch.Tensor, ...],  # modulation(cond): every row is conditioned
+        cache: tuple[torch.Tensor, torch.Tensor] | None,  # key, value buffers (B, H, cap, Dh)
+        past: int,  # rows of the buffers in use before these
+        attn_mask: torch.Tensor,  # (n, past + n) bool, True = may attend
+    ) -> torch.Tensor:
+        """The modulated layer over new rows that attend to the ``past`` cached rows' keys and
+        values as ``attn_mask`` says. The new rows' keys and values are written into the
+        buffers after them (the caller says which stay valid); without buffers the rows attend
+        to each other only."""
         B, n, D = h.shape
         heads = self.n_heads
-        mod = self.ada(cond)[:, None, :]  # (B, 1, 6D)
-        shift1, scale1, gate1, shift2, scale2, gate2 = mod.chunk(6, dim=-1)
-        gate1, gate2 = gate1 + self.gate_offset, gate2 + self.gate_offset
-        q, k, v = self.qkv(ada_layer_norm(h, shift1, scale1)).split(D, dim=-1)
-        q = q.view(B, n, heads, D // heads).transpose(1, 2)  # (B, H, n, Dh)
-        k = k.view(B, n, heads, D // heads).transpose(1, 2)
-        v = v.view(B, n, heads, D // heads).transpose(1, 2)
-        keys, values = (
-            (k, v)
-            if past is None
-            else (
-                torch.cat([past[0], k], dim=2),
-                torch.cat([past[1], v], dim=2),
-            )
-        )
-        y = F.scaled_dot_product_attention(q, keys, values, attn_mask=attn_mask)
+        shift1, scale1, gate1, shift2, scale2, gate2 = mod
+        x = torch.addcmul(shift1, F.layer_norm(h, (D,)), scale1)
+        qkv = self.qkv(x).view(B, n, 3, heads, D // heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # (B, H, n, Dh)
+        if cache is not None:
+            keys, values = cache
+            keys[:, :, past : past + n] = k
+            values[:, :, past : past + n] = v
+            k, v = keys[:, :, : past + n], values[:, :, : past + n]
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         h = h + self.proj(y.transpose(1, 2).reshape(B, n, D)) * gate1
-        h = h + self.fc2(F.gelu(self.fc1(ada_layer_norm(h, shift2, scale2)))) * gate2
-        return h, (k, v)
+        hidden = F.gelu(self.fc1(torch.addcmul(shift2, F.layer_norm(h, (D,)), scale2)))
+        return h + self.fc2(hidden) * gate2
 
     def forward(
         self,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import torch
 
@@ -57,6 +58,7 @@ def prefix_noise(seed: int, context: int, d_z: int) -> torch.Tensor:
     return torch.randn(context, d_z, generator=gen)
 
 
+@lru_cache(maxsize=512)
 def row_mask(known: int, first_new: int, n_traj: int, size: int) -> torch.Tensor:
     """Attention of the new rows over [known rows 0..known-1 ; trajectory rows]: new known
     rows ``first_new..known-1`` then ``n_traj`` trajectory rows at positions
@@ -73,16 +75,35 @@ def row_mask(known: int, first_new: int, n_traj: int, size: int) -> torch.Tensor
 
 @dataclass
 class BlockCache:
-    """One block's keys and values of the known rows ``0..rows-1``: per Euler point, per layer."""
+    """One block's keys and values of the known rows ``0..rows-1``: per Euler point, per
+    layer, buffers of ``capacity`` rows (the rows past ``rows`` are scratch)."""
 
     rows: int = 0
     steps: list[list[KV]] = field(default_factory=list)
 
     def truncate(self, rows: int) -> None:
-        if rows >= self.rows:
+        self.rows = min(self.rows, rows)
+
+    def buffers(self, block: BlockDenoiser, n_steps: int, batch: int, size: int) -> None:
+        """Make sure there are buffers for ``n_steps`` points holding ``size`` rows."""
+        capacity = self.steps[0][0][0].shape[2] if self.steps else 0
+        if len(self.steps) == n_steps and capacity >= size:
             return
-        self.rows = rows
-        self.steps = [[(k[:, :, :rows], v[:, :, :rows]) for k, v in step] for step in self.steps]
+        cfg = block.cfg
+        capacity = max(size, 2 * cfg.context)
+        shape = (batch, cfg.n_heads, capacity, cfg.d_model // cfg.n_heads)
+        old, self.steps = self.steps, []
+        for j in range(n_steps):
+            step = []
+            for i in range(cfg.layers_per_block):
+                keys, values = torch.empty(shape), torch.empty(shape)
+                if j < len(old) and self.rows:
+                    keys[:, :, : self.rows] = old[j][i][0][:, :, : self.rows]
+                    values[:, :, : self.rows] = old[j][i][1][:, :, : self.rows]
+                step.append((keys, values))
+            self.steps.append(step)
+        if len(old) != n_steps:
+            self.rows = 0
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for step in self.steps for kv in step for t in kv)
@@ -133,7 +154,7 @@ def prefixed_hop(
 
     Returns (z after the block's steps, the last call's logits of the trajectory rows).
     """
-    B, S = text.shape
+    S = text.shape[1]
     n_traj = z.shape[1]
     if not 1 <= n_traj <= S:
         raise ValueError(f"{n_traj} trajectory rows in a window of {S}")
@@ -148,35 +169,28 @@ def prefixed_hop(
     codes = block.codebook[text[:, first_new + 1 : S]]  # (B, new_known, d_z) known targets
     row_noise = noise[:, first_new:known]
     logits = torch.empty(0)
-    steps: list[list[KV]] = []
+    if cache is not None:
+        cache.buffers(block, len(points), text.shape[0], known + n_traj)
     for j, sigma in enumerate(points):
-        sig = torch.full((B,), sigma, dtype=torch.float32)
         z_rows = torch.cat([codes + sigma * row_noise, z], dim=1)
-        past = cache.steps[j] if cache is not None and first_new else None
+        buffers = cache.steps[j] if cache is not None else None
         if gate is not None:
             with gate():  # type: ignore[attr-defined]
-                out, kv = block.forward_rows(x_rows, pos, z_rows, sig, mask, past, new_known)
+                out = block.forward_rows(
+                    x_rows, pos, z_rows, sigma, mask, buffers, first_new, new_known
+                )
         else:
-            out, kv = block.forward_rows(x_rows, pos, z_rows, sig, mask, past, new_known)
+            out = block.forward_rows(
+                x_rows, pos, z_rows, sigma, mask, buffers, first_new, new_known
+            )
         logits = out.logits
-        if cache is not None:
-            steps.append([_grow(past, i, k, v, new_known) for i, (k, v) in enumerate(kv)])
         target = points[j + 1] if j + 1 < len(points) else next_sigma
         if target is None:
             break
         z = euler_step(z, block.expected_code(logits), sigma, target)
     if cache is not None:
         cache.rows = known
-        cache.steps = steps
     return z, logits
-
-
-def _grow(past: list[KV] | None, layer: int, k: torch.Tensor, v: torch.Tensor, rows: int) -> KV:
-    """Layer ``layer``'s cached keys and values followed by the new known rows' ``rows``."""
-    if past is None:
-        return k[:, :, :rows], v[:, :, :rows]
-    old_k, old_v = past[layer]
-    return torch.cat([old_k, k[:, :, :rows]], dim=2), torch.cat([old_v, v[:, :, :rows]], dim=2)
 
 
 _U64 = 0xFFFF_FFFF_FFFF_FFFF

@@ -13,11 +13,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping
+from functools import lru_cache
 
 import torch
 
 from spheroid_p2p.core.sessions import SessionLimits, SessionTable
 from spheroid_p2p.ml.block import BlockDenoiser
+from spheroid_p2p.ml.config import ModelConfig
 from spheroid_p2p.ml.noise import NoisePartition
 from spheroid_p2p.ml.prefixed import BlockCache, PrefixCache, prefix_noise, prefixed_hop, start_row
 from spheroid_p2p.ml.sampler import block_points
@@ -25,6 +27,12 @@ from spheroid_p2p.node.tensor_bridge import torch_dtype
 from spheroid_p2p.wire.traversal import Traverse
 
 __all__ = ["KnownPrefixRunner"]
+
+
+@lru_cache(maxsize=16)
+def _points(cfg: ModelConfig, steps: int) -> list[tuple[list[float], float | None]]:
+    """Each block's sigma points (the schedule is the same for every traversal of a model)."""
+    return block_points(NoisePartition(cfg), steps)
 
 
 class KnownPrefixRunner:
@@ -69,7 +77,7 @@ class KnownPrefixRunner:
             session.blocks[b].rows if b in session.blocks else 0 for b in range(first, last + 1)
         ]
         reused = min(held)
-        points = block_points(NoisePartition(cfg), req.steps_per_block)
+        points = _points(cfg, req.steps_per_block)
         if z_raw is None:
             z = start_row(points[0][0][0], cfg.d_z, req.seed, rows)
         else:
