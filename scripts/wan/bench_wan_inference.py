@@ -10,6 +10,12 @@ queueing at the servers, encoding, propagation, serialisation, and the rest ("ne
 TCP's window and pacing, decoding, the event loops). The first traversal of each generation is
 reported apart, with the time the client spent connecting to its first and last hop.
 
+Per-byte setups (each at per-byte quality): ``K1`` recomputes the window in every block (the
+rule of 10 §10.4), ``K1c`` keeps each server's session cache (the known-prefix rule, 10 §10.8),
+and ``K1s`` adds speculative traversals: the trained checkpoints of ``--draft-corpus`` (from
+``--models``, written by ``bench_prefix.py``), a held-out prompt of that corpus and the
+``--drafter`` built from its training text; each reports bytes per traversal.
+
 Variants (each its own swarm, same hosts, same run): the hosts' default congestion control
 (BBR), the nodes setting cubic or reno on their sockets (``--tcp-congestion``), and, for K = the
 context, servers that neither keep next-hop connections warm nor keep them hot (the behaviour
@@ -126,7 +132,14 @@ def _serving(node: Any, count: int) -> bool:
 
 
 def _generate(
-    addr: str, n: int, ar: bool, congestion: str | None, timeout_s: float
+    addr: str,
+    n: int,
+    ar: bool,
+    congestion: str | None,
+    timeout_s: float,
+    rule: str = "known",
+    drafter: Any = None,
+    prompt: bytes = PROMPT,
 ) -> dict[str, Any]:
     from spheroid_p2p.client.traversal import TraversalClient
 
@@ -135,14 +148,16 @@ def _generate(
         await client.start(toward=addr)
         try:
             if ar:
-                return await client.generate_ar(addr, PROMPT, n)
-            return await client.generate(addr, PROMPT, n)
+                return await client.generate_ar(addr, prompt, n)
+            return await client.generate(addr, prompt, n, rule=rule, drafter=drafter)
         finally:
             await client.close()
 
     report = asyncio.run(run())
     return {
         "bytes": n,
+        "bytes_per_traversal": report.bytes_per_traversal,
+        "drafted": report.drafted,
         "seconds": report.seconds,
         "traversals": report.traversals,
         "traversal_ms": report.traversal_ms,
@@ -189,10 +204,25 @@ def _pipeline_sizes(setup: str, context: int, d_model: int) -> list[int]:
     if setup == "ar":
         hidden = d_model * 4  # one new byte's hidden state, fp32
         return [len(PROMPT) + 400, hidden, hidden, hidden, 64]
+    if setup in ("K1c", "K1s"):  # the known-prefix rule: the trajectory rows only
+        z = (8 if setup == "K1s" else 1) * d_model * 4
+        return [context + 400, z, z, z, 64]
     span = context if setup == "Kfull" else int(setup[1:])
     rows = context if span == 1 else span  # layout S carries every position, P the span
     z = rows * d_model * 4
     return [context + 400, z, z, z, 64]
+
+
+def _trained(args: argparse.Namespace) -> tuple[list[Path], Any, bytes]:
+    """K1s: the draft corpus's trained checkpoints, its drafter and a held-out prompt."""
+    from spheroid_p2p.client.drafts import drafter_by_name
+    from spheroid_p2p.ml.data import load_corpus
+
+    corpus = load_corpus(args.draft_corpus)
+    paths = [Path(args.models) / corpus.name / f"block-{b}.safetensors" for b in range(4)]
+    held = bytes(corpus.eval.tolist())
+    prompt = held[len(held) // 3 : len(held) // 3 + 96]
+    return paths, drafter_by_name(args.drafter, bytes(corpus.train[:1_000_000].tolist())), prompt
 
 
 def inside(args: argparse.Namespace) -> int:
@@ -202,6 +232,8 @@ def inside(args: argparse.Namespace) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="wan-inference-"))
     results: dict[str, Any] = {}
     plan: list[str] = []
+    drafter: Any = None
+    prompt = PROMPT
     for variant in (args.force_variants or "bbr").split(","):
         congestion = None if variant in ("bbr", "cold") else variant
         setups = args.setups.split(",") if variant == "bbr" else ["Kfull", "K32"]
@@ -216,8 +248,11 @@ def inside(args: argparse.Namespace) -> int:
             if setup == "ar":
                 ar = _ar_checkpoint(workdir, args.context, _shape(args))
                 per_node = [["--ar-checkpoint", str(ar), "--ar-stage", f"{s}/4"] for s in range(4)]
+            elif setup == "K1s":
+                trained, drafter, prompt = _trained(args)
+                per_node = [["--checkpoint", str(p)] for p in trained]
             else:
-                span = args.context if setup == "Kfull" else int(setup[1:])
+                span = 1 if setup == "K1c" else args.context if setup == "Kfull" else int(setup[1:])
                 paths = _checkpoints(workdir, span, args.context, _shape(args))
                 per_node = [["--checkpoint", str(p)] for p in paths]
             nodes: list[Any] = []
@@ -246,12 +281,21 @@ def inside(args: argparse.Namespace) -> int:
                 key = f"{variant}/{setup}"
                 results[key] = {}
                 sizes = [int(s) for s in args.sizes.split(",")]
-                if setup in ("ar", "K1") and args.per_byte_sizes:
+                if setup in ("ar", "K1", "K1c", "K1s") and args.per_byte_sizes:
                     sizes = [int(s) for s in args.per_byte_sizes.split(",")]
                 if variant != "bbr":
                     sizes = sizes[-1:]
                 for n in sizes:
-                    run = _generate(nodes[0].addr, n, setup == "ar", congestion, args.timeout)
+                    run = _generate(
+                        nodes[0].addr,
+                        n,
+                        setup == "ar",
+                        congestion,
+                        args.timeout,
+                        rule="noisy" if setup == "K1" else "known",
+                        drafter=drafter if setup == "K1s" else None,
+                        prompt=prompt if setup == "K1s" else PROMPT,
+                    )
                     run["split"] = _split(
                         run, links, _pipeline_sizes(setup, args.context, args.d_model)
                     )
@@ -307,6 +351,12 @@ def _inner_args(args: argparse.Namespace, hosts: list[Host], links: dict, out: P
         str(args.d_model),
         "--layers-per-block",
         str(args.layers_per_block),
+        "--models",
+        str(args.models),
+        "--draft-corpus",
+        str(args.draft_corpus),
+        "--drafter",
+        args.drafter,
     ]
 
 
@@ -359,6 +409,13 @@ def summarise(report: dict[str, Any]) -> str:
             if run["traversals"] > 1 and "/ar" not in str(run.get("key", ""))
         ]
         cell = f"{name}:"
+        for setup in ("K1", "K1c", "K1s"):
+            runs = res.get(f"bbr/{setup}", {})
+            for n, run in runs.items():
+                if int(n) in per_byte:
+                    ratio = per_byte[int(n)] * int(n) / run["seconds"]
+                    bpt = run.get("bytes_per_traversal", 1.0)
+                    cell += f" {setup} {n} B x{ratio:.2f} the pipeline ({bpt:.2f} B/trav),"
         if best:
             cell += f" 512 B x{best[0]:.0f} the pipeline ({best[1]})"
         if steady:
@@ -415,6 +472,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--d-model", type=int, default=128)
     parser.add_argument("--layers-per-block", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--models", type=Path, default=ROOT / "bench-out" / "models")
+    parser.add_argument("--draft-corpus", default="", help="K1s: its trained model and drafter")
+    parser.add_argument("--drafter", default="lookup+ngram")
     parser.add_argument("--max-seconds", type=float, default=3000, help="per profile")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "bench_wan_inference.json")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
@@ -424,6 +484,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.inside:
         return inside(args)
+    if "K1s" in args.setups.split(","):
+        if not args.draft_corpus:
+            parser.error("the K1s setup needs --draft-corpus PATH (its trained model and drafter)")
+        from spheroid_p2p.ml.data import load_corpus
+
+        name = load_corpus(args.draft_corpus).name
+        if not (args.models / name / "block-0.safetensors").exists():
+            parser.error(f"no trained checkpoints in {args.models / name}: run bench_prefix.py")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"benchmark": "bench_wan_inference", "git_commit": git_commit()}
     report["profiles"] = {}
