@@ -13,8 +13,11 @@ import asyncio
 import logging
 import statistics
 import sys
+from pathlib import Path
 
+from spheroid_p2p.client.drafts import DRAFTERS, drafter_by_name
 from spheroid_p2p.errors import SpheroidError
+from spheroid_p2p.ml.drafting import Drafter
 
 __all__ = ["main"]
 
@@ -41,6 +44,24 @@ def build_parser() -> argparse.ArgumentParser:
         default="float32",
         help="dtype of the codes between hops",
     )
+    parser.add_argument(
+        "--rule",
+        choices=["known", "noisy"],
+        default="known",
+        help="per-byte models: 'known' (the prefix's rows carry their bytes and servers keep "
+        "their keys and values: one new row per block) or 'noisy' (every row from fresh noise, "
+        "the whole window recomputed); default: %(default)s",
+    )
+    parser.add_argument(
+        "--draft",
+        choices=list(DRAFTERS),
+        default="none",
+        help="speculative traversals (rule 'known'): guess the next bytes and keep what the "
+        "chain agrees with; the output is the same, in fewer traversals. 'lookup': earlier "
+        "occurrences in the text; 'ngram': a byte n-gram model of --draft-corpus; "
+        "default: %(default)s",
+    )
+    parser.add_argument("--draft-corpus", help="text file the n-gram drafter learns from")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per traversal")
     parser.add_argument(
         "--listen",
@@ -58,7 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _run(args: argparse.Namespace) -> int:
+def _drafter(args: argparse.Namespace) -> Drafter | None:
+    """The drafter the flags ask for (reads --draft-corpus); ValueError says what is wrong."""
+    try:
+        corpus = Path(args.draft_corpus).read_bytes() if args.draft_corpus else None
+    except OSError as exc:
+        raise ValueError(f"cannot read --draft-corpus {args.draft_corpus}: {exc.strerror}") from exc
+    return drafter_by_name(args.draft, corpus)
+
+
+async def _run(args: argparse.Namespace, drafter: Drafter | None) -> int:
     from spheroid_p2p.client.traversal import TraversalClient
 
     client = TraversalClient(
@@ -86,13 +116,16 @@ async def _run(args: argparse.Namespace) -> int:
             z_dtype=args.transport,
             span=args.span,
             on_bytes=show,
+            rule=args.rule,
+            drafter=drafter,
         )
     finally:
         await client.close()
     per = statistics.median(report.traversal_ms) if report.traversal_ms else 0.0
     print(
         f"\n--- {len(report.output)} bytes in {report.traversals} traversals, "
-        f"{report.seconds:.2f} s; median {per:.1f} ms per traversal; "
+        f"{report.seconds:.2f} s ({report.bytes_per_traversal:.2f} bytes per traversal); "
+        f"median {per:.1f} ms per traversal; "
         f"{report.bytes_sent} bytes sent by the client; {report.retries} retries; "
         f"route {' -> '.join(report.routes[-1]) if report.routes else '-'}",
         file=sys.stderr,
@@ -108,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     failures: list[BaseException] = []
     try:
-        return asyncio.run(_run(args))
+        return asyncio.run(_run(args, _drafter(args)))
     except* (SpheroidError, ValueError, OSError) as group:
         failures.extend(group.exceptions)
     for exc in failures:

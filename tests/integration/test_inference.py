@@ -272,3 +272,34 @@ def test_a_span_model_is_served_by_the_rule_it_supports(
     report = _remote(nodes[0].addr, b"Day 3.", 12)
     assert report.output == generate(blocks, b"Day 3.", 12, seed=5)
     assert report.traversals == 3 and not report.reused
+
+
+def test_generate_command_with_a_draft(nodes: list[NodeProcess], tmp_path: Path) -> None:
+    """`python -m spheroid_p2p.generate --draft lookup` as a user runs it: the text, then a
+    summary with bytes per traversal; a drafter that needs a corpus without one is one line."""
+    import subprocess
+    import sys
+
+    paths = _checkpoints(tmp_path, CFG)
+    args = [a for p in paths for a in ("--checkpoint", str(p))]
+    nodes.append(NodeProcess(tmp_path, "all", *args, verbose=1).start())
+    wait_for(lambda: _serving(nodes[0], 4), timeout_s=30)
+    command = [sys.executable, "-m", "spheroid_p2p.generate", "--peer", nodes[0].addr]
+    done = subprocess.run(
+        [*command, "--prompt", "ab ab ab", "--bytes", "20", "--draft", "lookup"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(b"ab ab ab") and b"bytes per traversal" in done.stderr
+    bad = subprocess.run(
+        [*command, "--prompt", "x", "--draft", "ngram"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        b"error: the ngram drafter needs a corpus of text (--draft-corpus PATH)"
+    ]
