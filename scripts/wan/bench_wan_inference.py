@@ -415,11 +415,11 @@ def summarise(report: dict[str, Any]) -> str:
                 if int(n) in per_byte:
                     ratio = per_byte[int(n)] * int(n) / run["seconds"]
                     bpt = run.get("bytes_per_traversal", 1.0)
-                    cell += f" {setup} {n} B x{ratio:.2f} the pipeline ({bpt:.2f} B/trav),"
+                    cell += f" {setup} {n} B x{ratio:.2f} the pipeline ({bpt:.2f} B/trav);"
         if best:
             cell += f" 512 B x{best[0]:.0f} the pipeline ({best[1]})"
         if steady:
-            cell += f", steady x{min(steady):.2f}-x{max(steady):.2f} floor"
+            cell += f" steady x{min(steady):.2f}-x{max(steady):.2f} floor"
         cells.append(cell)
     return "bench_wan_inference: " + "; ".join(cells)
 
