@@ -14,6 +14,9 @@ on the same held-out windows as ``bench_prefix.py``:
   sampler cannot give it);
 * the gap to the per-byte model (K = 1, layout S) of the same corpus, from ``bench_prefix.json``.
 
+The default variant's checkpoints are kept in ``--models`` (``<corpus>-span<K>``): the span
+drafter of speculative traversals uses them.
+
 Variants: ``default``; ``sigma1`` / ``sigma2``: a sigma floor of 1 / 2 (more signal in the
 codes of the last block); a variant is ``name:key=value,...`` over ModelConfig fields.
 
@@ -34,6 +37,7 @@ from typing import Any
 
 import torch
 
+from spheroid_p2p.ml.checkpoint import save_block
 from spheroid_p2p.ml.config import ModelConfig, TrainConfig
 from spheroid_p2p.ml.data import load_corpus
 from spheroid_p2p.ml.evaluate import ce_teacher_forced, evaluate_sampler
@@ -72,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--per-byte", type=Path, default=ROOT / "bench-out" / "bench_prefix.json")
+    parser.add_argument("--models", type=Path, default=ROOT / "bench-out" / "models")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "bench_spans.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -95,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
             train_blocktrain(trainers, corpus, args.block_steps * cfg.n_blocks, args.seed)
             seconds = time.perf_counter() - start
             blocks = [t.block for t in trainers]
+            if name == "default":  # the span drafter of bench_inference / bench_prefix uses it
+                folder = args.models / f"{corpus.name}-span{args.span}"
+                folder.mkdir(parents=True, exist_ok=True)
+                for b, block in enumerate(blocks):
+                    save_block(folder / f"block-{b}.safetensors", block)
             one = evaluate_sampler(blocks, windows)
             more = evaluate_sampler(blocks, windows, steps_per_block=args.more_steps)
             leak = ce_teacher_forced(blocks, windows)
