@@ -75,7 +75,8 @@ class _Spec:
 
 
 class _PerByteOnlyError(Exception):
-    """The model answered the known-prefix rule SPAN_UNSUPPORTED: it emits spans."""
+    """The route cannot serve the known-prefix rule: the model emits spans (it answered
+    SPAN_UNSUPPORTED), or a hop predates r11 (its answer has no ``cr``)."""
 
 
 class TraversalClient:
@@ -239,7 +240,7 @@ class TraversalClient:
             )
             try:
                 piece = await self._one(offers, n_blocks, spec, report, addr)
-            except _PerByteOnlyError:  # a span model: its traversals use the rule of 10 §10.4
+            except _PerByteOnlyError:  # the route serves the rule of 10 §10.4 only
                 known, session = False, 0
                 continue
             if draft:
@@ -280,6 +281,8 @@ class TraversalClient:
             report.routes.append(self.last_route)
             answer = await self._send(route, spec, report)
             rows = spec.trajectory_rows if spec.rule == PREFIX_KNOWN else 0
+            if rows and isinstance(answer, TraverseResult) and len(answer.reused) != len(route):
+                raise _PerByteOnlyError("a hop answered without cr: it predates r11")
             if isinstance(answer, TraverseResult) and (not rows or len(answer.output) == rows):
                 return answer.output
             if isinstance(answer, TraverseError) and answer.code == ErrorCode.SPAN_UNSUPPORTED:
