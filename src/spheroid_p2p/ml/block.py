@@ -204,12 +204,17 @@ class BlockDenoiser(nn.Module):
         logits = self.head(ada_layer_norm(denoised, hshift, hscale))  # (B, N, vocab)
         return BlockOutput(logits=logits, denoised=denoised)
 
+    def weights_version(self) -> int:
+        """Changes whenever a parameter is written in place (optimizer steps, installs):
+        what was computed from the weights before is stale."""
+        if not self._params:
+            self._params = list(self.parameters())
+        return sum(p._version for p in self._params)
+
     def _conditioning(self, sigma: float) -> _Conditioning:
         """Everything a forward pass derives from sigma alone, kept per sigma value (a
         server's traversals use the same few sigma points) until a parameter changes."""
-        if not self._params:
-            self._params = list(self.parameters())
-        version = sum(p._version for p in self._params)
+        version = self.weights_version()
         hit = self._by_sigma.get(sigma)
         if hit is not None and hit.version == version:
             return hit

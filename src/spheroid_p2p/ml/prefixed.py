@@ -80,6 +80,8 @@ class BlockCache:
 
     rows: int = 0
     steps: list[list[KV]] = field(default_factory=list)
+    #: the block and weights the rows were computed with (other weights: nothing is valid)
+    stamp: tuple[int, int] = (0, 0)
 
     def truncate(self, rows: int) -> None:
         self.rows = min(self.rows, rows)
@@ -159,6 +161,10 @@ def prefixed_hop(
     if not 1 <= n_traj <= S:
         raise ValueError(f"{n_traj} trajectory rows in a window of {S}")
     known = S - 1
+    if cache is not None:
+        stamp = (id(block), block.weights_version())
+        if cache.stamp != stamp:
+            cache.rows, cache.stamp = 0, stamp
     first_new = cache.rows if cache is not None else 0
     if first_new > known:
         raise ValueError("the cache holds rows this window does not have")

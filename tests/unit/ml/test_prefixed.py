@@ -110,3 +110,20 @@ def test_ce_under_the_known_prefix_rule_is_finite(blocks: dict[int, BlockDenoise
     windows = torch.randint(0, 256, (3, CFG.context + 1))
     report = evaluate_prefixed(list(blocks.values()), windows, seeds=(0,))
     assert 0 < report.ce_sampler < 20 and 0 < report.ce_first < 20
+
+
+def test_cached_rows_are_dropped_when_the_weights_change(blocks: dict[int, BlockDenoiser]) -> None:
+    points = block_points(NoisePartition(CFG))
+    text = torch.tensor([list(b"To be, or not")])
+    noise = prefix_noise(7, CFG.context, CFG.d_z)[None]
+    cache = BlockCache()
+    z = torch.randn(1, 1, CFG.d_z)
+    prefixed_hop(blocks[3], text, z, *points[3], noise, cache)
+    assert cache.rows == text.shape[1] - 1
+    with torch.no_grad():
+        blocks[3].layers[0].qkv.bias.add_(0.5)  # a new version installed in place
+    _, cached = prefixed_hop(blocks[3], text, z, *points[3], noise, cache)
+    _, fresh = prefixed_hop(blocks[3], text, z, *points[3], noise)
+    assert torch.allclose(cached, fresh, atol=1e-5)
+    with torch.no_grad():
+        blocks[3].layers[0].qkv.bias.sub_(0.5)
