@@ -17,6 +17,7 @@ Sequence layouts (§7.3, §12):
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -89,6 +90,9 @@ def _p_mask(n_clean: int, plan: SpanPlan) -> torch.Tensor:
     return mask
 
 
+_SERIALS = itertools.count(1)
+
+
 @dataclass(frozen=True)
 class _Conditioning:
     """A forward pass's sigma-only terms (EDM scalings, every AdaLN modulation)."""
@@ -134,6 +138,8 @@ class BlockDenoiser(nn.Module):
         self.register_buffer("codebook", make_codebook(cfg), persistent=False)
         self._by_sigma: dict[float, _Conditioning] = {}
         self._params: list[nn.Parameter] = []
+        #: unlike id(), never reused by a later block: with weights_version, names the weights
+        self.serial = next(_SERIALS)
         self._init_weights(cfg.init_seed * 1009 + index)
 
     def _init_weights(self, seed: int) -> None:

@@ -162,7 +162,7 @@ def prefixed_hop(
         raise ValueError(f"{n_traj} trajectory rows in a window of {S}")
     known = S - 1
     if cache is not None:
-        stamp = (id(block), block.weights_version())
+        stamp = (block.serial, block.weights_version())
         if cache.stamp != stamp:
             cache.rows, cache.stamp = 0, stamp
     first_new = cache.rows if cache is not None else 0
