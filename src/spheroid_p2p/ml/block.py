@@ -93,6 +93,12 @@ def _p_mask(n_clean: int, plan: SpanPlan) -> torch.Tensor:
 _SERIALS = itertools.count(1)
 
 
+def _shift_scale1p(mod: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An AdaLN's (shift, 1 + scale), each (B, 1, D), from its linear's output (B, 2D)."""
+    shift, scale = mod[:, None].chunk(2, dim=-1)
+    return shift, 1 + scale
+
+
 @dataclass(frozen=True)
 class _Conditioning:
     """A forward pass's sigma-only terms (EDM scalings, every AdaLN modulation)."""
@@ -102,8 +108,8 @@ class _Conditioning:
     c_out: torch.Tensor
     c_in: torch.Tensor
     layers: tuple[tuple[torch.Tensor, ...], ...]
-    final: tuple[torch.Tensor, ...]
-    head: tuple[torch.Tensor, ...]
+    final: tuple[torch.Tensor, torch.Tensor]  # shift, 1 + scale
+    head: tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -234,8 +240,8 @@ class BlockDenoiser(nn.Module):
             c_out,
             c_in,
             tuple(layer.modulation(cond) for layer in self.layers),
-            self.ada_f(cond)[:, None].chunk(2, dim=-1),
-            self.ada_head(cond)[:, None].chunk(2, dim=-1),
+            _shift_scale1p(self.ada_f(cond)),
+            _shift_scale1p(self.ada_head(cond)),
         )
         if len(self._by_sigma) >= 64:
             self._by_sigma.clear()
@@ -267,9 +273,10 @@ class BlockDenoiser(nn.Module):
                 h, c.layers[i], None if cache is None else cache[i], past, attn_mask
             )
         h, z = h[:, out_from:], z[:, out_from:]
-        f = self.w_out(ada_layer_norm(h, *c.final))  # (B, N, d_z)
-        denoised = c.c_skip * z + c.c_out * f
-        logits = self.head(ada_layer_norm(denoised, *c.head))
+        f = self.w_out(torch.addcmul(c.final[0], F.layer_norm(h, h.shape[-1:]), c.final[1]))
+        denoised = c.c_skip * z + c.c_out * f  # (B, N, d_z)
+        ln = F.layer_norm(denoised, denoised.shape[-1:])
+        logits = self.head(torch.addcmul(c.head[0], ln, c.head[1]))
         return BlockOutput(logits=logits, denoised=denoised)
 
     def expected_code(self, logits: torch.Tensor) -> torch.Tensor:

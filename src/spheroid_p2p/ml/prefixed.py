@@ -170,8 +170,7 @@ def prefixed_hop(
         raise ValueError("the cache holds rows this window does not have")
     mask = row_mask(known, first_new, n_traj, S)
     new_known = known - first_new
-    x_rows = torch.cat([text[:, first_new:known], text[:, S - n_traj :]], dim=1)
-    pos = torch.cat([torch.arange(first_new, known), torch.arange(S - n_traj, S)])
+    x_rows, pos = _rows(text, first_new, known, n_traj)
     codes = block.codebook[text[:, first_new + 1 : S]]  # (B, new_known, d_z) known targets
     row_noise = noise[:, first_new:known]
     logits = torch.empty(0)
@@ -197,6 +196,24 @@ def prefixed_hop(
     if cache is not None:
         cache.rows = known
     return z, logits
+
+
+def _rows(
+    text: torch.Tensor, first_new: int, known: int, n_traj: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The new rows' bytes and positions: known rows first_new..known-1, then the trajectory
+    rows (one contiguous slice for a per-byte traversal, whose one trajectory row follows)."""
+    S = text.shape[1]
+    if n_traj == 1:
+        return text[:, first_new:S], _positions(first_new, S, 0, 0)
+    x_rows = torch.cat([text[:, first_new:known], text[:, S - n_traj :]], dim=1)
+    return x_rows, _positions(first_new, known, S - n_traj, S)
+
+
+@lru_cache(maxsize=512)
+def _positions(a: int, b: int, c: int, d: int) -> torch.Tensor:
+    """Positions a..b-1 then c..d-1 (cached: a server sees the same few shapes)."""
+    return torch.cat([torch.arange(a, b), torch.arange(c, d)])
 
 
 _U64 = 0xFFFF_FFFF_FFFF_FFFF
