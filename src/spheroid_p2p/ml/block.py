@@ -76,8 +76,9 @@ class SpanPlan:
 
 
 @lru_cache(maxsize=64)
-def _p_mask(n_clean: int, plan: SpanPlan) -> torch.Tensor:
-    """(S, S) boolean mask for layout P; True = may attend."""
+def _p_mask(n_clean: int, plan: SpanPlan, span_mask: str = "full") -> torch.Tensor:
+    """(S, S) boolean mask for layout P; True = may attend. ``span_mask`` "causal": a slot
+    sees only the slots of its span up to itself."""
     n_noisy = len(plan.target_pos)
     size = n_clean + n_noisy
     mask = torch.zeros(size, size, dtype=torch.bool)
@@ -86,7 +87,10 @@ def _p_mask(n_clean: int, plan: SpanPlan) -> torch.Tensor:
     cols = torch.arange(n_clean)
     mask[n_clean:, :n_clean] = cols[None, :] < visible[:, None]
     ids = torch.tensor(plan.span_id)
-    mask[n_clean:, n_clean:] = ids[:, None] == ids[None, :]
+    same = ids[:, None] == ids[None, :]
+    if span_mask == "causal":
+        same &= torch.ones(n_noisy, n_noisy, dtype=torch.bool).tril()
+    mask[n_clean:, n_clean:] = same
     return mask
 
 
@@ -194,7 +198,7 @@ class BlockDenoiser(nn.Module):
             target_pos = torch.tensor(plan.target_pos, device=x.device)
             noisy = z_in + self.pos(target_pos)[None] + self.noisy_type  # (B, N, D)
             h = torch.cat([clean, noisy], dim=1)  # (B, Tc + N, D)
-            attn_mask = _p_mask(n_clean, plan).to(x.device)
+            attn_mask = _p_mask(n_clean, plan, cfg.span_mask).to(x.device)
             row_mask = torch.arange(h.shape[1], device=x.device) >= n_clean  # (Tc + N,)
         for layer in self.layers:
             h = layer(h, cond, row_mask, attn_mask)

@@ -18,6 +18,10 @@ __all__ = ["ModelConfig", "TrainConfig"]
 Layout = Literal["S", "P"]
 
 
+#: Fields added after the first swarms, with the default that leaves them out of the hash.
+_LATER_FIELDS = {"span_mask": "full"}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything that fixes the shape and meaning of a BlockTrain model."""
@@ -55,6 +59,8 @@ class ModelConfig:
     layout: Layout = "S"
     #: Bytes denoised jointly per traversal (1 = per byte; ``context`` = the whole window).
     span: int = 1
+    #: Layout P: which slots of its span a slot sees: "full" (all) or "causal" (up to itself).
+    span_mask: str = "full"
 
     # -- noise (§5, §6) --
     # sigma_min 5 with sigma_max 80: the best of [1, 10], [3, 80] and [5, 80] in the variant
@@ -82,6 +88,8 @@ class ModelConfig:
             raise ValueError("need 0 < sigma_min < sigma_max")
         if self.layout not in ("S", "P"):
             raise ValueError(f"layout must be 'S' or 'P', got {self.layout!r}")
+        if self.span_mask not in ("full", "causal"):
+            raise ValueError(f"span_mask must be 'full' or 'causal', got {self.span_mask!r}")
         if self.layout == "S" and self.span != 1:
             raise ValueError("layout S serves span 1 only; use layout P for span > 1")
         if not 1 <= self.span <= self.context:
@@ -94,7 +102,13 @@ class ModelConfig:
         return self.d_model
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+        """Canonical JSON. Fields added after swarms existed are left out at their default, so
+        a swarm's config hash does not change when the code learns a new option."""
+        data = dataclasses.asdict(self)
+        for name, default in _LATER_FIELDS.items():
+            if data[name] == default:
+                del data[name]
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> ModelConfig:

@@ -98,3 +98,17 @@ def test_training_one_block_learns_and_holds_only_that_block(
     gen = torch.Generator().manual_seed(0)
     losses = [trainer.step(corpus.batch(8, 16, gen)).loss for _ in range(40)]
     assert sum(losses[-5:]) / 5 < 4.0 < losses[0]
+
+
+def test_a_causal_span_mask_lets_a_slot_see_only_earlier_slots_of_its_span() -> None:
+    from spheroid_p2p.ml.block import _p_mask
+
+    plan = SpanPlan.generation(3, 4)
+    full = _p_mask(3, plan)
+    causal = _p_mask(3, plan, "causal")
+    assert full[3:, 3:].all()
+    assert torch.equal(causal[3:, 3:], torch.ones(4, 4, dtype=torch.bool).tril())
+    assert torch.equal(causal[:, :3], full[:, :3])  # the clean prefix is seen the same way
+    cfg = ModelConfig(layout="P", span=4, span_mask="causal")
+    assert cfg.config_hash() != ModelConfig(layout="P", span=4).config_hash()
+    assert "span_mask" not in ModelConfig().to_json()  # old swarms keep their hash
