@@ -61,7 +61,8 @@ def _variant(text: str) -> tuple[str, dict[str, Any]]:
     changes: dict[str, Any] = {}
     for item in filter(None, fields.split(",")):
         key, _, value = item.partition("=")
-        changes[key] = type(getattr(ModelConfig(), key))(value)
+        kind = type(getattr(ModelConfig(), key))
+        changes[key] = value == "True" if kind is bool else kind(value)
     return name, changes
 
 

@@ -136,6 +136,8 @@ class BlockDenoiser(nn.Module):
         self.pos = nn.Embedding(cfg.context + 1, d)
         self.noisy_type = nn.Parameter(torch.zeros(d))
         self.w_in = nn.Linear(cfg.d_z, d)
+        #: self-conditioning: reads the previous estimate of the codes (zero at the start)
+        self.w_sc = nn.Linear(cfg.d_z, d) if cfg.self_cond else None
         self.noise_embed = NoiseEmbedder(cfg.d_cond, max_freq=cfg.noise_max_freq)
         self.layers = nn.ModuleList(
             Layer(d, cfg.n_heads, cfg.mlp_ratio, cfg.d_cond, cfg.dropout, cfg.gate_offset)
@@ -167,6 +169,8 @@ class BlockDenoiser(nn.Module):
         zeros = [self.ada_f, self.ada_head] + ([self.head] if self.cfg.zero_init_head else [])
         if self.cfg.zero_init_w_in:
             zeros.append(self.w_in)
+        if self.w_sc is not None:
+            zeros.append(self.w_sc)
         for zero in zeros:
             nn.init.zeros_(zero.weight)
             nn.init.zeros_(zero.bias)
@@ -178,6 +182,7 @@ class BlockDenoiser(nn.Module):
         z: torch.Tensor,  # (B, N, d_z) noisy codes
         sigma: torch.Tensor,  # (B,)
         plan: SpanPlan | None = None,  # layout P only
+        estimate: torch.Tensor | None = None,  # (B, N, d_z) self-conditioning input
     ) -> BlockOutput:
         cfg = self.cfg
         c_skip, c_out, c_in, c_noise = (
@@ -185,6 +190,8 @@ class BlockDenoiser(nn.Module):
         )
         cond = self.noise_embed(c_noise[:, 0, 0])  # (B, C)
         z_in = self.w_in(c_in * z)  # (B, N, D)
+        if self.w_sc is not None and estimate is not None:
+            z_in = z_in + self.w_sc(estimate)
         if cfg.layout == "S":
             T = x.shape[1]
             positions = torch.arange(T, device=x.device)

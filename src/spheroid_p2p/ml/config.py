@@ -19,7 +19,7 @@ Layout = Literal["S", "P"]
 
 
 #: Fields added after the first swarms, with the default that leaves them out of the hash.
-_LATER_FIELDS = {"span_mask": "full"}
+_LATER_FIELDS = {"span_mask": "full", "self_cond": False}
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,10 @@ class ModelConfig:
     span: int = 1
     #: Layout P: which slots of its span a slot sees: "full" (all) or "causal" (up to itself).
     span_mask: str = "full"
+    #: Self-conditioning: a block also reads the previous denoiser call's estimate of the codes
+    #: (the expected code; at a block's first call, the previous block's last), trained
+    #: block-locally on its own first estimate half of the time (Chen et al. 2022).
+    self_cond: bool = False
 
     # -- noise (§5, §6) --
     # sigma_min 5 with sigma_max 80: the best of [1, 10], [3, 80] and [5, 80] in the variant

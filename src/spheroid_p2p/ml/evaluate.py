@@ -79,9 +79,13 @@ def evaluate_sampler(
             x, y = chunk[:, :-1], chunk[:, 1:]
             z0 = initial_noise((*y.shape, cfg.d_z), points[0][0][0], gen)
 
-            def hop(b: int, z: torch.Tensor, x: torch.Tensor = x):  # type: ignore[no-untyped-def]
+            carried: list[torch.Tensor | None] = [None]  # self-conditioning across blocks
+
+            def hop(b: int, z: torch.Tensor, x: torch.Tensor = x, carried=carried):  # type: ignore[no-untyped-def]
                 pts, nxt = points[b]
-                return block_hop(blocks[b], x, z, pts, nxt, plan)
+                result = block_hop(blocks[b], x, z, pts, nxt, plan, estimate=carried[0])
+                carried[0] = result.estimate
+                return result
 
             logits, first = traverse(hop, cfg.n_blocks, z0)
             nll = F.cross_entropy(logits.reshape(-1, cfg.vocab), y.reshape(-1), reduction="none")

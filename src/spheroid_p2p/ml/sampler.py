@@ -72,6 +72,7 @@ class HopResult:
     z: torch.Tensor  # (B, N, d_z) after the block's last Euler step (unchanged by a final call)
     first_logits: torch.Tensor  # (B, N, vocab) of the block's first call
     logits: torch.Tensor  # (B, N, vocab) of the block's last call
+    estimate: torch.Tensor | None = None  # the last call's expected code (self-conditioning)
 
 
 @torch.no_grad()
@@ -83,6 +84,7 @@ def block_hop(
     next_sigma: float | None,
     plan: SpanPlan | None = None,
     gate: StepHook | None = None,
+    estimate: torch.Tensor | None = None,
 ) -> HopResult:
     """Run one block's Euler steps over its sigma ``points``.
 
@@ -93,14 +95,16 @@ def block_hop(
     for j, sigma in enumerate(points):
         sig = torch.full((x.shape[0],), sigma, dtype=torch.float32, device=x.device)
         with gate() if gate is not None else contextlib.nullcontext():
-            logits = block(x, z, sig, plan).logits  # (B, N, vocab)
+            logits = block(x, z, sig, plan, estimate).logits  # (B, N, vocab)
         if j == 0:
             first = logits
         target = points[j + 1] if j + 1 < len(points) else next_sigma
         if target is None:
             break
-        z = euler_step(z, block.expected_code(logits), sigma, target)
-    return HopResult(z=z, first_logits=first, logits=logits)
+        d_hat = block.expected_code(logits)
+        estimate = d_hat if block.cfg.self_cond else None
+        z = euler_step(z, d_hat, sigma, target)
+    return HopResult(z=z, first_logits=first, logits=logits, estimate=estimate)
 
 
 def traverse(

@@ -103,7 +103,11 @@ class BlockTrainer:
         if cfg.layout == "P":
             phase = int(torch.randint(0, cfg.span, (1,), generator=self.generator))
             plan = SpanPlan.training(x.shape[1], cfg.span, phase)
-        logits = self.block(x, z, sigma, plan).logits  # (B, T, vocab)
+        estimate = None
+        if cfg.self_cond and float(torch.rand(1, generator=self.generator)) < 0.5:
+            with torch.no_grad():  # the block's own first estimate, as at inference
+                estimate = self.block.expected_code(self.block(x, z, sigma, plan).logits)
+        logits = self.block(x, z, sigma, plan, estimate).logits  # (B, T, vocab)
         ce = F.cross_entropy(logits.reshape(-1, cfg.vocab), y.reshape(-1), reduction="none")
         ce_seq = ce.view(B, -1).mean(dim=1)  # (B,)
         weight = (

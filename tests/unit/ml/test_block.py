@@ -112,3 +112,31 @@ def test_a_causal_span_mask_lets_a_slot_see_only_earlier_slots_of_its_span() -> 
     cfg = ModelConfig(layout="P", span=4, span_mask="causal")
     assert cfg.config_hash() != ModelConfig(layout="P", span=4).config_hash()
     assert "span_mask" not in ModelConfig().to_json()  # old swarms keep their hash
+
+
+def test_self_conditioning_reads_the_previous_estimate_and_trains_block_locally() -> None:
+    from spheroid_p2p.ml.evaluate import evaluate_sampler
+
+    cfg = ModelConfig(
+        d_model=32, n_heads=2, d_cond=8, context=16, layout="P", span=4, self_cond=True
+    )
+    block = BlockDenoiser(cfg, 1)
+    x = torch.randint(0, 256, (2, 13))
+    z = torch.randn(2, 4, cfg.d_z)
+    sigma = torch.full((2,), 9.0)
+    plan = SpanPlan.generation(13, 4)
+    estimate = torch.randn(2, 4, cfg.d_z)
+    same = block(x, z, sigma, plan).logits
+    assert torch.equal(block(x, z, sigma, plan, estimate).logits, same)  # w_sc starts at zero
+    trainer = BlockTrainer(cfg, TrainConfig(steps=3, warmup_steps=1), 1, seed=0, block=block)
+    data = corpus_from_bytes("t", embedded_corpus(20_000))
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        trainer.step(data.batch(4, cfg.context, gen))
+    assert not torch.equal(
+        block(x, z, sigma, plan, estimate).logits, block(x, z, sigma, plan).logits
+    )
+    blocks = [BlockDenoiser(cfg, b) for b in range(cfg.n_blocks)]
+    report = evaluate_sampler(blocks, data.eval_windows(cfg.context, 2), seeds=(0,))
+    assert 0 < report.ce_sampler < 20
+    assert "self_cond" not in ModelConfig().to_json()
