@@ -76,6 +76,12 @@ class BlockRuntime:
     def add(self, path: Path) -> int:
         """Load a block checkpoint (same model config as the others); returns its index."""
         block = load_block(path, expect=self.config)
+        if block.cfg.self_cond:
+            raise ValueError(
+                f"{path}: a self-conditioned model (self_cond) is an in-process experiment of "
+                "bench_spans.py; traversals do not carry its estimate between hops, so it cannot "
+                "be served"
+            )
         self.config = block.cfg
         block.eval()
         self.blocks[block.index] = block
