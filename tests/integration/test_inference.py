@@ -303,3 +303,43 @@ def test_generate_command_with_a_draft(nodes: list[NodeProcess], tmp_path: Path)
     assert bad.stderr.strip().splitlines() == [
         b"error: the ngram drafter needs a corpus of text (--draft-corpus PATH)"
     ]
+
+
+def test_a_killed_first_hop_is_routed_around_at_once(
+    nodes: list[NodeProcess], tmp_path: Path
+) -> None:
+    """Two servers hold block 0, the client's first hop; kill -9 the one in use: the client
+    sees its connection end without a goodbye and re-routes at once, not after the
+    traversal's 30 s deadline, and the bytes are those of in-process generation."""
+    import time
+
+    paths = _checkpoints(tmp_path, CFG)
+    for b, path in enumerate(paths):
+        _serve(nodes, tmp_path, f"s{b}", path)
+    spare = _serve(nodes, tmp_path, "s0b", paths[0])
+    wait_for(lambda: _serving(nodes[0], 5), timeout_s=30)
+    blocks = {b: load_block(p) for b, p in enumerate(paths)}
+    by_short = {n.peer_id[:12]: n for n in (nodes[0], spare)}
+    killed: list[float] = []
+
+    async def run() -> GenerationReport:
+        client = TraversalClient(timeout_s=30.0, max_retries=6)
+        produced: list[bytes] = []
+
+        def watch(piece: bytes) -> None:
+            produced.append(piece)
+            if len(produced) == 6 and not killed:
+                by_short[client.last_route[0]].kill9()
+                killed.append(time.monotonic())
+
+        await client.start()
+        try:
+            return await client.generate(nodes[1].addr, b"Day 9.", 16, seed=5, on_bytes=watch)
+        finally:
+            await client.close()
+
+    report = asyncio.run(run())
+    assert killed, "the kill never happened"
+    assert report.output == generate_prefixed(blocks, b"Day 9.", 16, seed=5)
+    assert report.retries >= 1
+    assert time.monotonic() - killed[0] < 15, "the client waited for the traversal's deadline"

@@ -102,6 +102,8 @@ class TraversalClient:
         self.avoid_s = avoid_s
         self.max_retries = max_retries
         self._answers: dict[int, asyncio.Future[Any]] = {}
+        #: the first and last hop of each traversal in flight (the client's connections)
+        self._ends: dict[int, frozenset[bytes]] = {}
         self._status: asyncio.Future[StatusResponse] | None = None
         self._avoid: dict[bytes, float] = {}
         self.manager = PeerManager(
@@ -131,7 +133,14 @@ class TraversalClient:
             self._status.set_result(message)
 
     def _on_close(self, peer: PeerId, lost: ConnectionLost) -> None:
-        pass
+        """A first or last hop gone without a goodbye (killed, or its network lost): the
+        traversals through it fail now, not at their deadline, and are routed around."""
+        if lost.clean:
+            return
+        for key, ends in list(self._ends.items()):
+            future = self._answers.get(key)
+            if peer.digest in ends and future is not None and not future.done():
+                future.set_result(None)
 
     async def start(self, toward: str | None = None) -> None:
         """Listen for replies: on ``listen`` if given, else on the interface that reaches
@@ -372,6 +381,7 @@ class TraversalClient:
         Connecting (first and last hop) is timed apart from the traversal."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._answers[key] = future
+        self._ends[key] = frozenset({route[0].peer, route[-1].peer})
         try:
             report.connect_ms.append(await self.connect_route(route))
             started = time.perf_counter()
@@ -385,6 +395,7 @@ class TraversalClient:
             return None
         finally:
             self._answers.pop(key, None)
+            self._ends.pop(key, None)
         report.last_ms = (time.perf_counter() - started) * 1000
         return answer
 
