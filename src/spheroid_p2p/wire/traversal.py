@@ -18,7 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
 
 from spheroid_p2p.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from spheroid_p2p.params import MAX_ROUTE_HOPS, MAX_TRAJECTORY_ROWS, TENSOR_CHUNK_BYTES
+from spheroid_p2p.params import (
+    MAX_CONTEXT_BYTES,
+    MAX_ROUTE_HOPS,
+    MAX_TRAJECTORY_ROWS,
+    TENSOR_CHUNK_BYTES,
+)
 from spheroid_p2p.wire.addr import check_addr
 from spheroid_p2p.wire.chunks import tensor_layout
 from spheroid_p2p.wire.compression import decode_payload
@@ -142,11 +147,7 @@ def _check_reused(values: tuple[int, ...]) -> None:
     if len(values) > MAX_ROUTE_HOPS:
         raise _bad(f"reused rows: at most {MAX_ROUTE_HOPS} hops")
     for v in values:
-        check_uint("reused rows", v, MAX_TENSOR_ROWS)
-
-
-#: Bound of a reused-rows count: no window has more rows than an inline tensor could carry.
-MAX_TENSOR_ROWS: Final = TENSOR_CHUNK_BYTES
+        check_uint("reused rows", v, MAX_CONTEXT_BYTES)  # no window has more rows
 
 
 #: Times a hop reports (10 §10.3.1), in this order, in milliseconds.
