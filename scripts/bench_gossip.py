@@ -75,7 +75,7 @@ def run_size(n: int, steady_s: float, joins: int, seed: int) -> dict[str, Any]:
     rng = random.Random(seed)
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-gossip-{n}-"))
     nodes: list[NodeProcess] = []
-    common = ("--gossip-interval", "1.0")
+    common = ("--gossip-interval", "1.0", "--announce-only")
     latencies: list[float] = []
     try:
         for i in range(n):

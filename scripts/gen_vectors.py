@@ -61,7 +61,13 @@ from spheroid_p2p.wire.signing import (
     KeyPair,
     signing_input,
 )
-from spheroid_p2p.wire.status import ConnView, RecordView, StatusRequest, StatusResponse
+from spheroid_p2p.wire.status import (
+    ConnView,
+    JobView,
+    RecordView,
+    StatusRequest,
+    StatusResponse,
+)
 from spheroid_p2p.wire.tensors import RawTensor, chunk_digest, tensor_chunks, tensor_header
 from spheroid_p2p.wire.transfer import ChunkGet, TransferError, VersionGet, VersionInfo
 from spheroid_p2p.wire.traversal import (
@@ -72,7 +78,7 @@ from spheroid_p2p.wire.traversal import (
     TraverseResult,
 )
 
-SPEC_REVISION = "r10"
+SPEC_REVISION = "r12"
 OUT_DIR = Path(__file__).resolve().parent.parent / "protocol" / "vectors"
 
 SEED_A = bytes(range(32))
@@ -555,6 +561,21 @@ def message_vectors() -> list[dict[str, Any]]:
                 dropped=(("stale", 2),),
             ),
         ),
+        (
+            "status-response-jobs",
+            "StatusResponse of a trainer (r12 jobs: step, budget, loss, rate, eta, version)",
+            StatusResponse(
+                request_id=43,
+                agent="spheroid_p2p/0.1.0",
+                uptime_ms=60000,
+                records=(),
+                connections=(),
+                jobs=(
+                    JobView(2, 150, 1500, 2.5, 7.5, 180.0, 3),
+                    JobView(3, 0, 1500, 0.0, 0.0, None),
+                ),
+            ),
+        ),
     ]
     out = []
     for vid, desc, msg in valid:
@@ -686,6 +707,16 @@ def message_vectors() -> list[dict[str, Any]]:
         "r9: a STATUS_RESPONSE record row given as an r8 positional array, not a map",
         raw_body(
             msgpack_profile.pack(signed_map(body=positional, type_code=int(StatusResponse.TYPE)))
+        ),
+        ErrorCode.MALFORMED_MESSAGE,
+    )
+    bad_job = {"rid": 1, "agent": "a", "up": 1, "recs": [], "conns": [], "drops": []}
+    bad_job["jobs"] = [{"blk": 0, "step": 1, "tot": 10, "loss": -1.0, "rate": 1.0, "ver": 0}]
+    err(
+        "status-job-negative-loss",
+        "r12: a STATUS_RESPONSE job row whose loss is negative",
+        raw_body(
+            msgpack_profile.pack(signed_map(body=bad_job, type_code=int(StatusResponse.TYPE)))
         ),
         ErrorCode.MALFORMED_MESSAGE,
     )

@@ -39,6 +39,7 @@ __all__ = [
     "MAX_SHARDS",
     "MAX_SIGNED_BYTES",
     "MAX_STATUS_CONNECTIONS",
+    "MAX_STATUS_JOBS",
     "MAX_STATUS_RECORDS",
     "MAX_STR_LEN",
     "MAX_TABLE_RECORDS",
@@ -128,6 +129,8 @@ MAX_RECORDS_PER_ANSWER: Final = 256
 MAX_STATUS_RECORDS: Final = 128
 #: Connections listed in one STATUS_RESPONSE (§7.8).
 MAX_STATUS_CONNECTIONS: Final = 64
+#: Training jobs listed in one STATUS_RESPONSE (07 §7.8, r12).
+MAX_STATUS_JOBS: Final = 64
 
 #: Largest model context a record may announce (``ctx``, r9), in bytes.
 MAX_CONTEXT_BYTES: Final = 1 << 20

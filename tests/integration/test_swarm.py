@@ -44,7 +44,7 @@ def test_eight_nodes_converge_then_a_killed_node_expires_and_a_restart_is_accept
 ) -> None:
     """8 nodes (each bootstrapped only to its predecessor) agree on 8 records; kill -9 of one
     removes its record everywhere within the ttl; restarted with its key, it is back."""
-    first = _start(swarm, tmp_path, "n0", "--serve-block", "0")
+    first = _start(swarm, tmp_path, "n0", "--serve-block", "0", "--announce-only")
     for i in range(1, 8):
         _start(
             swarm,
@@ -76,9 +76,18 @@ def test_eight_nodes_converge_then_a_killed_node_expires_and_a_restart_is_accept
 
 def test_clean_shutdown_departs_at_once(swarm: list[NodeProcess], tmp_path: Path) -> None:
     """SIGTERM publishes a signed departure: the record leaves other views before its ttl."""
-    a = _start(swarm, tmp_path, "a", "--serve-block", "0", "--record-ttl", "60")
+    a = _start(swarm, tmp_path, "a", "--serve-block", "0", "--announce-only", "--record-ttl", "60")
     b = _start(
-        swarm, tmp_path, "b", "--serve-block", "1", "--bootstrap", a.addr, "--record-ttl", "60"
+        swarm,
+        tmp_path,
+        "b",
+        "--serve-block",
+        "1",
+        "--announce-only",
+        "--bootstrap",
+        a.addr,
+        "--record-ttl",
+        "60",
     )
     wait_for(lambda: len(live_view(a.status())) == 2, timeout_s=15)
     assert b.stop() == 0

@@ -16,7 +16,7 @@ from spheroid_p2p.wire.codec import Envelope
 from spheroid_p2p.wire.signing import KeyPair, PeerId
 from spheroid_p2p.wire.status import RecordView, StatusRequest, StatusResponse
 
-__all__ = ["every_page", "fetch_peer_status", "fetch_status", "format_status"]
+__all__ = ["every_page", "fetch_peer_status", "fetch_status", "format_status", "status_json"]
 
 #: Pages a status fetch asks for at most (a full table in pages of at least 8 records).
 MAX_STATUS_PAGES = MAX_TABLE_RECORDS // 8 + 1
@@ -112,6 +112,16 @@ def format_status(status: StatusResponse) -> str:
             f"{(r.content_hash.hex()[:8] or '-'):<10} {r.load:>5.2f}  {_age(r.age_ms):>6}  "
             f"{_age(r.expires_in_ms):>7}  {', '.join(r.addrs)}"
         )
+    if any(r.role == "serve" and not r.content_hash for r in live):
+        lines.append("(a serve record without a hash: announced with --announce-only, no weights)")
+    if status.jobs:
+        lines.append(f"training: {len(status.jobs)} block(s)")
+        for j in status.jobs:
+            eta = _age(int(j.eta_s * 1000)) if j.eta_s is not None else "-"
+            lines.append(
+                f"  block {j.block}: step {j.step}/{j.total}  loss {j.loss:.3f}  "
+                f"{j.rate:.2f} steps/s  eta {eta}  version {j.version}"
+            )
     lines.append(f"connections: {len(status.connections)}")
     for c in status.connections:
         lines.append(
@@ -121,3 +131,52 @@ def format_status(status: StatusResponse) -> str:
     if status.dropped:
         lines.append("dropped records: " + ", ".join(f"{k} {v}" for k, v in status.dropped))
     return "\n".join(lines)
+
+
+def status_json(status: StatusResponse) -> dict[str, object]:
+    """The status as plain JSON types (``node status --json``); peer ids as text, hashes hex."""
+    return {
+        "agent": status.agent,
+        "uptime_s": status.uptime_ms / 1000,
+        "records": [
+            {
+                "owner": PeerId(r.owner).to_text(),
+                "block": r.block,
+                "role": r.role,
+                "version": r.version,
+                "hash": r.content_hash.hex(),
+                "addrs": list(r.addrs),
+                "load": r.load,
+                "age_s": r.age_ms / 1000,
+                "expires_in_s": r.expires_in_ms / 1000,
+                "departed": r.departed,
+                "n_blocks": r.n_blocks,
+                "config_hash": r.config_hash,
+                "context": r.context,
+            }
+            for r in status.records
+        ],
+        "connections": [
+            {
+                "peer": PeerId(c.peer).to_text(),
+                "addr": c.addr,
+                "outbound": c.outbound,
+                "rtt_ms": c.rtt_ms,
+                "idle_s": c.idle_ms / 1000,
+            }
+            for c in status.connections
+        ],
+        "training": [
+            {
+                "block": j.block,
+                "step": j.step,
+                "total": j.total,
+                "loss": j.loss,
+                "steps_per_s": j.rate,
+                "eta_s": j.eta_s,
+                "version": j.version,
+            }
+            for j in status.jobs
+        ],
+        "dropped": dict(status.dropped),
+    }

@@ -42,6 +42,7 @@ from spheroid_p2p.net.sockets import parse_addr
 from spheroid_p2p.node.config import NodeConfig
 from spheroid_p2p.node.gossip_glue import GOSSIP_CAPABILITY, GossipGlue
 from spheroid_p2p.node.intake import Intake
+from spheroid_p2p.node.preflight import listen_error
 from spheroid_p2p.node.serving import TraversalServer
 from spheroid_p2p.node.status import status_response
 from spheroid_p2p.node.store import VersionStore
@@ -88,6 +89,8 @@ class Node:
         self.tag = key.peer_id.short()
         self.ready = asyncio.Event()
         self.bound_address: tuple[str, int] | None = None
+        #: HOST:PORT of the metrics and swarm page server once it listens (``--http``)
+        self.http_address: str | None = None
         self.started_at = time.monotonic()
         self._stop = asyncio.Event()
         self._group: asyncio.TaskGroup | None = None
@@ -184,15 +187,20 @@ class Node:
         """Ask :meth:`run` to shut down cleanly (safe from a signal handler)."""
         self._stop.set()
         self.swarm.stop()
+        if self.blocks is not None:
+            self.blocks.stop()
         for task in self._long:
             task.cancel()
 
     async def run(self) -> None:
         """Run until :meth:`stop`. Propagates failures of node-wide tasks."""
+        host, port = parse_addr(self.config.listen, allow_any_port=True)
+        try:
+            self.bound_address = await self.peers.listen(host, port)
+        except OSError as exc:
+            raise listen_error(self.config.listen, exc) from None
         async with asyncio.TaskGroup() as group:
             self._group = group
-            host, port = parse_addr(self.config.listen, allow_any_port=True)
-            self.bound_address = await self.peers.listen(host, port)
             advertised = self.config.advertise or f"{self.bound_address[0]}:{self.bound_address[1]}"
             self.gossip.addrs = (advertised,)
             log.info(
@@ -216,6 +224,9 @@ class Node:
             await self.peers.close()
             self.transfers.close()
             await asyncio.to_thread(self.store.close)  # waits for pending fsyncs
+            if self.runtime is not None:
+                # a training slice ends after its current step and writes its checkpoint
+                await asyncio.to_thread(self.runtime.close, True)
             log.info("[%s] stopped", self.tag)
 
     def spawn(self, work: Coroutine[object, object, None], what: str) -> bool:
@@ -357,6 +368,7 @@ class Node:
             request_id=request_id,
             offset=offset,
             page=page,
+            jobs=self.blocks.job_views() if self.blocks is not None else (),
         )
 
 

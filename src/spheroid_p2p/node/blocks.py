@@ -22,6 +22,7 @@ from spheroid_p2p.node.transfer import Transfers
 from spheroid_p2p.wire.deltas import ShardDelta, ShardUpdate
 from spheroid_p2p.wire.manifests import SignedManifest
 from spheroid_p2p.wire.signing import KeyPair, PeerId
+from spheroid_p2p.wire.status import JobView
 
 if TYPE_CHECKING:
     from spheroid_p2p.node.compute import BlockRuntime
@@ -61,6 +62,7 @@ class TrainedBlocks:
         self.tag = tag
         self.replicas: dict[int, BlockReplica] = {}
         self.jobs: dict[int, TrainingJob] = {}
+        self.stopping = False
         transfers.on_stream = self.on_stream
         transfers.on_manifest = self.on_manifest
 
@@ -85,6 +87,32 @@ class TrainedBlocks:
         if replica is not None:
             replica.installer.on_manifest(peer, signed)
 
+    def stop(self) -> None:
+        """The node is stopping: every job ends after its current step, checkpointed."""
+        self.stopping = True
+        for job in self.jobs.values():
+            job.stop()
+
+    def job_views(self) -> tuple[JobView, ...]:
+        """Where each training job stands (STATUS_RESPONSE ``jobs``, the page, the metrics)."""
+        views = []
+        for block, job in sorted(self.jobs.items()):
+            p = job.progress()
+            replica = self.replicas.get(block)
+            base = replica.installer.base if replica is not None else None
+            views.append(
+                JobView(
+                    block,
+                    p.step,
+                    p.total,
+                    max(0.0, p.loss),
+                    p.rate,
+                    p.eta_s,
+                    base.version if base is not None else 0,
+                )
+            )
+        return tuple(views)
+
     # -- training -------------------------------------------------------------------------------
     async def train(self, block: int) -> None:
         """Train ``block`` to the end of its budget, then serve it."""
@@ -107,6 +135,8 @@ class TrainedBlocks:
         job.pool = self.runtime.pool
         job.gate = self.runtime.gate
         self.jobs[block] = job
+        if self.stopping:
+            job.stop()
         version = 0
         if cfg.round_steps > 0:
             replica = self._replica(job)

@@ -161,9 +161,10 @@ class BlockRuntime:
             output = pick_bytes(cfg, logits, req.temperature, seed)
         return HopOutput(None, output, logits if req.want_logits else None, seconds, reused)
 
-    def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        self.traversal_pool.shutdown(wait=False, cancel_futures=True)
+    def close(self, wait: bool = False) -> None:
+        """Drop queued work; with ``wait``, also wait for the running step to end."""
+        self.pool.shutdown(wait=wait, cancel_futures=True)
+        self.traversal_pool.shutdown(wait=wait, cancel_futures=True)
 
 
 class ArStageRuntime:

@@ -1,22 +1,22 @@
 """Node configuration: command-line flags over an optional TOML file over defaults.
 
-The TOML file uses the flag names with dashes or underscores, e.g.::
+The TOML file's keys are the long flag names of ``node run`` (``node.cli`` reads it), e.g.::
 
     listen = "0.0.0.0:7000"
     bootstrap = ["10.0.0.2:7000"]
     key = "node.key"
-    data_dir = "node-data"
-    serve_blocks = [0, 1]
-    [gossip]
-    record_ttl_s = 30
+    data-dir = "node-data"
+    train-block = [1]
+    corpus = "input.txt"
+    record-ttl = 60
+    [gossip]            # gossip parameters by name (07 §7.2), for what no flag sets
+    target_peers = 12
 """
 
 from __future__ import annotations
 
-import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from spheroid_p2p.core.gossip_params import GossipParams
 from spheroid_p2p.errors import ConfigError
@@ -25,7 +25,7 @@ from spheroid_p2p.net.sockets import available_congestion, parse_addr
 from spheroid_p2p.params import MAX_SHARDS
 from spheroid_p2p.wire.signing import PeerId
 
-__all__ = ["NodeConfig", "load_toml"]
+__all__ = ["NodeConfig"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,8 @@ class NodeConfig:
     key: Path = Path("spheroid-node.key")
     data_dir: Path = Path("spheroid-data")
     serve_blocks: tuple[int, ...] = ()
+    #: Announce ``serve_blocks`` without weights to serve (gossip tests and benchmarks).
+    announce_only: bool = False
     train_blocks: tuple[int, ...] = ()
     #: safetensors block checkpoints this node loads and serves traversals with.
     checkpoints: tuple[Path, ...] = ()
@@ -52,10 +54,10 @@ class NodeConfig:
     seed: int = 0
     threads: int = 0  # 0: torch's default
     max_connections: int = 64
-    #: Averaging (09): local steps per round (0: train alone, no rounds), seconds from a
-    #: version to the next deadline, grace per aggregator hand-over, delta encoding,
+    #: Averaging (09): local steps per round (0: train alone, publish no version), seconds
+    #: from a version to the next deadline, grace per aggregator hand-over, delta encoding,
     #: compression of bulk transfers (auto: by measured link rate), rejection bounds.
-    round_steps: int = 0
+    round_steps: int = 50
     round_period_s: float = 30.0
     round_grace_s: float = 5.0
     #: Before its first step a replica waits until this many replicas of its block (itself
@@ -82,6 +84,8 @@ class NodeConfig:
     #: host's default). On long, mostly idle paths cubic or reno send a traversal's burst at
     #: once where BBR may pace it slowly (README, WAN).
     tcp_congestion: str | None = None
+    #: HOST:PORT of the metrics and swarm page server (``node.http``); None: none.
+    http: str | None = None
     #: Keep a connection open to up to this many servers of the block after ours, so a
     #: traversal's next hop is not dialled while the traversal waits (0: dial on demand).
     warm_next_hops: int = 2
@@ -94,6 +98,8 @@ class NodeConfig:
             object.__setattr__(self, "allow_peers", _read_allow_list(Path(self.allow_peers)))
         try:
             parse_addr(self.listen, allow_any_port=True)
+            if self.http is not None:
+                parse_addr(self.http, allow_any_port=True)
             for addr in (*self.bootstrap, *([self.advertise] if self.advertise else [])):
                 parse_addr(addr)
         except ValueError as exc:
@@ -122,37 +128,6 @@ class NodeConfig:
             raise ConfigError(f"round shards must be in 1..{MAX_SHARDS}")
         if self.min_replicas < 1 or self.replica_wait_s < 0:
             raise ConfigError("min replicas must be >= 1 and the replica wait >= 0")
-
-
-def load_toml(path: Path) -> dict[str, Any]:
-    """Read a TOML config into NodeConfig keyword arguments; unknown keys are errors."""
-    try:
-        raw = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from exc
-    known = {f.name for f in fields(NodeConfig)}
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        name = key.replace("-", "_")
-        if name not in known:
-            raise ConfigError(f"{path}: unknown setting {key!r} (known: {sorted(known)})")
-        if name == "gossip":
-            gossip_known = {f.name for f in fields(GossipParams)}
-            bad = set(value) - gossip_known
-            if bad:
-                raise ConfigError(f"{path}: unknown gossip settings {sorted(bad)}")
-            out[name] = replace(GossipParams(), **value)
-        elif name in ("key", "data_dir"):
-            out[name] = Path(value)
-        elif name == "checkpoints":
-            out[name] = tuple(Path(v) for v in value)
-        elif name == "model":
-            out[name] = ModelConfig(**value)
-        elif isinstance(value, list):
-            out[name] = tuple(value)
-        else:
-            out[name] = value
-    return out
 
 
 def _read_allow_list(path: Path) -> frozenset[PeerId]:

@@ -38,6 +38,9 @@ __all__ = ["EvalPoint", "SwarmEvaluator"]
 
 log = logging.getLogger(__name__)
 
+#: Seconds between "still waiting for block B" lines while the model is assembled.
+WAIT_REPORT_S = 10.0
+
 
 @dataclass
 class EvalPoint:
@@ -85,6 +88,7 @@ class SwarmEvaluator:
         blocks to be announced, up to ``timeout_s``)."""
         deadline = time.monotonic() + timeout_s
         for b in range(self.model.n_blocks):
+            said = time.monotonic()
             while True:
                 found = self.newest(b)
                 if found is not None:
@@ -98,9 +102,51 @@ class SwarmEvaluator:
                         log.info("[eval] block %d v%d: %s; retrying", b, version, exc)
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise FetchError(f"no version of block {b} could be fetched in {timeout_s} s")
+                    raise FetchError(
+                        f"no version of block {b} could be fetched in {timeout_s:g} s: "
+                        f"{self.why_missing(b)}"
+                    )
+                if time.monotonic() - said >= WAIT_REPORT_S:
+                    said = time.monotonic()
+                    log.info(
+                        "[eval] waiting for block %d (%.0f s left): %s",
+                        b,
+                        left,
+                        self.why_missing(b),
+                    )
                 await self.swarm.changed(min(left, 1.0))  # new records, or try again
         return [self._blocks[b][2] for b in range(self.model.n_blocks)]
+
+    def why_missing(self, block: int) -> str:
+        """What the swarm says about ``block``, and what to do, when no version is there."""
+        records = [r for r in self.swarm.owners(block) if r.owner != self.swarm.me]
+        want = self.model.config_hash()
+        if not records:
+            return (
+                f"no peer announces block {block} yet; start a trainer of it "
+                f"(node run --train-block {block} --corpus ...)"
+            )
+        other = [r for r in records if r.config_hash not in ("", want)]
+        if other and len(other) == len(records):
+            return (
+                f"{len(other)} peer(s) announce block {block} of another model config "
+                f"({other[0].config_hash[:12]}, ours {want[:12]}); give eval the swarm's model "
+                "flags (--context, --d-model, --layers-per-block, --n-blocks, --span)"
+            )
+        trainers = [r for r in records if r.role == "train" and not r.content_hash]
+        if trainers:
+            return (
+                f"{len(trainers)} trainer(s) of block {block} publish no version: they run with "
+                "--round-steps 0; restart them with --round-steps N (the default, 50, publishes "
+                "a version every 50 steps)"
+            )
+        servers = [r for r in records if r.role == "serve" and r.version == 0]
+        if servers:
+            return (
+                f"block {block} is only served from checkpoint files, which hold no version "
+                "to fetch; score a model of checkpoint files with scripts/bench_quality.py"
+            )
+        return f"block {block}'s holders did not answer (see the log above)"
 
     async def _fetch(self, block: int, weights: bytes, holders: list) -> BlockDenoiser:
         reached = await self.swarm.connect(holders)

@@ -6,8 +6,8 @@ import time
 
 from spheroid_p2p.core.gossip import GossipService
 from spheroid_p2p.net.peers import PeerManager
-from spheroid_p2p.params import MAX_STATUS_CONNECTIONS, MAX_STATUS_RECORDS
-from spheroid_p2p.wire.status import ConnView, RecordView, StatusResponse
+from spheroid_p2p.params import MAX_STATUS_CONNECTIONS, MAX_STATUS_JOBS, MAX_STATUS_RECORDS
+from spheroid_p2p.wire.status import ConnView, JobView, RecordView, StatusResponse
 
 __all__ = ["STATUS_PAGE_BYTES", "status_response"]
 
@@ -24,6 +24,7 @@ def status_response(
     request_id: int = 0,
     offset: int = 0,
     page: bool = False,
+    jobs: tuple[JobView, ...] = (),
 ) -> StatusResponse:
     """This node's view of the swarm, as the status command shows it. With ``page`` (a
     request from the wire), the records from ``offset`` that fit one response (at most
@@ -71,4 +72,5 @@ def status_response(
         connections=conns,
         dropped=tuple(sorted(gossip.table.dropped.items())),
         total=total,
+        jobs=jobs[:MAX_STATUS_JOBS],
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,6 +50,19 @@ class TrainingProgress:
     total: int
     loss: float
     seconds: float
+    #: steps this process has done (for the rate: steps / seconds)
+    steps_here: int = 0
+
+    @property
+    def rate(self) -> float:
+        """Steps per second in this process."""
+        return self.steps_here / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        """Seconds to the end of the budget at the current rate (None: no rate yet)."""
+        rate = self.rate
+        return max(0, self.total - self.step) / rate if rate > 0 else None
 
 
 class TrainingJob:
@@ -97,6 +111,27 @@ class TrainingJob:
         #: The node's step gate (node.turns.StepGate): a training step takes its turn among
         #: the traversals' steps. None: train straight.
         self.gate: StepGate | None = None
+        #: Set by :meth:`stop` (any thread): the slice running on the compute thread ends
+        #: after its current step and writes a checkpoint, so a stopped node loses no step.
+        self.stopped = threading.Event()
+        self.started_wall = time.time()
+        self.started_step = self.trainer.step_count
+
+    def stop(self) -> None:
+        """End training after the current step (the node is shutting down)."""
+        self.stopped.set()
+
+    def progress(self) -> TrainingProgress:
+        """Step, budget, recent loss and the rate since this process started."""
+        recent = self.losses[-20:]
+        return TrainingProgress(
+            self.block,
+            self.trainer.step_count,
+            self.tcfg.steps,
+            sum(recent) / max(1, len(recent)),
+            time.time() - self.started_wall,
+            self.trainer.step_count - self.started_step,
+        )
 
     def _turn(self) -> contextlib.AbstractContextManager[None]:
         return self.gate.step(TRAINING) if self.gate is not None else contextlib.nullcontext()
@@ -117,12 +152,16 @@ class TrainingJob:
     def _slice(self, steps: int) -> TrainingProgress:
         start = time.perf_counter()
         for _ in range(steps):
-            if self.done:
+            if self.done or self.stopped.is_set():
                 break
             batch = self.corpus.batch(self.tcfg.batch_size, self.cfg.context, self.data)
             with self._turn():
                 self.losses.append(self.trainer.step(batch).loss)
-        if self.trainer.step_count % self.checkpoint_every == 0 or self.done:
+        if (
+            self.trainer.step_count % self.checkpoint_every == 0
+            or self.done
+            or self.stopped.is_set()
+        ):
             save_trainer(self.state_path, self.trainer)
         recent = self.losses[-20:]
         return TrainingProgress(
@@ -136,13 +175,14 @@ class TrainingJob:
     def _slice_until(self, steps: int, stop_at_wall: float) -> tuple[int, float]:
         done = 0
         losses: list[float] = []
-        while done < steps and time.time() < stop_at_wall:
+        while done < steps and time.time() < stop_at_wall and not self.stopped.is_set():
             batch = self.corpus.batch(self.tcfg.batch_size, self.cfg.context, self.data)
             with self._turn():
                 losses.append(self.trainer.step(batch).loss)
             done += 1
         self.losses.extend(losses)
-        if self.trainer.step_count % self.checkpoint_every < done or done == 0:
+        step = self.trainer.step_count
+        if step % self.checkpoint_every < done or done == 0 or self.stopped.is_set():
             save_trainer(self.state_path, self.trainer)
         return done, sum(losses) / max(1, len(losses))
 
@@ -173,14 +213,14 @@ class TrainingJob:
                     self.tcfg.steps,
                     sum(self.losses[-20:]) / max(1, len(self.losses[-20:])),
                 )
-            if k < n:
+            if k < n or self.stopped.is_set():
                 break
         return done, total / max(1, done)
 
     async def run(self, pool: ThreadPoolExecutor, slice_steps: int = 10) -> Path:
         """Train to the end on ``pool``; returns the path of the finished block."""
         loop = asyncio.get_running_loop()
-        while not self.done:
+        while not self.done and not self.stopped.is_set():
             progress = await loop.run_in_executor(pool, self._slice, slice_steps)
             log.info(
                 "[%s] block %d step %d/%d loss %.3f",
@@ -190,6 +230,8 @@ class TrainingJob:
                 progress.total,
                 progress.loss,
             )
+        if self.stopped.is_set():
+            return self.block_path
         await loop.run_in_executor(pool, save_block, self.block_path, self.trainer.block)
         log.info(
             "[%s] block %d trained: %d steps, final loss %.3f -> %s",

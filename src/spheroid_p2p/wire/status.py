@@ -17,6 +17,7 @@ from spheroid_p2p.params import (
     CONTENT_HASH_BYTES,
     MAX_CONTEXT_BYTES,
     MAX_STATUS_CONNECTIONS,
+    MAX_STATUS_JOBS,
     MAX_STATUS_RECORDS,
 )
 from spheroid_p2p.wire.addr import check_addrs
@@ -36,7 +37,7 @@ from spheroid_p2p.wire.message import (
     wire,
 )
 
-__all__ = ["ConnView", "RecordView", "StatusRequest", "StatusResponse"]
+__all__ = ["ConnView", "JobView", "RecordView", "StatusRequest", "StatusResponse"]
 
 
 @register
@@ -184,6 +185,58 @@ class ConnView:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class JobView:
+    """One block a peer trains (r12): where its training stands."""
+
+    block: int
+    step: int
+    total: int
+    loss: float
+    #: optimizer steps per second in the peer's current process
+    rate: float
+    #: seconds to the end of the step budget at that rate; None: not known yet
+    eta_s: float | None
+    #: the block version the replica trains from (its last averaging round); 0: none yet
+    version: int = 0
+
+    def __post_init__(self) -> None:
+        check_uint("blk", self.block, 0xFFFF)
+        check_uint("step", self.step)
+        check_uint("tot", self.total)
+        check_uint("ver", self.version)
+        for name, value in (("loss", self.loss), ("rate", self.rate), ("eta", self.eta_s)):
+            if value is not None:
+                _float(value, name)
+
+    def to_wire(self) -> Body:
+        row: Body = {
+            "blk": self.block,
+            "step": self.step,
+            "tot": self.total,
+            "loss": float(self.loss),
+            "rate": float(self.rate),
+            "ver": self.version,
+        }
+        if self.eta_s is not None:
+            row["eta"] = float(self.eta_s)
+        return row
+
+    @classmethod
+    def from_wire(cls, value: object) -> JobView:
+        row = _row(value, "job")
+        eta = row.get("eta")
+        return cls(
+            block=get_field(row, "blk"),
+            step=get_field(row, "step"),
+            total=get_field(row, "tot"),
+            loss=_float(row.get("loss", 0.0), "loss"),
+            rate=_float(row.get("rate", 0.0), "rate"),
+            eta_s=None if eta is None else _float(eta, "eta"),
+            version=row.get("ver", 0),
+        )
+
+
 @register
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StatusResponse(Message):
@@ -198,6 +251,8 @@ class StatusResponse(Message):
     dropped: tuple[tuple[str, int], ...] = ()
     #: Records the peer holds in all (r7; the page holds ``records`` from the asked offset).
     total: int = 0
+    #: The blocks the peer trains (r12); left out when it trains none.
+    jobs: tuple[JobView, ...] = ()
 
     def __post_init__(self) -> None:
         check_uint("request_id", self.request_id)
@@ -208,6 +263,8 @@ class StatusResponse(Message):
             raise bad(f"a status page holds at most {MAX_STATUS_RECORDS} records")
         if len(self.connections) > MAX_STATUS_CONNECTIONS:
             raise bad(f"a status lists at most {MAX_STATUS_CONNECTIONS} connections")
+        if len(self.jobs) > MAX_STATUS_JOBS:
+            raise bad(f"a status lists at most {MAX_STATUS_JOBS} training jobs")
         for reason, count in self.dropped:
             check_str("drop reason", reason)
             check_uint("drop count", count)
@@ -221,6 +278,7 @@ class StatusResponse(Message):
             "conns": [c.to_wire() for c in self.connections],
             "drops": [[k, v] for k, v in self.dropped],
             **({"total": self.total} if self.total else {}),
+            **({"jobs": [j.to_wire() for j in self.jobs]} if self.jobs else {}),
         }
 
     @classmethod
@@ -228,6 +286,7 @@ class StatusResponse(Message):
         records = tuple(RecordView.from_wire(r) for r in as_tuple(get_field(body, "recs"), "recs"))
         conns = tuple(ConnView.from_wire(c) for c in as_tuple(get_field(body, "conns"), "conns"))
         drops = tuple((k, v) for k, v in pairs(body.get("drops", []), "drops", 2))
+        jobs = tuple(JobView.from_wire(j) for j in as_tuple(body.get("jobs", []), "jobs"))
         return cls(
             request_id=get_field(body, "rid"),
             agent=get_field(body, "agent"),
@@ -236,4 +295,5 @@ class StatusResponse(Message):
             connections=conns,
             dropped=drops,
             total=body.get("total", len(records)),
+            jobs=jobs,
         )
