@@ -27,8 +27,7 @@ def test_evaluator_fetches_every_block_and_scores_the_swarm_model(tmp_path: Path
         "1",
         "--train-steps",
         "100000",
-        "--round-steps",
-        "10",
+        # no --round-steps: the default (50) publishes versions, as a user's swarm would
         "--round-period",
         "5",
         "--round-grace",
