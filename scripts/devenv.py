@@ -19,6 +19,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 import venv
 from pathlib import Path
 
@@ -43,9 +44,17 @@ def setup() -> None:
         print(f"creating virtual environment in {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True).create(VENV)
     pip = (PY, "-m", "pip", "install", "--disable-pip-version-check", "-q")
+    print(
+        f"setting up {VENV}: {TORCH} (CPU) first, then this package and its dependencies "
+        "(the first time takes a minute or two; later runs skip this)",
+        flush=True,
+    )
+    started = time.monotonic()
     _run(*pip, TORCH)
+    print(f"  torch installed ({time.monotonic() - started:.0f} s); now the package", flush=True)
     _run(*pip, "-e", f"{ROOT}[test,bench]")
     STAMP.write_text(want)
+    print(f"  set up in {time.monotonic() - started:.0f} s", flush=True)
 
 
 def run_tests(extra: list[str]) -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,8 @@ from pathlib import Path
 __all__ = ["main"]
 
 PROGRESS = re.compile(r"block (\d+) step (\d+)/(\d+) loss ([\d.]+)")
+#: Seconds between progress lines when the output is not a terminal.
+PLAIN_EVERY_S = 15.0
 EVAL_LINE = re.compile(r"^eval t=.*$", re.M)
 
 
@@ -73,7 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.8,
         help="sampling temperature (0: argmax; seeded, so runs repeat)",
     )
-    parser.add_argument("--workdir", type=Path, help="keep keys, logs and checkpoints here")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="keep keys, logs and checkpoints here (default: a temporary folder, removed at "
+        "the end)",
+    )
+    parser.add_argument(
+        "--http",
+        default="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="the evaluator's live swarm page and metrics (default: 127.0.0.1, a free port; "
+        "'off': none)",
+    )
     parser.add_argument("--timeout", type=float, default=1800.0, help="give up after (s)")
     return parser
 
@@ -86,9 +101,11 @@ def _progress_bars(
 ) -> None:
     """One progress bar per node (its training step and loss, from its log) until every node
     serves its trained block (asked by status query); print each CE score the evaluator
-    writes meanwhile."""
+    writes meanwhile. Redirected (not a terminal), there are no bars: one line of every
+    node's step and loss every ``PLAIN_EVERY_S`` seconds instead."""
     from tqdm import tqdm
 
+    tty = sys.stderr.isatty()
     bars = [
         tqdm(
             total=1,
@@ -98,9 +115,11 @@ def _progress_bars(
             leave=True,
             dynamic_ncols=True,
             file=sys.stderr,
+            disable=not tty,
         )
         for i, label in enumerate(labels)
     ]
+    said = time.monotonic()
     shown = 0
     deadline = time.monotonic() + timeout_s
     try:
@@ -124,6 +143,13 @@ def _progress_bars(
                 for line in lines[shown:]:
                     tqdm.write(f"swarm model {line}", file=sys.stderr)
                 shown = len(lines)
+            if not tty and (time.monotonic() - said >= PLAIN_EVERY_S or done == len(nodes)):
+                said = time.monotonic()
+                parts = [
+                    f"{label} {bar.n}/{bar.total} {bar.postfix or ''}".strip()
+                    for label, bar in zip(labels, bars, strict=True)
+                ]
+                print("training: " + " | ".join(parts), file=sys.stderr, flush=True)
             if done == len(nodes):
                 return
             time.sleep(0.5)
@@ -173,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="spheroid-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    http = None if args.http == "off" else _http_address(args.http)
     data_and_model = [
         "--corpus",
         args.corpus,
@@ -212,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         f"spheroid_p2p demo: {len(plan)} nodes on 127.0.0.1 ({args.blocks} blocks"
         f"{', extra replicas of ' + ','.join(map(str, args.replicas)) if args.replicas else ''}"
         f"), {args.steps} steps per trainer, averaging every {args.round_steps} steps; "
-        f"logs and checkpoints in {workdir}",
+        f"logs and checkpoints in {workdir}"
+        + ("" if args.workdir else " (removed at the end; --workdir DIR keeps them)"),
         flush=True,
     )
     nodes: list[NodeProcess] = []
@@ -240,13 +268,16 @@ def main(argv: list[str] | None = None) -> int:
             )
         if eval_log is not None:
             with open(eval_log, "w") as out:
+                command = evaluator_command(
+                    nodes[0].addr, data_and_model, args.eval_every, workdir / "eval.jsonl"
+                )
                 evaluator = subprocess.Popen(
-                    evaluator_command(
-                        nodes[0].addr, data_and_model, args.eval_every, workdir / "eval.jsonl"
-                    ),
+                    [*command, *(["--http", http] if http else [])],
                     stdout=out,
                     stderr=subprocess.STDOUT,
                 )
+            if http:
+                print(f"live swarm page: http://{http}/  (metrics: http://{http}/metrics)")
         _progress_bars(nodes, labels, args.timeout, eval_log)
         trained = time.monotonic() - start
         ce = _score(workdir, args.blocks, args.corpus, args.context)
@@ -265,8 +296,27 @@ def main(argv: list[str] | None = None) -> int:
                 evaluator.kill()
         for node in nodes:
             node.stop()
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
     print(f"done in {time.monotonic() - start:.0f} s; all nodes stopped", flush=True)
     return 0
+
+
+def _http_address(addr: str) -> str:
+    """HOST:PORT for the evaluator's page; port 0: a port free now, so it can be printed."""
+    import socket
+
+    from spheroid_p2p.net.sockets import parse_addr
+
+    try:
+        host, port = parse_addr(addr, allow_any_port=True)
+    except ValueError as exc:
+        raise SystemExit(f"--http: {exc}") from None
+    if port == 0:
+        with socket.socket() as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+    return f"{host}:{port}"
 
 
 if __name__ == "__main__":

@@ -101,6 +101,8 @@ class HandshakeDone:
 @dataclass(frozen=True, slots=True)
 class MessageReceived:
     envelope: Envelope
+    #: bytes of the frame's body as it was decoded (after decryption)
+    size: int = 0
 
     @property
     def message(self) -> Message:
@@ -340,7 +342,7 @@ class PeerConnection:
             if sent is not None:
                 self.rtt_s = now - sent
             return
-        events.append(MessageReceived(envelope))
+        events.append(MessageReceived(envelope, len(body)))
 
     def _fail(self, exc: RemoteProtocolError, wall_ms: int) -> ConnectionLost:
         if self.state is not ConnectionState.CLOSED and exc.code is not ErrorCode.FRAME_TRUNCATED:

@@ -33,7 +33,7 @@ from spheroid_p2p.core.connection import (
     MessageReceived,
     PeerConnection,
 )
-from spheroid_p2p.errors import ErrorCode
+from spheroid_p2p.errors import ErrorCode, code_name
 from spheroid_p2p.net.link import THROTTLED_READ_S, Link, LinkInfo
 from spheroid_p2p.net.sockets import (
     DialError,
@@ -62,6 +62,29 @@ MAX_PENDING_HANDSHAKES = 32
 MAX_PENDING_PER_ADDRESS = 4
 #: Inbound connections from one source address (handshaken or not).
 MAX_CONNECTIONS_PER_ADDRESS = 32
+
+
+class Traffic:
+    """Frames and bytes by message type, each way, and connections we closed by error code."""
+
+    def __init__(self) -> None:
+        self.frames_in: dict[str, int] = {}
+        self.bytes_in: dict[str, int] = {}
+        self.frames_out: dict[str, int] = {}
+        self.bytes_out: dict[str, int] = {}
+        #: connections ended on our side because of what the peer sent, by error code name
+        self.rejected: dict[str, int] = {}
+
+    def received(self, kind: str, size: int) -> None:
+        self.frames_in[kind] = self.frames_in.get(kind, 0) + 1
+        self.bytes_in[kind] = self.bytes_in.get(kind, 0) + size
+
+    def sent(self, kind: str, size: int) -> None:
+        self.frames_out[kind] = self.frames_out.get(kind, 0) + 1
+        self.bytes_out[kind] = self.bytes_out.get(kind, 0) + size
+
+    def reject(self, code: str) -> None:
+        self.rejected[code] = self.rejected.get(code, 0) + 1
 
 
 class PeerManager:
@@ -104,6 +127,9 @@ class PeerManager:
         self._server: asyncio.Server | None = None
         self.bytes_out = 0
         self.frames_out = 0
+        #: frames and bytes by message type name, each way; connections we ended by error
+        #: code (the metrics read these; plain counters, so the net layer needs nothing else)
+        self.traffic = Traffic()
         #: inbound connections refused by the caps, and reads paused by throttle()
         self.refused = 0
         self.throttles = 0
@@ -224,6 +250,7 @@ class PeerManager:
                 self.link_opened(link, event.result.peer_id)
             elif isinstance(event, MessageReceived):
                 peer = link.conn.peer_id
+                self.traffic.received(event.envelope.message.TYPE.name, event.size)
                 if peer is not None and self._by_peer.get(peer) is link:
                     self.on_message(peer, event.envelope)
             elif isinstance(event, ConnectionLost):
@@ -270,6 +297,8 @@ class PeerManager:
     def link_lost(self, link: Link, lost: ConnectionLost) -> None:
         if link.lost is None:
             link.lost = lost
+            if lost.code and not lost.by_peer:
+                self.traffic.reject(code_name(lost.code))
         peer = link.conn.peer_id
         if peer is not None and self._by_peer.get(peer) is link:
             del self._by_peer[peer]
@@ -315,7 +344,9 @@ class PeerManager:
             if link.transport is not None:
                 link.transport.abort()
             return False
-        link._write(link.conn.send(message, wall_ms()))
+        buffers = link.conn.send(message, wall_ms())
+        link._write(buffers)
+        self.traffic.sent(message.TYPE.name, sum(len(b) for b in buffers))
         return True
 
     async def send_bulk(self, peer: PeerId, message: Message) -> bool:

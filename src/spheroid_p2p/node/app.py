@@ -64,6 +64,8 @@ from spheroid_p2p.wire.traversal import Traverse
 if TYPE_CHECKING:
     from spheroid_p2p.node.blocks import TrainedBlocks
     from spheroid_p2p.node.compute import ArStageRuntime, BlockRuntime
+    from spheroid_p2p.node.evaluator import SwarmEvaluator
+    from spheroid_p2p.node.web import WebServer
     from spheroid_p2p.wire.signing import PeerId
 
 __all__ = ["Node", "running_node"]
@@ -91,6 +93,8 @@ class Node:
         self.bound_address: tuple[str, int] | None = None
         #: HOST:PORT of the metrics and swarm page server once it listens (``--http``)
         self.http_address: str | None = None
+        #: the swarm evaluator running in this node (``node eval``), shown on its page
+        self.evaluator: SwarmEvaluator | None = None
         self.started_at = time.monotonic()
         self._stop = asyncio.Event()
         self._group: asyncio.TaskGroup | None = None
@@ -199,6 +203,7 @@ class Node:
             self.bound_address = await self.peers.listen(host, port)
         except OSError as exc:
             raise listen_error(self.config.listen, exc) from None
+        web = await self._start_web() if self.config.http is not None else None
         async with asyncio.TaskGroup() as group:
             self._group = group
             advertised = self.config.advertise or f"{self.bound_address[0]}:{self.bound_address[1]}"
@@ -221,6 +226,8 @@ class Node:
             for task in self._long:
                 task.cancel()
             self.swarm.depart()
+            if web is not None:
+                await web.close()
             await self.peers.close()
             self.transfers.close()
             await asyncio.to_thread(self.store.close)  # waits for pending fsyncs
@@ -228,6 +235,22 @@ class Node:
                 # a training slice ends after its current step and writes its checkpoint
                 await asyncio.to_thread(self.runtime.close, True)
             log.info("[%s] stopped", self.tag)
+
+    async def _start_web(self) -> WebServer:
+        """Metrics and the swarm page (``--http``); aiohttp is loaded only then."""
+        from spheroid_p2p.node.web import WebServer
+
+        assert self.config.http is not None
+        web = WebServer(self)
+        try:
+            self.http_address = await web.start(self.config.http)
+        except OSError as exc:
+            await web.close()
+            await self.peers.close()
+            raise listen_error(self.config.http, exc, "--http") from None
+        self.server.on_hop = web.hop
+        log.info("[%s] metrics and swarm page on http://%s/", self.tag, self.http_address)
+        return web
 
     def spawn(self, work: Coroutine[object, object, None], what: str) -> bool:
         """Run ``work`` in the node's TaskGroup, guarded: an exception it raises is logged

@@ -101,12 +101,14 @@ async def _cmd_eval(args: argparse.Namespace) -> int:
     from spheroid_p2p.net.sockets import source_address
     from spheroid_p2p.node.app import running_node
     from spheroid_p2p.node.config import NodeConfig
-    from spheroid_p2p.node.evaluator import run_evaluator
-    from spheroid_p2p.node.preflight import check_corpus
+    from spheroid_p2p.node.evaluator import SwarmEvaluator, run_evaluator
+    from spheroid_p2p.node.preflight import check_corpus, check_listen
     from spheroid_p2p.wire.signing import KeyPair
 
     model = model_from_args(args)
     check_corpus(args.corpus)
+    if args.http is not None:
+        check_listen(args.http, "--http")
     corpus = await asyncio.to_thread(load_corpus, args.corpus)
     windows = corpus.eval_windows(model.context, args.windows)
     with tempfile.TemporaryDirectory(prefix="spheroid-eval-") as tmp:
@@ -117,8 +119,12 @@ async def _cmd_eval(args: argparse.Namespace) -> int:
             key=Path(tmp) / "eval.key",
             bootstrap=tuple(args.bootstrap),
             model=model,
+            http=args.http,
         )
         async with running_node(config, KeyPair.generate()) as node:
+            if node.http_address is not None:
+                print(f"swarm page and metrics: http://{node.http_address}/", flush=True)
+            node.evaluator = SwarmEvaluator(node.swarm, node.transfers, model, windows)
             await run_evaluator(
                 node.swarm,
                 node.transfers,
@@ -128,6 +134,7 @@ async def _cmd_eval(args: argparse.Namespace) -> int:
                 count=args.count,
                 out=args.out,
                 timeout_s=args.timeout,
+                evaluator=node.evaluator,
             )
     return 0
 

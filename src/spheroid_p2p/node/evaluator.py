@@ -18,6 +18,7 @@ import asyncio
 import json
 import logging
 import time
+from collections import deque
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds between "still waiting for block B" lines while the model is assembled.
 WAIT_REPORT_S = 10.0
+#: Scores an evaluator keeps for the swarm page.
+HISTORY_POINTS = 1000
 
 
 @dataclass
@@ -73,6 +76,8 @@ class SwarmEvaluator:
         self.started = time.monotonic()
         self._blocks: dict[int, tuple[bytes, int, BlockDenoiser]] = {}  # weights, version, module
         self.fetched_bytes = 0
+        #: (wall time, CE_sampler, versions) of each score, for the swarm page and metrics
+        self.history: deque[tuple[float, float, list[int]]] = deque(maxlen=HISTORY_POINTS)
 
     def newest(self, block: int) -> tuple[int, bytes, list] | None:
         """(version, weights hash, holders) of the newest announced version of ``block``."""
@@ -179,7 +184,7 @@ class SwarmEvaluator:
             report = await asyncio.to_thread(
                 evaluate_sampler, blocks, self.windows, seeds=self.seeds
             )
-        return EvalPoint(
+        point = EvalPoint(
             elapsed_s=round(time.monotonic() - self.started, 3),
             ce_sampler=report.ce_sampler,
             versions=[self._blocks[b][1] for b in range(self.model.n_blocks)],
@@ -187,6 +192,8 @@ class SwarmEvaluator:
             fetch_s=round(fetched - start, 3),
             eval_s=round(time.monotonic() - fetched, 3),
         )
+        self.history.append((time.time(), point.ce_sampler, point.versions))
+        return point
 
 
 async def run_evaluator(
@@ -199,9 +206,10 @@ async def run_evaluator(
     count: int,
     out: Path | None,
     timeout_s: float,
+    evaluator: SwarmEvaluator | None = None,
 ) -> list[EvalPoint]:
     """Score the swarm's model ``count`` times, ``every_s`` apart; print and log each."""
-    evaluator = SwarmEvaluator(swarm, transfers, model, windows)
+    evaluator = evaluator or SwarmEvaluator(swarm, transfers, model, windows)
     points: list[EvalPoint] = []
     for i in range(count):
         started = time.monotonic()

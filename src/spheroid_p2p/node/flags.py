@@ -258,6 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="HOST:PORT to listen on (default: the interface that reaches --bootstrap, any port)",
     )
     ev.add_argument("--advertise", help="HOST:PORT others should dial (default: --listen)")
+    ev.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="serve metrics and the live swarm page, with the CE chart, here",
+    )
 
     status = commands.add_parser(
         "status", parents=[verbose], help="print a running peer's view of the swarm"

@@ -12,7 +12,7 @@ import logging
 import time
 
 from spheroid_p2p.core.limits import PeerLimits
-from spheroid_p2p.errors import ErrorCode
+from spheroid_p2p.errors import ErrorCode, code_name
 from spheroid_p2p.net.peers import PeerManager
 from spheroid_p2p.node.serving import traverse_error
 from spheroid_p2p.wire.deltas import DeltaAck, ShardDelta
@@ -92,6 +92,7 @@ class Intake:
         """Answer a request we will not serve on the connection it came from, or drop it
         when its type has no answer (gossip, status)."""
         log.debug("[%s] refusing %s from %s: %s", self.tag, type(message).__name__, peer, reason)
+        self.peers.traffic.reject(code_name(code))
         answer: Message | None = None
         if isinstance(message, Traverse | PipeStep):
             answer = traverse_error(message, self.peers.me.digest, code, reason)

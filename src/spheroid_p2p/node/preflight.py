@@ -47,7 +47,7 @@ def check_corpus(corpus: str, flag: str = "--corpus") -> None:
         raise ConfigError(f"{flag} {corpus}: too small to train on (under 1 KiB of text)")
 
 
-def check_listen(listen: str) -> None:
+def check_listen(listen: str, flag: str = "--listen") -> None:
     """The listen address can be bound now (the node binds it for real right after)."""
     host, port = parse_addr(listen, allow_any_port=True)
     if port == 0:
@@ -58,24 +58,24 @@ def check_listen(listen: str) -> None:
         try:
             s.bind((host, port))
         except OSError as exc:
-            raise listen_error(listen, exc) from None
+            raise listen_error(listen, exc, flag) from None
 
 
-def listen_error(listen: str, exc: OSError) -> ConfigError:
+def listen_error(listen: str, exc: OSError, flag: str = "--listen") -> ConfigError:
     """The one-line error for an address the node cannot listen on."""
     if exc.errno == errno.EADDRINUSE:
         return ConfigError(
-            f"--listen {listen}: the port is in use by another process; choose another port "
+            f"{flag} {listen}: the port is in use by another process; choose another port "
             "(or port 0 for any free one), or stop the process using it"
         )
     if exc.errno == errno.EADDRNOTAVAIL:
         return ConfigError(
-            f"--listen {listen}: no interface of this machine has that address; use one of its "
+            f"{flag} {listen}: no interface of this machine has that address; use one of its "
             "own addresses, 0.0.0.0 for all of them, or 127.0.0.1"
         )
     if exc.errno == errno.EACCES:
-        return ConfigError(f"--listen {listen}: permission denied; use a port above 1023")
-    return ConfigError(f"--listen {listen}: cannot listen there: {exc.strerror or exc}")
+        return ConfigError(f"{flag} {listen}: permission denied; use a port above 1023")
+    return ConfigError(f"{flag} {listen}: cannot listen there: {exc.strerror or exc}")
 
 
 def check_run(config: NodeConfig) -> None:
@@ -112,6 +112,8 @@ def check_run(config: NodeConfig) -> None:
     _check_writable(config.data_dir, "--data-dir")
     _check_writable(config.key.parent if str(config.key.parent) else Path("."), "--key's folder")
     check_listen(config.listen)
+    if config.http is not None:
+        check_listen(config.http, "--http")
 
 
 def _check_writable(path: Path, flag: str) -> None:

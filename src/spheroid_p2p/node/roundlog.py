@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter, deque
 from pathlib import Path
 
 from spheroid_p2p.core.rounds import Outcome
@@ -23,6 +24,10 @@ from spheroid_p2p.wire.signing import PeerId
 __all__ = ["RoundLog"]
 
 
+#: Entries a round log keeps in memory for the swarm page.
+RECENT_ENTRIES = 200
+
+
 class RoundLog:
     """Appends the events of one block's rounds to its log file."""
 
@@ -30,8 +35,21 @@ class RoundLog:
         self.path = path
         self.block = block
         self.me = me
+        #: the latest entries, for the swarm page (the file holds them all)
+        self.recent: deque[dict[str, object]] = deque(maxlen=RECENT_ENTRIES)
+        #: counts for the metrics: shards closed by how ("barrier"/"deadline"), versions
+        #: published, and per shard the contributors, refused and late replicas
+        self.counts: Counter[str] = Counter()
 
     def _write(self, entry: dict[str, object]) -> None:
+        self.recent.append(entry)
+        kind = entry["kind"]
+        if kind == "shard":
+            self.counts[f"shard_{entry['closed']}"] += 1
+            for name in ("contributors", "rejected", "late"):
+                self.counts[name] += len(entry[name])  # type: ignore[arg-type]
+        elif kind == "version":
+            self.counts["versions"] += 1
         with open(self.path, "a") as f:
             f.write(json.dumps(entry) + "\n")
 

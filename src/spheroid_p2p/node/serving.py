@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING
 
 from spheroid_p2p.core.traversal import (
@@ -88,6 +88,9 @@ class TraversalServer:
         self.keep_hot_s = keep_hot_s
         self.tag = tag
         self.me = peers.me.digest
+        #: called after each hop this node computed: (first block, last block, seconds
+        #: computing, seconds queued before) — the metrics and the swarm page listen
+        self.on_hop: Callable[[int, int, float, float], None] | None = None
 
     def served(self) -> ServedModel | None:
         runtime = self.runtime
@@ -163,6 +166,8 @@ class TraversalServer:
             return
         computed = time.monotonic()
         queued_ms = max(0.0, (computed - arrived) * 1000 - out.seconds * 1e3)
+        if self.on_hop is not None:
+            self.on_hop(plan.first, plan.last, out.seconds, queued_ms / 1000)
         if out.output is not None:
             await self._answer(req, out, queued_ms, computed)
             return

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ __all__ = ["TrainingJob", "TrainingProgress"]
 
 #: The step gate's key for training steps (no peer id is empty).
 TRAINING = b""
+#: Loss points a job keeps for the swarm page (one per slice of 10 steps).
+HISTORY_POINTS = 1000
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +119,12 @@ class TrainingJob:
         self.stopped = threading.Event()
         self.started_wall = time.time()
         self.started_step = self.trainer.step_count
+        #: (wall time, step, recent loss) after each slice, for the swarm page's chart
+        self.history: deque[tuple[float, int, float]] = deque(maxlen=HISTORY_POINTS)
+
+    def _recent_loss(self) -> float:
+        recent = self.losses[-20:]
+        return sum(recent) / max(1, len(recent))
 
     def stop(self) -> None:
         """End training after the current step (the node is shutting down)."""
@@ -205,6 +214,7 @@ class TrainingJob:
             done += k
             total += loss * k
             if k:
+                self.history.append((time.time(), self.trainer.step_count, self._recent_loss()))
                 log.info(
                     "[%s] block %d step %d/%d loss %.3f",
                     self.tag,
@@ -222,6 +232,7 @@ class TrainingJob:
         loop = asyncio.get_running_loop()
         while not self.done and not self.stopped.is_set():
             progress = await loop.run_in_executor(pool, self._slice, slice_steps)
+            self.history.append((time.time(), progress.step, progress.loss))
             log.info(
                 "[%s] block %d step %d/%d loss %.3f",
                 self.tag,

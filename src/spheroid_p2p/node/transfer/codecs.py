@@ -38,10 +38,14 @@ class Codecs:
         #: (bytes/s, ratio) of shuffle+zstd measured here; None until measured
         self.probe: tuple[float, float] | None = None
         self.probing = False
+        #: transfers by the codec chosen for them (the metrics read it)
+        self.chosen: dict[str, int] = {}
 
     def choose(self, peer: PeerId) -> Codec:
         """The codec to ask ``peer`` for (or to send it), from what is measured so far."""
-        return choose_codec(self.policy, self.rates.get(peer), *(self.probe or (0.0, 1.0)))
+        codec = choose_codec(self.policy, self.rates.get(peer), *(self.probe or (0.0, 1.0)))
+        self.chosen[codec.name] = self.chosen.get(codec.name, 0) + 1
+        return codec
 
     def blind(self, peer: PeerId) -> bool:
         """``auto`` with no measured rate for ``peer``: the choice is to be made again once
