@@ -280,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"live swarm page: http://{http}/  (metrics: http://{http}/metrics)")
         _progress_bars(nodes, labels, args.timeout, eval_log)
         trained = time.monotonic() - start
+        for line in _rounds_summary(workdir, args.blocks):
+            print(line, flush=True)
         ce = _score(workdir, args.blocks, args.corpus, args.context)
         print(
             f"\ntrained {args.blocks} blocks in {trained:.0f} s; composed model CE "
@@ -300,6 +302,26 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     print(f"done in {time.monotonic() - start:.0f} s; all nodes stopped", flush=True)
     return 0
+
+
+def _rounds_summary(workdir: Path, blocks: int) -> list[str]:
+    """One line per block: versions published and the most contributors one version had."""
+    import json
+
+    lines = []
+    for b in range(blocks):
+        versions, most = set(), 0
+        for path in workdir.glob(f"*/block-{b}.rounds.jsonl"):
+            for text in path.read_text().splitlines():
+                entry = json.loads(text)
+                if entry.get("kind") == "version":
+                    versions.add(entry["version"])
+                    most = max(most, len(entry.get("contributors", [])))
+        lines.append(
+            f"averaging: block {b}: {len(versions)} versions published, "
+            f"up to {most} contributors per version"
+        )
+    return lines
 
 
 def _http_address(addr: str) -> str:

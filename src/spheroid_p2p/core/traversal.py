@@ -85,7 +85,11 @@ def check_hop(
     if req.config_hash and req.config_hash != served.config_hash:
         return Refuse(ErrorCode.BLOCK_NOT_SERVED, "request is for a different model config")
     if req.span not in (0, served.span):
-        return Refuse(ErrorCode.SPAN_UNSUPPORTED, f"this model emits spans of {served.span}")
+        return Refuse(
+            ErrorCode.SPAN_UNSUPPORTED,
+            f"this model emits spans of {served.span}: ask for that span (or 0, the model's "
+            f"own); a span-K model is trained with `node run ... --span K` on every trainer",
+        )
     if not req.prefix:
         return Refuse(ErrorCode.PROTOCOL_VIOLATION, "a traversal needs at least one prefix byte")
     if req.prefix_rule == PREFIX_KNOWN:
