@@ -180,3 +180,30 @@ def test_eval_says_why_a_block_cannot_be_fetched(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr[-2000:]
     assert last.startswith("error: no version of block 0 could be fetched in 4 s")
     assert "--round-steps 0" in last and "--round-steps N" in last
+
+
+def test_a_span_model_is_trained_and_generated_from_the_command_line(tmp_path: Path) -> None:
+    """`node run --span 4` trains a span model (layout P chosen for it) and serves it;
+    `generate` emits 4 bytes per traversal by default; a span the model does not emit is
+    refused with how to get one."""
+    node = NodeProcess(
+        tmp_path, "s", *tiny_trainer_args(steps=30), "--n-blocks", "1", "--span", "4", verbose=1
+    ).start()
+    try:
+        wait_for(node.serving_trained, timeout_s=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "spheroid_p2p.generate", "--peer", node.addr, "--prompt",
+             "Day 1", "--bytes", "8"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "8 bytes in 2 traversals" in done.stderr
+        wrong = subprocess.run(
+            [sys.executable, "-m", "spheroid_p2p.generate", "--peer", node.addr, "--prompt",
+             "Day 1", "--bytes", "8", "--span", "8", "--timeout", "5"],
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    finally:
+        node.stop()
+    assert wrong.returncode == 2
+    assert "emits spans of 4" in wrong.stderr and "--span K" in wrong.stderr

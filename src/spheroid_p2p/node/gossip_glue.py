@@ -74,6 +74,8 @@ class GossipGlue:
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
+        #: called after gossip changed something (the swarm page samples versions then)
+        self.on_change: list[Callable[[], None]] = []
         self._dialing: set[PeerId] = set()
         self._dial_slots = asyncio.Semaphore(MAX_PARALLEL_DIALS)
         self._dial_budget = TokenBucket(DIAL_RATE, DIAL_BURST)
@@ -180,6 +182,8 @@ class GossipGlue:
                 self.spawn(self._probe(action.peer, action.addrs), f"probe of {action.peer}")
         self._wake.set()
         self._changed.set()
+        for listener in self.on_change:
+            listener()
 
     async def _dial(self, addr: str, expected: PeerId) -> None:
         async with self._dial_slots:

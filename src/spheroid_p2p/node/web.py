@@ -69,6 +69,18 @@ class WebServer:
         self._inflight = asyncio.Semaphore(MAX_INFLIGHT)
         self._runner: web.AppRunner | None = None
         self.address: str | None = None
+        self._sampling: asyncio.TimerHandle | None = None
+        node.swarm.on_change.append(self._changed)
+
+    def _changed(self) -> None:
+        """Gossip changed: look at the blocks' newest versions soon (at most twice a second)."""
+        if self._sampling is None:
+            loop = asyncio.get_running_loop()
+            self._sampling = loop.call_later(JSON_CACHE_S, self._sample)
+
+    def _sample(self) -> None:
+        self._sampling = None
+        self.note_versions(_blocks(self.node))
 
     def hop(self, first: int, last: int, seconds: float, queued_s: float) -> None:
         """A hop computed here (``TraversalServer.on_hop``)."""
@@ -94,6 +106,10 @@ class WebServer:
         return self.address
 
     async def close(self) -> None:
+        if self._sampling is not None:
+            self._sampling.cancel()
+        if self.node.swarm.on_change.count(self._changed):
+            self.node.swarm.on_change.remove(self._changed)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -168,8 +184,6 @@ def _blocks(node: Node) -> list[dict[str, Any]]:
 def swarm_json(node: Node, web_server: WebServer | None = None) -> dict[str, Any]:
     """The page's data (``/api/v1/swarm``); every list is bounded."""
     blocks = _blocks(node)
-    if web_server is not None:
-        web_server.note_versions(blocks)
     training = []
     rounds: list[dict[str, Any]] = []
     if node.blocks is not None:

@@ -44,7 +44,7 @@ function duration(s) {
 }
 
 // series: [{name, points: [[t, y], ...]}]; draws axes with min/max labels and one polyline each
-function chart(svgId, series, unit) {
+function chart(svgId, series, unit, decimals = 3) {
   const svg = document.getElementById(svgId);
   const [w, h] = [640, Number(svg.getAttribute("viewBox").split(" ")[3])];
   const pad = { l: 48, r: 90, t: 10, b: 20 };
@@ -63,8 +63,8 @@ function chart(svgId, series, unit) {
   const y = (v) => h - pad.b - ((v - y0) / (y1 - y0)) * (h - pad.t - pad.b);
   svg.append(el("svg:line", { x1: pad.l, y1: h - pad.b, x2: w - pad.r, y2: h - pad.b, stroke: "#99a" }));
   svg.append(el("svg:line", { x1: pad.l, y1: pad.t, x2: pad.l, y2: h - pad.b, stroke: "#99a" }));
-  svg.append(el("svg:text", { x: 2, y: pad.t + 8 }, `${y1.toFixed(3)}${unit}`));
-  svg.append(el("svg:text", { x: 2, y: h - pad.b }, `${y0.toFixed(3)}${unit}`));
+  svg.append(el("svg:text", { x: 2, y: pad.t + 8 }, `${y1.toFixed(decimals)}${unit}`));
+  svg.append(el("svg:text", { x: 2, y: h - pad.b }, `${y0.toFixed(decimals)}${unit}`));
   svg.append(el("svg:text", { x: pad.l, y: h - 4 }, new Date(t0 * 1000).toLocaleTimeString()));
   svg.append(el("svg:text", { x: w - pad.r - 50, y: h - 4 }, new Date(t1 * 1000).toLocaleTimeString()));
   series.forEach((s, i) => {
@@ -98,7 +98,8 @@ function render(data) {
   const blocks = [...new Set(data.versions.map((v) => v.block))].sort((a, b) => a - b);
   chart("round-chart", blocks.map((b) => ({
     name: `block ${b}`, points: data.versions.filter((v) => v.block === b).map((v) => [v.t, v.version]),
-  })), "");
+  })), "", 0);
+  document.getElementById("rounds").hidden = !data.rounds.length;
   rows("rounds", data.rounds.slice().reverse().slice(0, 20), (r) => [
     new Date(r.time * 1000).toLocaleTimeString(),
     String(r.block),
@@ -110,7 +111,7 @@ function render(data) {
   const hopNames = [...new Set(data.hops.map((h) => h.blocks))];
   chart("hop-chart", hopNames.map((name) => ({
     name: `blocks ${name}`, points: data.hops.filter((h) => h.blocks === name).map((h) => [h.t, h.ms]),
-  })), " ms");
+  })), " ms", 1);
   rows("connections", data.connections, (c) => [c.peer, c.addr, c.outbound ? "out" : "in", c.rtt_ms.toFixed(2)]);
   document.body.dataset.updated = String(data.time);
 }
