@@ -52,6 +52,7 @@ def test_eight_nodes_converge_then_a_killed_node_expires_and_a_restart_is_accept
             f"n{i}",
             f"--{'serve' if i % 2 else 'train'}-block",
             str(i % 4),
+            "--announce-only",
             "--bootstrap",
             swarm[i - 1].addr,
         )

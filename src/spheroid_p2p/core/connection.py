@@ -120,6 +120,9 @@ class ConnectionLost:
     clean: bool = False
 
     def describe(self) -> str:
+        if self.by_peer and not self.clean and self.code == 0:
+            # no Close frame: a crash, kill -9, a reset or a dead network, not a goodbye
+            return f"lost without a goodbye (the peer crashed or the network failed): {self.reason}"
         who = "peer closed the connection" if self.by_peer else "closed the connection"
         return f"{who}: {code_name(self.code)}: {self.reason}"
 

@@ -112,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--announce-only",
         action="store_true",
-        help="announce --serve-block without weights to serve (gossip tests); such a peer is "
-        "never on a traversal's route",
+        help="announce --serve-block (and --train-block) without weights to serve or a corpus "
+        "to train on (gossip tests); such a peer is never on a traversal's route",
     )
     run.add_argument(
         "--train-block",

@@ -89,7 +89,7 @@ def check_run(config: NodeConfig) -> None:
                     f"{flag} {block}: the model has {n_blocks} blocks (0..{n_blocks - 1}); "
                     "pick one of those, or change --n-blocks"
                 )
-    if config.train_blocks and config.corpus is None:
+    if config.train_blocks and config.corpus is None and not config.announce_only:
         raise ConfigError(
             "--train-block needs --corpus (a text file, a WikiText raw folder or 'embedded')"
         )

@@ -59,6 +59,10 @@ def test_help_shows_defaults_and_verbose_works_after_the_command() -> None:
     assert parser.parse_args(["run", "-vv"]).verbose == 2
     assert parser.parse_args(["-v", "run"]).verbose == 1
     assert parser.parse_args(["status", "--peer", "h:1", "-v"]).verbose == 1
+    commands = parser._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    for name, sub in commands.items():
+        for action in sub._actions:
+            assert action.help, f"{name} {action.option_strings} has no help"
 
 
 def test_unknown_settings_and_bad_addresses_are_clear_errors(tmp_path: Path) -> None:
