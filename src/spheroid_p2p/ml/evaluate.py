@@ -45,6 +45,11 @@ class SamplerReport:
     ce_mix: float  # CE of the mean softmax over seeds
     ce_first: float  # first block's first call (close to its context-only prediction)
     span: int
+    #: CE of the blocks' predictions combined: the mean of every block's log-probabilities
+    #: (its last call's), renormalised (a product of experts; issue 19), mean over seeds
+    ce_combined: float = 0.0
+    #: CE of each block's own last prediction along the sampler's trajectory
+    ce_by_block: list[float] = field(default_factory=list)
     ce_by_slot: list[float] = field(default_factory=list)  # CE at slot k of each span
 
 
@@ -72,22 +77,36 @@ def evaluate_sampler(
     slot_nll = torch.zeros(cfg.span)
     slot_count = torch.zeros(cfg.span)
     slot_of = torch.tensor([i - (plan.visible[i] - 1) for i in range(T)]) if plan else None
+    combined_ce, block_nll = [], torch.zeros(len(blocks))
     for seed in seeds:
         gen = torch.Generator().manual_seed(seed)
-        nll_total, first_total, count = 0.0, 0.0, 0
+        nll_total, first_total, count, combined_total = 0.0, 0.0, 0, 0.0
         for bi, chunk in enumerate(_batches(windows, batch)):
             x, y = chunk[:, :-1], chunk[:, 1:]
             z0 = initial_noise((*y.shape, cfg.d_z), points[0][0][0], gen)
 
             carried: list[torch.Tensor | None] = [None]  # self-conditioning across blocks
+            per_block: list[torch.Tensor] = []
 
-            def hop(b: int, z: torch.Tensor, x: torch.Tensor = x, carried=carried):  # type: ignore[no-untyped-def]
+            def hop(
+                b: int, z: torch.Tensor, x: torch.Tensor = x, carried=carried, per_block=per_block
+            ):  # type: ignore[no-untyped-def]
                 pts, nxt = points[b]
                 result = block_hop(blocks[b], x, z, pts, nxt, plan, estimate=carried[0])
                 carried[0] = result.estimate
+                per_block.append(torch.log_softmax(result.logits.float(), dim=-1))
                 return result
 
             logits, first = traverse(hop, cfg.n_blocks, z0)
+            flat_y = y.reshape(-1)
+            for b, logp in enumerate(per_block):
+                block_nll[b] += float(
+                    F.nll_loss(logp.reshape(-1, cfg.vocab), flat_y, reduction="sum")
+                )
+            combined = torch.log_softmax(torch.stack(per_block).mean(dim=0), dim=-1)
+            combined_total += float(
+                F.nll_loss(combined.reshape(-1, cfg.vocab), flat_y, reduction="sum")
+            )
             nll = F.cross_entropy(logits.reshape(-1, cfg.vocab), y.reshape(-1), reduction="none")
             nll_total += float(nll.sum())
             first_total += float(
@@ -105,6 +124,7 @@ def evaluate_sampler(
                 probs_sum[bi] += probs
         per_seed.append(nll_total / count)
         first_ce.append(first_total / count)
+        combined_ce.append(combined_total / count)
     mix_total, mix_count = 0.0, 0
     for bi, chunk in enumerate(_batches(windows, batch)):
         y = chunk[:, 1:]
@@ -125,6 +145,8 @@ def evaluate_sampler(
         ce_first=sum(first_ce) / len(first_ce),
         span=cfg.span,
         ce_by_slot=by_slot,
+        ce_combined=sum(combined_ce) / len(combined_ce),
+        ce_by_block=(block_nll / (count * len(seeds))).tolist(),
     )
 
 

@@ -90,6 +90,12 @@ class BlockTrainer:
         )
         self.step_count = 0
         self.generator = torch.Generator().manual_seed(seed)
+        #: Trajectory-matched training (issue 19): a ``ml.trajectory.ChainInputs`` of the
+        #: earlier blocks; this fraction of the batches then trains on the code the chain
+        #: hands this block (at its entry sigma) instead of a noisy true code.
+        self.trajectory: Callable[[torch.Tensor, int, torch.Generator], torch.Tensor] | None = None
+        self.trajectory_sigma = 0.0
+        self.trajectory_fraction = 0.0
 
     def loss(self, window: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(weighted loss, unweighted CE) of one (B, T+1) batch of windows."""
@@ -99,6 +105,11 @@ class BlockTrainer:
         sigma = self.partition.sample(self.block_index, B, self.generator)  # (B,)
         eps = torch.randn(*y.shape, cfg.d_z, generator=self.generator)  # (B, T, d_z)
         z = self.block.codebook[y] + sigma[:, None, None] * eps  # (B, T, d_z)
+        if self.trajectory is not None and self.trajectory_fraction > 0:
+            chain = float(torch.rand(1, generator=self.generator)) < self.trajectory_fraction
+            if chain:
+                z = self.trajectory(x, y.shape[1], self.generator)
+                sigma = torch.full((B,), self.trajectory_sigma)
         plan = None
         if cfg.layout == "P":
             phase = int(torch.randint(0, cfg.span, (1,), generator=self.generator))

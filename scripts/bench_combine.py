@@ -1,0 +1,171 @@
+"""Does the chain beat its first block? Trajectory-matched training and combined predictions.
+
+For each corpus (issue 19), on the same held-out windows and noise seeds, in one run:
+
+* the default model trained block-locally (``--block-steps`` per block; kept in
+  ``bench-out/models/<corpus>``, reused when there);
+* for each ``--fractions`` value f: blocks 1..N-1 retrained from scratch, in order, with a
+  fraction f of their batches taken from the chain (``ml.trajectory.ChainInputs``: the code
+  the earlier, already trained blocks hand them from noise) instead of noisy true codes;
+  block 0 is kept (it reads pure noise either way). Kept in ``<corpus>-traj<f>``;
+* (A), the autoregressive Transformer of the same depth, ``--block-steps`` steps (the
+  reference of scripts/bench_quality.py).
+
+For each model: CE_first (block 0's first call), CE_sampler (the last block's prediction),
+CE_combined (the mean of every block's log-probabilities, renormalised: a product of experts
+that a traversal can carry forward) and each block's own CE along the sampler's trajectory.
+Writes ``bench-out/bench_combine.json`` and prints one summary line per corpus.
+
+    python scripts/bench_combine.py --corpus ../shared/data/tinyshakespeare/input.txt \\
+        --corpus ../shared/data/wikitext-2-raw --corpus bench-out/corpora/pystdlib.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from spheroid_p2p.ml.block import BlockDenoiser
+from spheroid_p2p.ml.checkpoint import load_block, save_block
+from spheroid_p2p.ml.config import ModelConfig, TrainConfig
+from spheroid_p2p.ml.data import ByteCorpus, load_corpus
+from spheroid_p2p.ml.evaluate import ce_autoregressive, evaluate_sampler
+from spheroid_p2p.ml.training import ARTrainer, BlockTrainer, block_trainers, train_blocktrain
+from spheroid_p2p.ml.trajectory import ChainInputs
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from benchlib import git_commit  # noqa: E402
+
+
+def _log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def base_model(
+    corpus: ByteCorpus, cfg: ModelConfig, steps: int, folder: Path, seed: int
+) -> list[BlockDenoiser]:
+    paths = [folder / f"block-{b}.safetensors" for b in range(cfg.n_blocks)]
+    if all(p.exists() for p in paths):
+        return [load_block(p) for p in paths]
+    tcfg = TrainConfig(steps=steps, warmup_steps=min(100, steps // 10))
+    trainers = block_trainers(cfg, tcfg, seed)
+    train_blocktrain(trainers, corpus, steps * cfg.n_blocks, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for path, trainer in zip(paths, trainers, strict=True):
+        save_block(path, trainer.block)
+    return [t.block for t in trainers]
+
+
+def trajectory_model(
+    corpus: ByteCorpus,
+    base: list[BlockDenoiser],
+    steps: int,
+    fraction: float,
+    folder: Path,
+    seed: int,
+) -> tuple[list[BlockDenoiser], float]:
+    """Block 0 kept; blocks 1.. retrained in order on a ``fraction`` of chain inputs."""
+    cfg = base[0].cfg
+    paths = [folder / f"block-{b}.safetensors" for b in range(cfg.n_blocks)]
+    if all(p.exists() for p in paths):
+        return [load_block(p) for p in paths], 0.0
+    tcfg = TrainConfig(steps=steps, warmup_steps=min(100, steps // 10))
+    blocks = [base[0]]
+    start = time.perf_counter()
+    for b in range(1, cfg.n_blocks):
+        trainer = BlockTrainer(cfg, tcfg, b, seed=seed * 1009 + b)
+        chain = ChainInputs(cfg, blocks)
+        trainer.trajectory, trainer.trajectory_sigma = chain, chain.sigma
+        trainer.trajectory_fraction = fraction
+        data = torch.Generator().manual_seed(seed * 7919 + b)
+        for i in range(steps):
+            log = trainer.step(corpus.batch(tcfg.batch_size, cfg.context, data))
+            if i % 100 == 0:
+                _log(f"{corpus.name} traj{fraction:g} block {b} step {i} loss {log.loss:.3f}")
+        blocks.append(trainer.block)
+    folder.mkdir(parents=True, exist_ok=True)
+    for path, block in zip(paths, blocks, strict=True):
+        save_block(path, block)
+    return blocks, time.perf_counter() - start
+
+
+def scores(blocks: list[BlockDenoiser], windows: torch.Tensor) -> dict[str, Any]:
+    report = evaluate_sampler(blocks, windows)
+    return {
+        "ce_first": round(report.ce_first, 4),
+        "ce_sampler": round(report.ce_sampler, 4),
+        "ce_combined": round(report.ce_combined, 4),
+        "ce_by_block": [round(v, 4) for v in report.ce_by_block],
+        "sampler_minus_first": round(report.ce_sampler - report.ce_first, 4),
+        "combined_minus_first": round(report.ce_combined - report.ce_first, 4),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", action="append", required=True)
+    parser.add_argument("--context", type=int, default=128)
+    parser.add_argument("--block-steps", type=int, default=500)
+    parser.add_argument("--fractions", default="0.5", help="chain-input fractions, e.g. 0.5,1")
+    parser.add_argument("--eval-windows", type=int, default=128)
+    parser.add_argument("--no-reference", action="store_true", help="skip training (A)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--models", type=Path, default=ROOT / "bench-out" / "models")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "bench_combine.json")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = ModelConfig(context=args.context)
+    results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
+    results["commit"] = git_commit()
+    for path in args.corpus:
+        corpus = load_corpus(path)
+        windows = corpus.eval_windows(cfg.context, args.eval_windows)
+        row: dict[str, Any] = {"corpus": path, "block_steps": args.block_steps}
+        base = base_model(corpus, cfg, args.block_steps, args.models / corpus.name, args.seed)
+        row["default"] = scores(base, windows)
+        _log(f"{corpus.name} default: {row['default']}")
+        for f in (float(v) for v in args.fractions.split(",")):
+            folder = args.models / f"{corpus.name}-traj{f:g}"
+            blocks, seconds = trajectory_model(corpus, base, args.block_steps, f, folder, args.seed)
+            row[f"traj{f:g}"] = {**scores(blocks, windows), "train_s": round(seconds, 1)}
+            _log(f"{corpus.name} traj{f:g}: {row[f'traj{f:g}']}")
+        if not args.no_reference:
+            tcfg = TrainConfig(
+                steps=args.block_steps, warmup_steps=min(100, args.block_steps // 10)
+            )
+            ar = ARTrainer(cfg, tcfg, cfg.n_blocks * cfg.layers_per_block, seed=args.seed)
+            data = torch.Generator().manual_seed(args.seed)
+            for _ in range(args.block_steps):
+                ar.step(corpus.batch(tcfg.batch_size, cfg.context, data))
+            row["A"] = round(ce_autoregressive(ar.model, windows), 4)
+        results[corpus.name] = row
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        variants = {k: v for k, v in row.items() if isinstance(v, dict)}
+        best = min(
+            variants, key=lambda k: min(variants[k]["ce_sampler"], variants[k]["ce_combined"])
+        )
+        print(
+            f"{corpus.name}: "
+            + "; ".join(
+                f"{k} first {v['ce_first']:.4f} sampler {v['ce_sampler']:.4f} "
+                f"combined {v['ce_combined']:.4f}"
+                for k, v in variants.items()
+            )
+            + (f"; (A) {row['A']:.4f}" if "A" in row else "")
+            + f"; best {best}",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
