@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import struct
 import sys
 from collections.abc import Callable
@@ -78,7 +79,7 @@ from spheroid_p2p.wire.traversal import (
     TraverseResult,
 )
 
-SPEC_REVISION = "r12"
+SPEC_REVISION = "r13"
 OUT_DIR = Path(__file__).resolve().parent.parent / "protocol" / "vectors"
 
 SEED_A = bytes(range(32))
@@ -450,6 +451,19 @@ def message_vectors() -> list[dict[str, Any]]:
             ),
         ),
         (
+            "traverse-combined",
+            "Traverse to hop 1 under the combined rule (r13 cb, lp: 10 §10.9): one output row, "
+            "block 0's log-probabilities (every value -ln 256, as binary16)",
+            dataclasses.replace(
+                TRAVERSE_0,
+                hop=1,
+                z=InlineTensor(2, (2, 2), 0, chunk_digest(Z_F16), Z_F16),
+                payload=Z_F16,
+                combine=1,
+                combined=struct.pack("<e", -math.log(256)) * 256,
+            ),
+        ),
+        (
             "pipe-step",
             "PipeStep to stage 0 with a 6-byte prompt",
             PipeStep(
@@ -520,6 +534,11 @@ def message_vectors() -> list[dict[str, Any]]:
             "TraverseResult of a 2-hop known-prefix traversal: two bytes (two trajectory rows) "
             "and the rows each hop reused (r11 cr)",
             TraverseResult(traversal_id=7, output=b"xy", hop_ms=(12.5, 11.0), reused=(5, 0)),
+        ),
+        (
+            "traverse-result-combined",
+            "TraverseResult of a traversal under the combined rule (r13 cb)",
+            TraverseResult(traversal_id=7, output=b"x", hop_ms=(12.5,), combine=1),
         ),
         (
             "traverse-error",
@@ -939,6 +958,28 @@ def message_vectors() -> list[dict[str, Any]]:
         ),
         ErrorCode.MALFORMED_MESSAGE,
     )
+    for vid, desc, extra in (
+        ("traverse-lp-without-rule", "Traverse with lp but cb = 0 (lp belongs to cb = 1)",
+         {"lp": bytes(512)}),
+        ("traverse-lp-ragged", "Traverse whose lp is not whole 512-byte rows",
+         {"cb": 1, "lp": bytes(500)}),
+        ("traverse-lp-too-many-rows", "Traverse whose lp has 17 rows (MAX_COMBINED_ROWS is 16)",
+         {"cb": 1, "lp": bytes(512 * 17)}),
+        ("traverse-lp-not-finite", "Traverse whose lp holds an infinity (binary16 0x7c00)",
+         {"cb": 1, "lp": b"\x00\x7c" + bytes(510)}),
+        ("traverse-unknown-output-rule", "Traverse whose cb is 2 (only 0 and 1 are rules)",
+         {"cb": 2}),
+    ):  # fmt: skip
+        err(
+            vid,
+            desc,
+            raw_body(
+                msgpack_profile.pack(
+                    signed_map(TRAVERSE_0, body=dict(TRAVERSE_0.to_body(), **extra))
+                )
+            ),
+            ErrorCode.MALFORMED_MESSAGE,
+        )
     err(
         "traverse-session-without-rule",
         "Traverse with a session but the r3 rule (ses belongs to pr = 1)",

@@ -18,6 +18,7 @@ from pathlib import Path
 from spheroid_p2p.client.drafts import DRAFTERS, drafter_by_name
 from spheroid_p2p.errors import SpheroidError
 from spheroid_p2p.ml.drafting import Drafter
+from spheroid_p2p.wire.traversal import COMBINE_LAST, COMBINE_MEAN
 
 __all__ = ["main"]
 
@@ -43,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["float32", "float16", "bfloat16"],
         default="float32",
         help="dtype of the codes between hops",
+    )
+    parser.add_argument(
+        "--combine",
+        choices=["mean", "last"],
+        default="mean",
+        help="the output: the mean of every block's log-probabilities, or the last block's "
+        "prediction (protocol r13, 10 §10.9); default: %(default)s",
     )
     parser.add_argument(
         "--rule",
@@ -117,6 +125,7 @@ async def _run(args: argparse.Namespace, drafter: Drafter | None) -> int:
             span=args.span,
             on_bytes=show,
             rule=args.rule,
+            combine=COMBINE_MEAN if args.combine == "mean" else COMBINE_LAST,
             drafter=drafter,
         )
     finally:

@@ -21,6 +21,7 @@ __all__ = [
     "MAX_BIN_LEN",
     "MAX_CHUNKS_PER_REQUEST",
     "MAX_CLOCK_SKEW_MS",
+    "MAX_COMBINED_ROWS",
     "MAX_CONTEXT_BYTES",
     "MAX_FRAME_BYTES",
     "MAX_GOSSIP_BATCH_BYTES",
@@ -162,6 +163,9 @@ MAX_UPDATES_PER_SHARD: Final = 2
 MAX_ROUTE_HOPS: Final = 64
 #: r11, 10 §10.8: trajectory rows of one known-prefix traversal (a draft of up to 63 bytes)
 MAX_TRAJECTORY_ROWS: Final = 64
+#: r13, 10 §10.9: output rows a traversal under the combined rule may carry the blocks'
+#: log-probabilities for (``lp``: 512 bytes each, in the signed body)
+MAX_COMBINED_ROWS: Final = 16
 #: r11, 10 §10.8: generation sessions a block server keeps (keys and values of known rows)
 MAX_PREFIX_SESSIONS: Final = 256
 #: r11: of which one client may hold

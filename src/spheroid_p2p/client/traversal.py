@@ -20,16 +20,16 @@ import random
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from spheroid_p2p.client.report import GenerationReport
+from spheroid_p2p.client.spec import NoCombineError, PerByteOnlyError, TraversalSpec
 from spheroid_p2p.client.status import every_page
 from spheroid_p2p.core.connection import ConnectionLost, FrameSigner
 from spheroid_p2p.core.freshness import initial_seq
 from spheroid_p2p.core.routing import NoRouteError, ServerOffer, plan_route
 from spheroid_p2p.errors import ErrorCode, TransportError, code_name
-from spheroid_p2p.ml.drafting import MAX_DRAFT, Drafter, DraftLength, accept
+from spheroid_p2p.ml.drafting import MAX_COMBINED_DRAFT, MAX_DRAFT, Drafter, DraftLength, accept
 from spheroid_p2p.ml.windows import prefix_window
 from spheroid_p2p.net.peers import PeerManager
 from spheroid_p2p.net.sockets import DialError, parse_addr, source_address
@@ -41,6 +41,8 @@ from spheroid_p2p.wire.signing import KeyPair, PeerId
 from spheroid_p2p.wire.status import StatusRequest, StatusResponse
 from spheroid_p2p.wire.tensors import chunk_digest
 from spheroid_p2p.wire.traversal import (
+    COMBINE_LAST,
+    COMBINE_MEAN,
     HOP_TIMINGS,
     PREFIX_KNOWN,
     PREFIX_NOISY,
@@ -54,29 +56,6 @@ from spheroid_p2p.wire.traversal import (
 __all__ = ["GenerationReport", "TraversalClient"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class _Spec:
-    """What one traversal asks for (everything but the route)."""
-
-    config: str
-    prefix: bytes
-    steps: int
-    seed: int
-    temperature: float
-    z_dtype: str
-    span: int
-    #: r11 (10 §10.8): the known-prefix rule's session and noise seed (rule PREFIX_NOISY: 0)
-    rule: int = PREFIX_NOISY
-    session: int = 0
-    prefix_seed: int = 0
-    trajectory_rows: int = 1
-
-
-class _PerByteOnlyError(Exception):
-    """The route cannot serve the known-prefix rule: the model emits spans (it answered
-    SPAN_UNSUPPORTED), or a hop predates r11 (its answer has no ``cr``)."""
 
 
 class TraversalClient:
@@ -198,6 +177,7 @@ class TraversalClient:
         rule: str = "known",
         drafter: Drafter | None = None,
         max_draft: int = 32,
+        combine: int = COMBINE_MEAN,
     ) -> GenerationReport:
         """Generate ``n_bytes`` after ``prompt`` through the swarm that ``addr`` belongs to.
 
@@ -207,7 +187,10 @@ class TraversalClient:
         ``drafter`` (known rule): each traversal carries its guess of the next bytes as extra
         trajectory rows and keeps what the chain agrees with, which is exactly what per-byte
         generation emits, in fewer traversals (``client.drafts``; length from the acceptance
-        rate, at most ``max_draft``).
+        rate, at most ``max_draft``). ``combine``: the output rule (10 §10.9), the mean of every
+        block's log-probabilities by default (``COMBINE_LAST``: the last block's prediction);
+        a route that cannot apply it (spans over 16 bytes, a hop before r13) falls back to the
+        last block's for the rest of the generation, with a warning.
         """
         if rule not in ("known", "noisy"):
             raise ValueError(f"rule must be 'known' or 'noisy', got {rule!r}")
@@ -223,6 +206,8 @@ class TraversalClient:
             raise TransportError("the block servers do not announce their context (ctx)")
         session = random.getrandbits(63) | 1 if known else 0
         length = DraftLength(min(max_draft, MAX_DRAFT))
+        if combine == COMBINE_MEAN:
+            length = DraftLength(min(max_draft, MAX_COMBINED_DRAFT))
         start = time.perf_counter()
         out = b""
         traversal = 0
@@ -234,7 +219,7 @@ class TraversalClient:
                 room = min(context - len(window), n_bytes - len(out) - 1, length.next())
                 if drafter is not None and room > 0:
                     draft = drafter(text, room)[:room]
-            spec = _Spec(
+            spec = TraversalSpec(
                 config,
                 window + draft if known else text[-4096:],
                 steps_per_block,
@@ -246,11 +231,17 @@ class TraversalClient:
                 session,
                 seed if known else 0,
                 len(draft) + 1,
+                combine,
             )
             try:
                 piece = await self._one(offers, n_blocks, spec, report, addr)
-            except _PerByteOnlyError:  # the route serves the rule of 10 §10.4 only
+            except PerByteOnlyError:  # the route serves the rule of 10 §10.4 only
                 known, session = False, 0
+                continue
+            except NoCombineError as exc:
+                log.warning("the route cannot combine the blocks' predictions (%s); the last "
+                            "block's prediction is the output from here on", exc)  # fmt: skip
+                combine = COMBINE_LAST
                 continue
             if draft:
                 piece = accept(draft, piece)
@@ -269,7 +260,7 @@ class TraversalClient:
         self,
         offers: list[ServerOffer],
         n_blocks: int,
-        spec: _Spec,
+        spec: TraversalSpec,
         report: GenerationReport,
         addr: str,
     ) -> bytes:
@@ -291,12 +282,20 @@ class TraversalClient:
             answer = await self._send(route, spec, report)
             rows = spec.trajectory_rows if spec.rule == PREFIX_KNOWN else 0
             if rows and isinstance(answer, TraverseResult) and len(answer.reused) != len(route):
-                raise _PerByteOnlyError("a hop answered without cr: it predates r11")
+                raise PerByteOnlyError("a hop answered without cr: it predates r11")
+            if (
+                isinstance(answer, TraverseResult)
+                and spec.combine == COMBINE_MEAN
+                and answer.combine != COMBINE_MEAN
+            ):
+                raise NoCombineError("a hop answered without cb: it predates r13")
             if isinstance(answer, TraverseResult) and (not rows or len(answer.output) == rows):
                 return answer.output
             if isinstance(answer, TraverseError) and answer.code == ErrorCode.SPAN_UNSUPPORTED:
                 if spec.rule == PREFIX_KNOWN and spec.span in (0, 1):
-                    raise _PerByteOnlyError(answer.reason)
+                    raise PerByteOnlyError(answer.reason)
+                if spec.combine == COMBINE_MEAN:
+                    raise NoCombineError(answer.reason)
                 raise TransportError(f"the swarm cannot do this: {answer.reason}")
             report.retries += 1
             if isinstance(answer, TraverseResult):  # not one byte per row: the last hop's fault
@@ -318,7 +317,7 @@ class TraversalClient:
         raise TransportError(f"traversal failed after {self.max_retries} retries")
 
     async def _send(
-        self, route: tuple[Hop, ...], spec: _Spec, report: GenerationReport
+        self, route: tuple[Hop, ...], spec: TraversalSpec, report: GenerationReport
     ) -> TraverseResult | TraverseError | None:
         tid = random.getrandbits(63)
         request = Traverse(
@@ -340,6 +339,7 @@ class TraversalClient:
             session=spec.session,
             prefix_seed=spec.prefix_seed,
             trajectory_rows=spec.trajectory_rows,
+            combine=spec.combine,
         )
         answer = await self._exchange(route, request, tid, report)
         if isinstance(answer, TraverseResult):

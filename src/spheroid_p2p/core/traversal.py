@@ -13,7 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from spheroid_p2p.errors import ErrorCode
-from spheroid_p2p.wire.traversal import HOP_TIMINGS, PREFIX_KNOWN, Hop, InlineTensor, Traverse
+from spheroid_p2p.params import MAX_COMBINED_ROWS
+from spheroid_p2p.wire.traversal import (
+    COMBINE_MEAN,
+    COMBINED_ROW_BYTES,
+    HOP_TIMINGS,
+    PREFIX_KNOWN,
+    Hop,
+    InlineTensor,
+    Traverse,
+)
 
 __all__ = [
     "Compute",
@@ -24,6 +33,7 @@ __all__ = [
     "from_route",
     "hop_reused",
     "hop_times",
+    "output_rows",
 ]
 
 
@@ -108,6 +118,23 @@ def check_hop(
     starting = len(req.z.shape) == 1 and req.z.shape[0] == 0
     if starting != (hop.first_block == 0):
         return Refuse(ErrorCode.PROTOCOL_VIOLATION, "only block 0 starts from noise")
+    if req.combine == COMBINE_MEAN:
+        rows = output_rows(req, served)
+        if rows > MAX_COMBINED_ROWS:
+            return Refuse(
+                ErrorCode.SPAN_UNSUPPORTED,
+                f"the combined rule carries at most {MAX_COMBINED_ROWS} rows; this traversal "
+                f"outputs {rows} (ask for cb = 0)",
+            )
+        want_lp = 0 if starting else rows * COMBINED_ROW_BYTES
+        if len(req.combined) != want_lp:
+            return Refuse(
+                ErrorCode.TENSOR_SHAPE_MISMATCH,
+                f"lp has {len(req.combined)} bytes, want {want_lp} ({rows} rows after block "
+                f"{hop.first_block - 1})"
+                if want_lp
+                else "lp must be empty at block 0",
+            )
     want = z_shape(hop.first_block, req)
     if not starting and tuple(req.z.shape) != want:
         return Refuse(
@@ -116,6 +143,14 @@ def check_hop(
     if waited_ms > req.deadline_ms:
         return Refuse(ErrorCode.TIMEOUT, f"deadline passed after {waited_ms:.0f} ms in queue")
     return Compute(hop.first_block, hop.last_block, starting)
+
+
+def output_rows(req: Traverse, served: ServedModel) -> int:
+    """Rows whose prediction a traversal outputs (10 §10.9): every trajectory row under the
+    known-prefix rule, the span's slots of a span model, else the last row."""
+    if req.prefix_rule == PREFIX_KNOWN:
+        return req.trajectory_rows
+    return 1 if served.per_byte else served.span
 
 
 def hop_times(req: Traverse, mine: tuple[float, float, float]) -> tuple[float, ...]:
@@ -139,6 +174,7 @@ def forward(
     timings: tuple[float, ...],
     spent_ms: int,
     reused: tuple[int, ...] = (),
+    combined: bytes = b"",
 ) -> Traverse | Refuse:
     """The traversal for the next hop: one hop on, the deadline less what this hop spent."""
     if req.hop + 1 >= len(req.route):
@@ -153,4 +189,5 @@ def forward(
         z=z,
         timings=timings,
         reused=reused if req.prefix_rule == PREFIX_KNOWN else (),
+        combined=combined if req.combine == COMBINE_MEAN else b"",
     )

@@ -14,10 +14,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-__all__ = ["MAX_DRAFT", "DraftLength", "Drafter", "accept"]
+__all__ = ["MAX_COMBINED_DRAFT", "MAX_DRAFT", "DraftLength", "Drafter", "accept"]
 
 #: Most draft bytes one traversal carries (MAX_TRAJECTORY_ROWS - 1 in the protocol).
 MAX_DRAFT = 63
+#: ... under the combined output rule, which carries 16 rows (MAX_COMBINED_ROWS - 1).
+MAX_COMBINED_DRAFT = 15
 
 #: A drafter: (the text so far, at most this many bytes) -> the bytes it proposes next.
 Drafter = Callable[[bytes, int], bytes]

@@ -24,7 +24,7 @@ from spheroid_p2p.node.prefix_sessions import KnownPrefixRunner
 from spheroid_p2p.node.tensor_bridge import raw_of, torch_dtype
 from spheroid_p2p.node.turns import StepGate
 from spheroid_p2p.wire.manifests import tensor_entry, weights_hash
-from spheroid_p2p.wire.traversal import PREFIX_KNOWN, Traverse
+from spheroid_p2p.wire.traversal import COMBINE_MEAN, PREFIX_KNOWN, Traverse
 
 __all__ = ["BlockRuntime", "HopOutput"]
 
@@ -44,6 +44,7 @@ class HopOutput:
         logits: torch.Tensor | None,
         seconds: float,
         reused: int = 0,
+        combined: bytes = b"",
     ) -> None:
         self.z = z
         self.output = output
@@ -51,6 +52,8 @@ class HopOutput:
         self.seconds = seconds
         #: known rows this hop took from its session cache (known-prefix rule; 10 §10.8)
         self.reused = reused
+        #: the combined rule's running sum to forward (``lp``, 10 §10.9); b"" otherwise
+        self.combined = combined
 
 
 class BlockRuntime:
@@ -141,8 +144,12 @@ class BlockRuntime:
         steps, seed = req.steps_per_block, req.seed
         gate = lambda: self.gate.step(peer)  # noqa: E731
         reused = 0
+        acc = None
+        if req.combine == COMBINE_MEAN and req.combined:
+            acc = torch.frombuffer(bytearray(req.combined), dtype=torch.float16)
+            acc = acc.view(1, -1, 256)  # finite: checked at decode (wire.traversal)
         if req.prefix_rule == PREFIX_KNOWN:
-            z, logits, reused = self.known.run(self.blocks, req, first, last, z_raw, gate)
+            z, logits, reused, acc = self.known.run(self.blocks, req, first, last, z_raw, gate, acc)
         else:
             clean = window(cfg, req.prefix)
             if z_raw is None:
@@ -151,10 +158,13 @@ class BlockRuntime:
                 n = noisy_slots(cfg, clean)
                 z = torch.frombuffer(bytearray(z_raw), dtype=torch_dtype(req.z.dtype))
                 z = z.view(1, n, cfg.d_z).float()
-            z, logits = run_blocks(self.blocks, first, last, clean, z, steps, gate)
+            z, logits, acc = run_blocks(
+                self.blocks, first, last, clean, z, steps, gate, req.combine, acc
+            )
         seconds = time.perf_counter() - start
         if logits is None:
-            return HopOutput(z, None, None, seconds, reused)
+            combined = acc.contiguous().numpy().tobytes() if acc is not None else b""
+            return HopOutput(z, None, None, seconds, reused, combined)
         if req.prefix_rule == PREFIX_KNOWN:
             output = pick_rows(logits, req.temperature, seed)
         else:

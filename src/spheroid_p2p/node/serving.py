@@ -180,7 +180,9 @@ class TraversalServer:
         z = InlineTensor(req.z.dtype, tuple(out.z.shape[1:]), 0, chunk_digest(raw), raw)
         mine = (queued_ms, out.seconds * 1e3, (time.monotonic() - computed) * 1000)
         spent_ms = int((time.monotonic() - arrived) * 1000)
-        nxt = forward(req, z, raw, hop_times(req, mine), spent_ms, hop_reused(req, out.reused))
+        nxt = forward(
+            req, z, raw, hop_times(req, mine), spent_ms, hop_reused(req, out.reused), out.combined
+        )
         if isinstance(nxt, Refuse):
             await self._fail(req, nxt.code, nxt.reason, nxt.peer)
             return
@@ -217,6 +219,7 @@ class TraversalServer:
             payload=payload,
             timings=timings,
             reused=hop_reused(req, out.reused) if req.prefix_rule == PREFIX_KNOWN else (),
+            combine=req.combine,
         )
         error = await self._send_to(req.client, req.reply_addr, result)
         if error:

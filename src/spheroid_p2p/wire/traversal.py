@@ -13,12 +13,14 @@ checked exactly like a tensor chunk (05 §5.4).
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
 
 from spheroid_p2p.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from spheroid_p2p.params import (
+    MAX_COMBINED_ROWS,
     MAX_CONTEXT_BYTES,
     MAX_ROUTE_HOPS,
     MAX_TRAJECTORY_ROWS,
@@ -45,6 +47,9 @@ from spheroid_p2p.wire.message import (
 from spheroid_p2p.wire.tensors import chunk_digest
 
 __all__ = [
+    "COMBINED_ROW_BYTES",
+    "COMBINE_LAST",
+    "COMBINE_MEAN",
     "HOP_TIMINGS",
     "PREFIX_KNOWN",
     "PREFIX_NOISY",
@@ -140,6 +145,12 @@ class Hop:
 #: rule, whose rows with a known next byte carry its code noised with fixed noise.
 PREFIX_NOISY: Final = 0
 PREFIX_KNOWN: Final = 1
+#: r13 (10 §10.9): the output rule: the last block's prediction, or the mean of every
+#: block's log-probabilities (``ml.combine``), whose running sum a traversal carries (``lp``).
+COMBINE_LAST: Final = 0
+COMBINE_MEAN: Final = 1
+#: Bytes of one row of ``lp``: 256 float16 log-probabilities, little-endian.
+COMBINED_ROW_BYTES: Final = 512
 
 
 def _check_reused(values: tuple[int, ...]) -> None:
@@ -214,11 +225,28 @@ class Traverse(Message):
     session: int = 0
     trajectory_rows: int = 1
     reused: tuple[int, ...] = ()
+    #: r13 (10 §10.9): the output rule, and the running sum of the blocks' log-probabilities
+    #: over the output rows so far (float16, COMBINED_ROW_BYTES a row); left out at 0 / empty.
+    combine: int = COMBINE_LAST
+    combined: bytes = b""
     payload: Buffer = field(default=b"", repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_uint("traversal_id", self.traversal_id)
         check_bytes("client", self.client, 32)
+        if self.combine not in (COMBINE_LAST, COMBINE_MEAN) or isinstance(self.combine, bool):
+            raise _bad("cb must be 0 (last block) or 1 (mean of the blocks)")
+        check_bytes("lp", self.combined)
+        if self.combined and self.combine != COMBINE_MEAN:
+            raise _bad("lp belongs to the combined rule (cb = 1)")
+        if len(self.combined) % COMBINED_ROW_BYTES or (
+            len(self.combined) > MAX_COMBINED_ROWS * COMBINED_ROW_BYTES
+        ):
+            raise _bad(f"lp holds 1..{MAX_COMBINED_ROWS} rows of {COMBINED_ROW_BYTES} bytes")
+        if self.combined and not all(
+            math.isfinite(v) for (v,) in struct.iter_unpack("<e", self.combined)
+        ):
+            raise _bad("lp holds a value that is not finite")
         _check_timings(self.timings)
         if self.prefix_rule not in (PREFIX_NOISY, PREFIX_KNOWN) or isinstance(
             self.prefix_rule, bool
@@ -274,6 +302,8 @@ class Traverse(Message):
             "z": self.z.to_body(),
             **({"tm": [float(v) for v in self.timings]} if self.timings else {}),
             **self._prefix_body(),
+            **({"cb": self.combine} if self.combine else {}),
+            **({"lp": self.combined} if self.combined else {}),
         }
 
     def _prefix_body(self) -> Body:
@@ -311,6 +341,8 @@ class Traverse(Message):
             session=body.get("ses", 0),
             trajectory_rows=body.get("nt", 1),
             reused=as_tuple(body.get("cr", []), "cr"),
+            combine=body.get("cb", COMBINE_LAST),
+            combined=body.get("lp", b""),
             payload=payload,
         )
 
@@ -330,10 +362,14 @@ class TraverseResult(Message):
     timings: tuple[float, ...] = ()
     #: r11: every hop's reused rows (10 §10.8); () is left out of the body.
     reused: tuple[int, ...] = ()
+    #: r13: the output rule the last hop applied (10 §10.9); 0 is left out of the body.
+    combine: int = COMBINE_LAST
     payload: Buffer = field(default=b"", repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_uint("traversal_id", self.traversal_id)
+        if self.combine not in (COMBINE_LAST, COMBINE_MEAN) or isinstance(self.combine, bool):
+            raise _bad("cb must be 0 (last block) or 1 (mean of the blocks)")
         check_bytes("output", self.output)
         _check_timings(self.hop_ms, per_hop=1)
         _check_timings(self.timings)
@@ -353,6 +389,8 @@ class TraverseResult(Message):
             body["cr"] = list(self.reused)
         if self.logits is not None:
             body["lg"] = self.logits.to_body()
+        if self.combine:
+            body["cb"] = self.combine
         return body
 
     @classmethod
@@ -365,6 +403,7 @@ class TraverseResult(Message):
             logits=logits,
             timings=as_tuple(body.get("tm", []), "tm"),
             reused=as_tuple(body.get("cr", []), "cr"),
+            combine=body.get("cb", COMBINE_LAST),
             payload=payload,
         )
 

@@ -14,7 +14,7 @@ from spheroid_p2p.ml.windows import prefix_window
 from spheroid_p2p.node.prefix_sessions import KnownPrefixRunner
 from spheroid_p2p.node.tensor_bridge import flat_bytes
 from spheroid_p2p.wire.tensors import chunk_digest
-from spheroid_p2p.wire.traversal import PREFIX_KNOWN, Hop, InlineTensor, Traverse
+from spheroid_p2p.wire.traversal import COMBINE_MEAN, PREFIX_KNOWN, Hop, InlineTensor, Traverse
 
 CFG = ModelConfig(d_model=32, n_heads=2, d_cond=8, context=16, layers_per_block=1)
 CLIENT = b"c" * 32
@@ -52,6 +52,7 @@ def _req(window: bytes, seed: int, session: int) -> Traverse:
         prefix_rule=PREFIX_KNOWN,
         prefix_seed=3,
         session=session,
+        combine=COMBINE_MEAN,
     )
 
 
@@ -66,9 +67,10 @@ def _generate(
         if every and i and i % every == 0:
             second = KnownPrefixRunner()
         req = _req(prefix_window(b"Day 1." + out, CFG.context), 3 + i, 77)
-        z, _, r0 = servers[0].run(blocks, req, 0, 1, None)
+        z, _, r0, acc = servers[0].run(blocks, req, 0, 1, None)
         raw = bytes(flat_bytes(z[0].float()))
-        _, logits, r1 = second.run(blocks, req, 2, 3, raw)
+        assert acc is not None and acc.dtype == torch.float16  # lp, as the wire carries it
+        _, logits, r1, _ = second.run(blocks, req, 2, 3, raw, None, acc)
         assert logits is not None
         out += pick_rows(logits, 0.0, 3 + i)
         reused.append((r0, r1))
