@@ -103,7 +103,7 @@ def scores(blocks: list[BlockDenoiser], windows: torch.Tensor) -> dict[str, Any]
         "ce_sampler": round(report.ce_last, 4),  # the last block's prediction (rule until r12)
         "ce_combined": round(report.ce_combined, 4),
         "ce_by_block": [round(v, 4) for v in report.ce_by_block],
-        "sampler_minus_first": round(report.ce_sampler - report.ce_first, 4),
+        "sampler_minus_first": round(report.ce_last - report.ce_first, 4),
         "combined_minus_first": round(report.ce_combined - report.ce_first, 4),
     }
 

@@ -205,16 +205,20 @@ def main() -> int:
         warmup_steps=min(100, args.steps_per_block // 10),
     )
     with torch.no_grad():
-        ce_swarm = evaluate_sampler(swarm.pop("blocks"), windows).ce_sampler
+        swarm_eval = evaluate_sampler(swarm.pop("blocks"), windows)
+    # ce_sampler is the combined output rule's (protocol r13); the swarm's model must keep
+    # its gain over block 0 alone (ce_first) and over the last block alone (ce_last)
+    ce_swarm = swarm_eval.ce_sampler
     # The reference with more than one seed: the spread says how much of a gap is seed noise.
-    ce_refs, ref_walls = [], []
+    ce_refs, ref_walls, ref_evals = [], [], []
     for seed in args.reference_seeds:
         t0 = time.monotonic()
         trainers = block_trainers(cfg, tcfg, seed=seed)
         train_blocktrain(trainers, corpus, args.steps_per_block * cfg.n_blocks, seed=seed)
         ref_walls.append(time.monotonic() - t0)
         with torch.no_grad():
-            ce_refs.append(evaluate_sampler([t.block for t in trainers], windows).ce_sampler)
+            ref_evals.append(evaluate_sampler([t.block for t in trainers], windows))
+        ce_refs.append(ref_evals[-1].ce_sampler)
     ce_ref = sum(ce_refs) / len(ce_refs) if ce_refs else float("nan")
     ref_wall = sum(ref_walls) / len(ref_walls) if ref_walls else 0.0
     result = {
@@ -225,7 +229,12 @@ def main() -> int:
         "model": json.loads(cfg.to_json()),
         "total_block_steps": args.steps_per_block * cfg.n_blocks,
         "ce_swarm": ce_swarm,
+        "ce_swarm_first_block": swarm_eval.ce_first,
+        "ce_swarm_last_block": swarm_eval.ce_last,
+        "ce_swarm_by_block": swarm_eval.ce_by_block,
         "ce_reference": ce_ref,
+        "ce_reference_first_block": [r.ce_first for r in ref_evals],
+        "ce_reference_last_block": [r.ce_last for r in ref_evals],
         "ce_reference_per_seed": dict(zip(map(str, args.reference_seeds), ce_refs, strict=True)),
         "gap": ce_swarm - ce_ref,
         "reference_wall_s": ref_wall,
@@ -238,7 +247,8 @@ def main() -> int:
     print(
         f"bench_swarm_training: {len(result['workers'])} workers, "
         f"{result['total_block_steps']} block-steps on {result['name']}: "
-        f"swarm CE {ce_swarm:.3f} vs reference {ce_ref:.3f} "
+        f"swarm CE {ce_swarm:.3f} (block 0 alone {swarm_eval.ce_first:.3f}, last block alone "
+        f"{swarm_eval.ce_last:.3f}) vs reference {ce_ref:.3f} "
         f"(seeds {', '.join(f'{c:.3f}' for c in ce_refs)}; gap {ce_swarm - ce_ref:+.3f}); "
         f"{result['averaged_rounds']} averaged rounds, deltas {result['delta_bytes'] / 1e6:.1f} MB "
         f"+ updates {result['update_bytes'] / 1e6:.1f} MB = "
