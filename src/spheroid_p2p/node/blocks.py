@@ -137,6 +137,19 @@ class TrainedBlocks:
         self.jobs[block] = job
         if self.stopping:
             job.stop()
+        if cfg.chain_fraction > 0 and block > 0 and cfg.model.layout == "S":
+            from spheroid_p2p.node.chain import ChainFeed
+
+            feed = ChainFeed(
+                self.swarm,
+                self.transfers,
+                cfg.model,
+                job,
+                cfg.chain_fraction,
+                cfg.chain_refresh,
+                self.tag,
+            )
+            self.spawn(feed.run(), f"chain inputs of block {block}")
         version = 0
         if cfg.round_steps > 0:
             replica = self._replica(job)

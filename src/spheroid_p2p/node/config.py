@@ -84,6 +84,11 @@ class NodeConfig:
     #: host's default). On long, mostly idle paths cubic or reno send a traversal's burst at
     #: once where BBR may pace it slowly (README, WAN).
     tcp_congestion: str | None = None
+    #: Trajectory-matched training (``node.chain``, issue 19): a trainer of block b > 0
+    #: trains this fraction of its batches on the code the swarm's earlier blocks hand it
+    #: (0: off), refreshing them from their newest versions every ``chain_refresh`` steps.
+    chain_fraction: float = 0.0
+    chain_refresh: int = 200
     #: HOST:PORT of the metrics and swarm page server (``node.http``); None: none.
     http: str | None = None
     #: Keep a connection open to up to this many servers of the block after ours, so a
@@ -126,6 +131,8 @@ class NodeConfig:
             raise ConfigError("warm next hops and keep-hot seconds must be >= 0")
         if not 1 <= self.round_shards <= MAX_SHARDS:
             raise ConfigError(f"round shards must be in 1..{MAX_SHARDS}")
+        if not 0.0 <= self.chain_fraction <= 1.0 or self.chain_refresh < 1:
+            raise ConfigError("--chain-fraction must be in 0..1 and --chain-refresh >= 1")
         if self.min_replicas < 1 or self.replica_wait_s < 0:
             raise ConfigError("min replicas must be >= 1 and the replica wait >= 0")
 

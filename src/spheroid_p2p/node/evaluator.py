@@ -88,11 +88,14 @@ class SwarmEvaluator:
         holders = [r.owner for r in recs if r.content_hash == top.content_hash]
         return top.version, top.content_hash, holders
 
-    async def assemble(self, timeout_s: float = 120.0) -> list[BlockDenoiser]:
-        """The current model: every block at its newest announced version (waits for all
-        blocks to be announced, up to ``timeout_s``)."""
+    async def assemble(
+        self, timeout_s: float = 120.0, upto: int | None = None
+    ) -> list[BlockDenoiser]:
+        """The current model: every block (or blocks ``0..upto-1``) at its newest announced
+        version (waits for them to be announced, up to ``timeout_s``)."""
         deadline = time.monotonic() + timeout_s
-        for b in range(self.model.n_blocks):
+        wanted = self.model.n_blocks if upto is None else upto
+        for b in range(wanted):
             said = time.monotonic()
             while True:
                 found = self.newest(b)
@@ -120,7 +123,11 @@ class SwarmEvaluator:
                         self.why_missing(b),
                     )
                 await self.swarm.changed(min(left, 1.0))  # new records, or try again
-        return [self._blocks[b][2] for b in range(self.model.n_blocks)]
+        return [self._blocks[b][2] for b in range(wanted)]
+
+    def versions(self, upto: int) -> list[int]:
+        """The versions of blocks ``0..upto-1`` assembled last."""
+        return [self._blocks[b][1] for b in range(upto) if b in self._blocks]
 
     def why_missing(self, block: int) -> str:
         """What the swarm says about ``block``, and what to do, when no version is there."""

@@ -133,6 +133,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="train on this text file or WikiText folder ('embedded': the project's own corpus)",
     )
     run.add_argument("--train-steps", type=int, help="optimizer steps for each trained block")
+    run.add_argument(
+        "--chain-fraction",
+        type=float,
+        help="trajectory-matched training: this fraction of a block's batches (block > 0) "
+        "takes the code the swarm's earlier blocks hand it instead of a noisy true code",
+    )
+    run.add_argument(
+        "--chain-refresh",
+        type=int,
+        help="steps between two fetches of the earlier blocks' newest versions",
+    )
     run.add_argument("--batch", dest="batch_size", type=int, help="training batch size")
     _model_flags(run)
     run.add_argument("--seed", type=int, help="training seed (mixed with the peer id)")

@@ -134,6 +134,8 @@ def node_config(args: argparse.Namespace) -> NodeConfig:
         "warm_next_hops",
         "keep_hot_s",
         "http",
+        "chain_fraction",
+        "chain_refresh",
     ):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
