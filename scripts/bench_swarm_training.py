@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -93,6 +94,8 @@ def _swarm(args: argparse.Namespace, tmp: Path, cfg: ModelConfig) -> dict:
                     args.delta_encoding,
                     "--seed",
                     str(i),
+                    "--chain-fraction",
+                    str(args.chain_fraction),
                     *extra,
                     verbose=1,
                     **placed,  # type: ignore[arg-type]
@@ -139,7 +142,11 @@ def _swarm(args: argparse.Namespace, tmp: Path, cfg: ModelConfig) -> dict:
     multi = [r for r in versions if len(r["contributors"]) > 1]
     fp32_cost = sum(2 * len(r["contributors"]) * block_fp32 for r in multi)
     curve = [json.loads(x) for x in eval_out.read_text().splitlines()] if eval_out.exists() else []
+    # trajectory-matched training: what each trainer fetched for its chain inputs (node.chain)
+    chain_mb = {n.name: max(map(float, CHAIN_FETCHED.findall(n.log())), default=0.0) for n in nodes}
     return {
+        "chain_fetched_mb": chain_mb,
+        "chain_refreshes": {n.name: len(CHAIN_FETCHED.findall(n.log())) for n in nodes},
         "workers": [n.name for n in nodes],
         "wall_s": wall,
         "blocks": blocks,
@@ -154,6 +161,9 @@ def _swarm(args: argparse.Namespace, tmp: Path, cfg: ModelConfig) -> dict:
     }
 
 
+CHAIN_FETCHED = re.compile(r"chain inputs from versions .*\((\d+\.\d+) MB fetched")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--corpus", default="embedded")
@@ -166,6 +176,12 @@ def main() -> int:
     ap.add_argument("--blocks", type=int, default=4)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--round-steps", type=int, default=50)
+    ap.add_argument(
+        "--chain-fraction",
+        type=float,
+        default=0.0,
+        help="trajectory-matched training of blocks > 0 (node run --chain-fraction)",
+    )
     ap.add_argument("--round-period", type=float, default=60.0)
     ap.add_argument("--delta-encoding", default="bfloat16")
     ap.add_argument("--eval-every", type=float, default=30.0)
