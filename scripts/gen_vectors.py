@@ -967,6 +967,8 @@ def message_vectors() -> list[dict[str, Any]]:
          {"cb": 1, "lp": bytes(512 * 17)}),
         ("traverse-lp-not-finite", "Traverse whose lp holds an infinity (binary16 0x7c00)",
          {"cb": 1, "lp": b"\x00\x7c" + bytes(510)}),
+        ("traverse-lp-positive", "Traverse whose lp holds 1.0 (a sum of log-probabilities is <= 0)",
+         {"cb": 1, "lp": b"\x00\x3c" + bytes(510)}),
         ("traverse-unknown-output-rule", "Traverse whose cb is 2 (only 0 and 1 are rules)",
          {"cb": 2}),
     ):  # fmt: skip

@@ -21,15 +21,19 @@ __all__ = ["COMBINE_LAST", "COMBINE_MEAN", "accumulate", "combined_logits"]
 COMBINE_LAST = 0
 #: The output is the mean of every block's log-probabilities (r13).
 COMBINE_MEAN = 1
+#: Each block clamps the running sum to [-FLOOR, 0] before rounding it to binary16 (exact
+#: there), so a sum never leaves the range the wire accepts (10 §10.9, wire COMBINED_FLOOR).
+FLOOR = 60000.0
 
 
 @torch.no_grad()
 def accumulate(acc: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor:
     """The running sum after one more block: ``acc`` (float16, or None before the first
-    block) plus ``log_softmax(logits)``, summed in float32, returned as float16."""
+    block) plus ``log_softmax(logits)``, summed in float32, clamped to [-FLOOR, 0] and
+    returned as float16."""
     logp = torch.log_softmax(logits.float(), dim=-1)
     total = logp if acc is None else acc.float() + logp
-    return total.to(torch.float16)
+    return total.clamp(-FLOOR, 0.0).to(torch.float16)
 
 
 def combined_logits(acc: torch.Tensor, n_blocks: int) -> torch.Tensor:

@@ -132,12 +132,11 @@ class TrainingJob:
 
     def progress(self) -> TrainingProgress:
         """Step, budget, recent loss and the rate since this process started."""
-        recent = self.losses[-20:]
         return TrainingProgress(
             self.block,
             self.trainer.step_count,
             self.tcfg.steps,
-            sum(recent) / max(1, len(recent)),
+            self._recent_loss(),
             time.time() - self.started_wall,
             self.trainer.step_count - self.started_step,
         )
@@ -172,12 +171,11 @@ class TrainingJob:
             or self.stopped.is_set()
         ):
             save_trainer(self.state_path, self.trainer)
-        recent = self.losses[-20:]
         return TrainingProgress(
             self.block,
             self.trainer.step_count,
             self.tcfg.steps,
-            sum(recent) / max(1, len(recent)),
+            self._recent_loss(),
             time.perf_counter() - start,
         )
 
@@ -221,7 +219,7 @@ class TrainingJob:
                     self.block,
                     self.trainer.step_count,
                     self.tcfg.steps,
-                    sum(self.losses[-20:]) / max(1, len(self.losses[-20:])),
+                    self._recent_loss(),
                 )
             if k < n or self.stopped.is_set():
                 break
@@ -249,7 +247,7 @@ class TrainingJob:
             self.tag,
             self.block,
             self.trainer.step_count,
-            sum(self.losses[-20:]) / max(1, len(self.losses[-20:])),
+            self._recent_loss(),
             self.block_path,
         )
         return self.block_path

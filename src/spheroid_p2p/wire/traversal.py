@@ -47,6 +47,7 @@ from spheroid_p2p.wire.message import (
 from spheroid_p2p.wire.tensors import chunk_digest
 
 __all__ = [
+    "COMBINED_FLOOR",
     "COMBINED_ROW_BYTES",
     "COMBINE_LAST",
     "COMBINE_MEAN",
@@ -151,6 +152,9 @@ COMBINE_LAST: Final = 0
 COMBINE_MEAN: Final = 1
 #: Bytes of one row of ``lp``: 256 float16 log-probabilities, little-endian.
 COMBINED_ROW_BYTES: Final = 512
+#: Every ``lp`` value is in [-COMBINED_FLOOR, 0]: each block clamps its sum there before
+#: rounding (exact in binary16), so no hop ever forwards a value the next one refuses.
+COMBINED_FLOOR: Final = 60000.0
 
 
 def _check_reused(values: tuple[int, ...]) -> None:
@@ -244,9 +248,9 @@ class Traverse(Message):
         ):
             raise _bad(f"lp holds 1..{MAX_COMBINED_ROWS} rows of {COMBINED_ROW_BYTES} bytes")
         if self.combined and not all(
-            math.isfinite(v) for (v,) in struct.iter_unpack("<e", self.combined)
-        ):
-            raise _bad("lp holds a value that is not finite")
+            -COMBINED_FLOOR <= v <= 0.0 for (v,) in struct.iter_unpack("<e", self.combined)
+        ):  # NaN fails the comparison too
+            raise _bad(f"lp values are sums of log-probabilities: in [-{COMBINED_FLOOR:g}, 0]")
         _check_timings(self.timings)
         if self.prefix_rule not in (PREFIX_NOISY, PREFIX_KNOWN) or isinstance(
             self.prefix_rule, bool
