@@ -36,31 +36,17 @@ from spheroid_p2p.ml.checkpoint import load_block, save_block
 from spheroid_p2p.ml.config import ModelConfig, TrainConfig
 from spheroid_p2p.ml.data import ByteCorpus, load_corpus
 from spheroid_p2p.ml.evaluate import ce_autoregressive, evaluate_sampler
-from spheroid_p2p.ml.training import ARTrainer, BlockTrainer, block_trainers, train_blocktrain
+from spheroid_p2p.ml.training import ARTrainer, BlockTrainer
 from spheroid_p2p.ml.trajectory import ChainInputs
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
+from bench_prefix import trained_blocks  # noqa: E402  (the same base model, kept once)
 from benchlib import git_commit  # noqa: E402
 
 
 def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def base_model(
-    corpus: ByteCorpus, cfg: ModelConfig, steps: int, folder: Path, seed: int
-) -> list[BlockDenoiser]:
-    paths = [folder / f"block-{b}.safetensors" for b in range(cfg.n_blocks)]
-    if all(p.exists() for p in paths):
-        return [load_block(p) for p in paths]
-    tcfg = TrainConfig(steps=steps, warmup_steps=min(100, steps // 10))
-    trainers = block_trainers(cfg, tcfg, seed)
-    train_blocktrain(trainers, corpus, steps * cfg.n_blocks, seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for path, trainer in zip(paths, trainers, strict=True):
-        save_block(path, trainer.block)
-    return [t.block for t in trainers]
 
 
 def trajectory_model(
@@ -129,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         corpus = load_corpus(path)
         windows = corpus.eval_windows(cfg.context, args.eval_windows)
         row: dict[str, Any] = {"corpus": path, "block_steps": args.block_steps}
-        base = base_model(corpus, cfg, args.block_steps, args.models / corpus.name, args.seed)
+        base, _ = trained_blocks(
+            corpus, cfg, args.block_steps, args.models / corpus.name, args.seed
+        )
         row["default"] = scores(base, windows)
         _log(f"{corpus.name} default: {row['default']}")
         for f in (float(v) for v in args.fractions.split(",")):

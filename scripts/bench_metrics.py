@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from benchlib import git_commit  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
-from tests.support.swarm import NodeProcess, wait_for  # noqa: E402
+from tests.support.swarm import NodeProcess, free_port, wait_for  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -73,7 +72,7 @@ def main() -> int:
     parser.add_argument("--window", type=float, default=30.0, help="seconds per phase")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "bench_metrics.json")
     args = parser.parse_args()
-    http_a, http_b = _free_addr(), _free_addr()
+    http_a, http_b = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     common = ["--corpus", "embedded", "--n-blocks", "2", "--threads", "1", "--round-steps", "50"]
     with tempfile.TemporaryDirectory(prefix="bench-metrics-") as tmp:
         work = Path(tmp)
@@ -129,12 +128,6 @@ def main() -> int:
         f"scraped/idle CPU {training_scraped / training:.3f} -> {args.out}"
     )
     return 0
-
-
-def _free_addr() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
 
 
 if __name__ == "__main__":

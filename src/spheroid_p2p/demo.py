@@ -326,19 +326,14 @@ def _rounds_summary(workdir: Path, blocks: int) -> list[str]:
 
 def _http_address(addr: str) -> str:
     """HOST:PORT for the evaluator's page; port 0: a port free now, so it can be printed."""
-    import socket
-
     from spheroid_p2p.net.sockets import parse_addr
+    from spheroid_p2p.node.launcher import free_port
 
     try:
         host, port = parse_addr(addr, allow_any_port=True)
     except ValueError as exc:
         raise SystemExit(f"--http: {exc}") from None
-    if port == 0:
-        with socket.socket() as s:
-            s.bind((host, 0))
-            port = s.getsockname()[1]
-    return f"{host}:{port}"
+    return f"{host}:{port or free_port(host)}"
 
 
 if __name__ == "__main__":

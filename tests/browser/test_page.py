@@ -5,7 +5,6 @@ against a real local swarm: what a person would check by looking. Opt-in: ``-m b
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from spheroid_p2p.testing import tiny_trainer_args
-from tests.support.swarm import NodeProcess, wait_for
+from tests.support.swarm import NodeProcess, free_port, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.integration]
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,12 +23,6 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 MODEL = ("--context", "16", "--d-model", "32", "--layers-per-block", "1", "--n-blocks", "2")
 #: Each check waits at most this long for the page to show it (it refreshes every 2 s).
 WAIT_MS = 90_000
-
-
-def _free_addr() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
 
 
 @pytest.fixture
@@ -51,7 +44,7 @@ def browser() -> Iterator[object]:
 def test_the_page_shows_the_swarm_as_it_changes(tmp_path: Path, browser: object) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     rounds = {"round_steps": 10, "round_period": 4, "round_grace": 2}
-    trainer_web, eval_web = _free_addr(), _free_addr()
+    trainer_web, eval_web = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     nodes: list[NodeProcess] = []
     evaluator = None
     try:

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from spheroid_p2p.node.launcher import probe
-from tests.support.swarm import wait_for
+from tests.support.swarm import free_port, wait_for
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,16 +32,10 @@ def _commands() -> list[str]:
     ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_the_running_peers_commands_work_as_written(tmp_path: Path) -> None:
     commands = _commands()
     assert commands[0] == ". .venv/bin/activate", commands[0]
-    ports = {"7000": str(_free_port()), "7001": str(_free_port()), "9100": str(_free_port())}
+    ports = {"7000": str(free_port()), "7001": str(free_port()), "9100": str(free_port())}
 
     def shell(command: str) -> list[str]:
         for old, new in ports.items():

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -19,17 +18,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from spheroid_p2p.testing import tiny_trainer_args
 from spheroid_p2p.testing.hostile import HostilePeer
-from tests.support.swarm import NodeProcess, wait_for
+from tests.support.swarm import NodeProcess, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ("--context", "16", "--d-model", "32", "--layers-per-block", "1", "--n-blocks", "2")
-
-
-def _free_addr() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
 
 
 def _get(url: str) -> bytes:
@@ -56,7 +49,7 @@ def _documented() -> set[str]:
 
 
 def test_metrics_and_the_swarm_json_of_a_real_swarm(tmp_path: Path) -> None:
-    web0, web_eval = _free_addr(), _free_addr()
+    web0, web_eval = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     args = [*tiny_trainer_args(steps=80, round_steps=20), *MODEL[6:]]
     b0 = NodeProcess(tmp_path, "b0", *args, "--http", web0, verbose=1).start()
     nodes = [b0]
@@ -126,7 +119,7 @@ def test_metrics_and_the_swarm_json_of_a_real_swarm(tmp_path: Path) -> None:
 
 
 def test_the_swarm_json_and_page_are_read_only_and_bounded(tmp_path: Path) -> None:
-    web = _free_addr()
+    web = f"127.0.0.1:{free_port()}"
     node = NodeProcess(tmp_path, "t", *tiny_trainer_args(steps=5000), "--http", web).start()
     try:
         wait_for(lambda: bool(node.status().jobs and node.status().jobs[0].step >= 20), 60)

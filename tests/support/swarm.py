@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from spheroid_p2p.node.launcher import NodeProcess, live_view, wait_for
+from spheroid_p2p.node.launcher import NodeProcess, free_port, live_view, wait_for
 
-__all__ = ["NodeProcess", "live_view", "wait_for"]
+__all__ = ["NodeProcess", "free_port", "live_view", "wait_for"]

@@ -108,8 +108,11 @@ class BlockTrainer:
         if self.trajectory is not None and self.trajectory_fraction > 0:
             chain = float(torch.rand(1, generator=self.generator)) < self.trajectory_fraction
             if chain:
-                z = self.trajectory(x, y.shape[1], self.generator)
-                sigma = torch.full((B,), self.trajectory_sigma)
+                fed = self.trajectory(x, y.shape[1], self.generator)
+                # the earlier blocks' weights come from other peers: codes that are not
+                # finite never reach this block's gradient (it trains on the true code then)
+                if bool(torch.isfinite(fed).all()):
+                    z, sigma = fed, torch.full((B,), self.trajectory_sigma)
         plan = None
         if cfg.layout == "P":
             phase = int(torch.randint(0, cfg.span, (1,), generator=self.generator))

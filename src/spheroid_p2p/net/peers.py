@@ -45,7 +45,7 @@ from spheroid_p2p.net.sockets import (
 from spheroid_p2p.params import SUPPORTED_VERSIONS
 from spheroid_p2p.wire.codec import Envelope
 from spheroid_p2p.wire.framing import BodyPool
-from spheroid_p2p.wire.message import Message
+from spheroid_p2p.wire.message import Message, MessageType
 from spheroid_p2p.wire.signing import PeerId
 
 __all__ = ["PeerManager"]
@@ -65,21 +65,22 @@ MAX_CONNECTIONS_PER_ADDRESS = 32
 
 
 class Traffic:
-    """Frames and bytes by message type, each way, and connections we closed by error code."""
+    """Frames and bytes by message type, each way, and connections we closed by error code.
+    Keyed by ``MessageType`` (hashing an int per frame; names are made when read)."""
 
     def __init__(self) -> None:
-        self.frames_in: dict[str, int] = {}
-        self.bytes_in: dict[str, int] = {}
-        self.frames_out: dict[str, int] = {}
-        self.bytes_out: dict[str, int] = {}
+        self.frames_in: dict[MessageType, int] = {}
+        self.bytes_in: dict[MessageType, int] = {}
+        self.frames_out: dict[MessageType, int] = {}
+        self.bytes_out: dict[MessageType, int] = {}
         #: connections ended on our side because of what the peer sent, by error code name
         self.rejected: dict[str, int] = {}
 
-    def received(self, kind: str, size: int) -> None:
+    def received(self, kind: MessageType, size: int) -> None:
         self.frames_in[kind] = self.frames_in.get(kind, 0) + 1
         self.bytes_in[kind] = self.bytes_in.get(kind, 0) + size
 
-    def sent(self, kind: str, size: int) -> None:
+    def sent(self, kind: MessageType, size: int) -> None:
         self.frames_out[kind] = self.frames_out.get(kind, 0) + 1
         self.bytes_out[kind] = self.bytes_out.get(kind, 0) + size
 
@@ -250,7 +251,7 @@ class PeerManager:
                 self.link_opened(link, event.result.peer_id)
             elif isinstance(event, MessageReceived):
                 peer = link.conn.peer_id
-                self.traffic.received(event.envelope.message.TYPE.name, event.size)
+                self.traffic.received(event.envelope.message.TYPE, event.size)
                 if peer is not None and self._by_peer.get(peer) is link:
                     self.on_message(peer, event.envelope)
             elif isinstance(event, ConnectionLost):
@@ -346,7 +347,7 @@ class PeerManager:
             return False
         buffers = link.conn.send(message, wall_ms())
         link._write(buffers)
-        self.traffic.sent(message.TYPE.name, sum(len(b) for b in buffers))
+        self.traffic.sent(message.TYPE, sum(len(b) for b in buffers))
         return True
 
     async def send_bulk(self, peer: PeerId, message: Message) -> bool:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from spheroid_p2p.ml.block import BlockDenoiser
 from spheroid_p2p.ml.config import ModelConfig
 from spheroid_p2p.ml.trajectory import ChainInputs
 from spheroid_p2p.node.evaluator import SwarmEvaluator
@@ -77,9 +78,21 @@ class ChainFeed:
                 next_at = job.steps_done + self.refresh_steps
             await self.swarm.changed(CHAIN_WAKE_S)
 
-    def _install(self, earlier: list) -> None:  # type: ignore[type-arg]
+    def _install(self, earlier: list[BlockDenoiser]) -> None:
         versions = self.fetcher.versions(self.job.block)
         if versions == self.versions:
+            return
+        bad = [
+            b
+            for b, block in enumerate(earlier)
+            if not all(bool(torch.isfinite(p).all()) for p in block.parameters())
+        ]
+        if bad:  # a published version with NaN or inf weights: never trained on
+            log.warning(
+                "[%s] block %d: versions %s of blocks %s hold weights that are not finite; "
+                "keeping the chain inputs of versions %s",
+                self.tag, self.job.block, versions, bad, self.versions or "none",
+            )  # fmt: skip
             return
         chain = ChainInputs(self.job.cfg, earlier)
         trainer = self.job.trainer

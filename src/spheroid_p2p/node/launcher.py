@@ -29,7 +29,14 @@ from spheroid_p2p.net.sockets import DialError, parse_addr
 from spheroid_p2p.wire.signing import PeerId
 from spheroid_p2p.wire.status import RecordView, StatusResponse
 
-__all__ = ["NodeProcess", "evaluator_command", "live_view", "swarm_plan", "wait_for"]
+__all__ = [
+    "NodeProcess",
+    "evaluator_command",
+    "free_port",
+    "live_view",
+    "swarm_plan",
+    "wait_for",
+]
 
 T = TypeVar("T")
 
@@ -64,7 +71,7 @@ def probe(addr: str, key_path: Path | None = None) -> PeerId | None:
         return None
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on now (bound and released here where the address is ours; a
     random high port for an address of another host or namespace)."""
     try:
@@ -112,7 +119,7 @@ class NodeProcess:
         """Start the process and wait (bounded) until it answers a status query."""
         deadline = time.monotonic() + timeout_s
         for _ in range(START_ATTEMPTS):
-            port = self.port or _free_port(self.listen_host)
+            port = self.port or free_port(self.listen_host)
             addr = f"{self.listen_host}:{port}"
             with open(self.log_path, "a") as log:
                 self.proc = subprocess.Popen(

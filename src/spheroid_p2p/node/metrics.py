@@ -12,12 +12,14 @@ The README's metrics table lists every name; ``tests/integration/test_web.py`` p
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from spheroid_p2p.wire.message import MessageType
 
 if TYPE_CHECKING:
     from spheroid_p2p.node.app import Node
@@ -55,9 +57,13 @@ class NodeMetrics:
         self.hop_queued.labels(label).observe(queued_s)
 
 
-def _counter(name: str, doc: str, labels: list[str], values: dict[str, int]) -> Metric:
+def _counter(
+    name: str, doc: str, labels: list[str], values: Mapping[str, int] | Mapping[MessageType, int]
+) -> Metric:
+    """A counter family, one sample per key (a message type is labelled by its name)."""
     family = CounterMetricFamily(name, doc, labels=labels)
-    for key, value in sorted(values.items()):
+    named = {getattr(k, "name", str(k)): v for k, v in values.items()}
+    for key, value in sorted(named.items()):
         family.add_metric([key], value)
     return family
 

@@ -93,58 +93,25 @@ def _apply_toml(args: argparse.Namespace, path: Path) -> dict[str, Any]:
     return extra
 
 
+#: NodeConfig fields set below from flags of another name or type, not by the generic loop.
+_CONVERTED = frozenset({"bootstrap", "checkpoints", "versions", "encrypt", "model", "gossip"})
+
+
 def node_config(args: argparse.Namespace) -> NodeConfig:
     """Defaults, then the TOML file, then the flags."""
     values: dict[str, Any] = _apply_toml(args, args.config) if args.config else {}
-    for name in (
-        "listen",
-        "advertise",
-        "key",
-        "data_dir",
-        "serve_blocks",
-        "train_blocks",
-        "max_connections",
-    ):
-        if getattr(args, name) is not None:
-            values[name] = getattr(args, name)
+    # most flags store straight into the NodeConfig field of their own name
+    for f in fields(NodeConfig):
+        if f.name not in _CONVERTED and getattr(args, f.name, None) is not None:
+            values[f.name] = getattr(args, f.name)
     if args.bootstrap is not None:
         values["bootstrap"] = tuple(args.bootstrap)
     if args.protocol_versions:
         values["versions"] = args.protocol_versions
     if args.checkpoints:
         values["checkpoints"] = tuple(Path(p) for p in args.checkpoints)
-    for name in (
-        "corpus",
-        "train_steps",
-        "batch_size",
-        "seed",
-        "threads",
-        "ar_checkpoint",
-        "ar_stage",
-        "round_steps",
-        "round_period_s",
-        "round_grace_s",
-        "round_shards",
-        "min_replicas",
-        "replica_wait_s",
-        "delta_encoding",
-        "compression",
-        "norm_ratio",
-        "tcp_congestion",
-        "warm_next_hops",
-        "keep_hot_s",
-        "http",
-        "chain_fraction",
-        "chain_refresh",
-    ):
-        if getattr(args, name) is not None:
-            values[name] = getattr(args, name)
-    if args.allow_peers is not None:
-        values["allow_peers"] = args.allow_peers
     if args.plaintext:
         values["encrypt"] = False
-    if args.announce_only:
-        values["announce_only"] = True
     values["model"] = model_from_args(args)
     gossip = values.get("gossip", GossipParams())
     for flag, field_name in (

@@ -29,7 +29,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from spheroid_p2p import __version__
 from spheroid_p2p.net.sockets import parse_addr
 from spheroid_p2p.node.metrics import NodeMetrics
-from spheroid_p2p.wire.signing import PeerId
 
 if TYPE_CHECKING:
     from spheroid_p2p.node.app import Node
@@ -48,10 +47,6 @@ JSON_CACHE_S = 0.5
 MAX_POINTS = 500
 MAX_HOPS = 256
 MAX_ROUNDS = 60
-
-
-def _short(digest: bytes) -> str:
-    return PeerId(digest).short()
 
 
 class WebServer:
@@ -170,11 +165,13 @@ def _blocks(node: Node) -> list[dict[str, Any]]:
         }
         row["servers" if r.role == "serve" else "trainers"].append(owner)
     for row in by_block.values():
+        # what can be fetched (07 §7.3): a trainer's version, a server's from version 1 on
+        fetchable = [o for o in row["trainers"] if o["hash"]]
+        fetchable += [o for o in row["servers"] if o["hash"] and o["version"] >= 1]
         holders: dict[tuple[int, str], int] = {}
-        for o in (*row["trainers"], *row["servers"]):
-            if o["hash"] and (o in row["trainers"] or o["version"] >= 1):
-                key = (o["version"], o["hash"])
-                holders[key] = holders.get(key, 0) + 1
+        for o in fetchable:
+            key = (o["version"], o["hash"])
+            holders[key] = holders.get(key, 0) + 1
         if holders:
             (version, digest), n = max(holders.items())
             row["newest_version"] = {"version": version, "hash": digest, "holders": n}

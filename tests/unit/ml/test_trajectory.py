@@ -1,0 +1,39 @@
+"""Trajectory-matched training (ml.trajectory): chain inputs, and hostile ones refused."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from spheroid_p2p.ml.block import BlockDenoiser
+from spheroid_p2p.ml.config import ModelConfig, TrainConfig
+from spheroid_p2p.ml.training import BlockTrainer
+from spheroid_p2p.ml.trajectory import ChainInputs
+
+CFG = ModelConfig(context=16, d_model=32, layers_per_block=1, n_blocks=2)
+
+
+def _windows() -> torch.Tensor:
+    return torch.randint(0, 256, (4, CFG.context + 1), generator=torch.Generator().manual_seed(1))
+
+
+def test_block_1_trains_on_the_code_block_0_hands_it() -> None:
+    chain = ChainInputs(CFG, [BlockDenoiser(CFG, 0)])
+    z = chain(_windows()[:, :-1], CFG.context, torch.Generator().manual_seed(2))
+    assert z.shape == (4, CFG.context, CFG.d_z) and bool(torch.isfinite(z).all())
+    trainer = BlockTrainer(CFG, TrainConfig(steps=2), 1, seed=0)
+    trainer.trajectory, trainer.trajectory_sigma = chain, chain.sigma
+    trainer.trajectory_fraction = 1.0
+    assert math.isfinite(trainer.step(_windows()).loss)
+
+
+def test_codes_that_are_not_finite_never_reach_the_gradient() -> None:
+    def poisoned(x: torch.Tensor, rows: int, gen: torch.Generator) -> torch.Tensor:
+        return torch.full((x.shape[0], rows, CFG.d_z), float("nan"))
+
+    trainer = BlockTrainer(CFG, TrainConfig(steps=2), 1, seed=0)
+    trainer.trajectory, trainer.trajectory_sigma = poisoned, 5.0
+    trainer.trajectory_fraction = 1.0
+    assert math.isfinite(trainer.step(_windows()).loss)
+    assert all(bool(torch.isfinite(p).all()) for p in trainer.block.parameters())
