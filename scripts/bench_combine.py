@@ -103,12 +103,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-windows", type=int, default=128)
     parser.add_argument("--no-reference", action="store_true", help="skip training (A)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--sigma-min",
+        type=float,
+        default=ModelConfig.sigma_min,
+        help="the lowest noise level (the code's scale against the noise: scripts/"
+        "bench_code_info.py); models of another value are kept in <corpus>-smin<value>",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", type=Path, default=ROOT / "bench-out" / "models")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "bench_combine.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = ModelConfig(context=args.context)
+    cfg = ModelConfig(context=args.context, sigma_min=args.sigma_min)
+    suffix = "" if args.sigma_min == ModelConfig.sigma_min else f"-smin{args.sigma_min:g}"
     results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
     results["commit"] = git_commit()
     for path in args.corpus:
@@ -116,12 +124,12 @@ def main(argv: list[str] | None = None) -> int:
         windows = corpus.eval_windows(cfg.context, args.eval_windows)
         row: dict[str, Any] = {"corpus": path, "block_steps": args.block_steps}
         base, _ = trained_blocks(
-            corpus, cfg, args.block_steps, args.models / corpus.name, args.seed
+            corpus, cfg, args.block_steps, args.models / f"{corpus.name}{suffix}", args.seed
         )
         row["default"] = scores(base, windows)
         _log(f"{corpus.name} default: {row['default']}")
         for f in (float(v) for v in args.fractions.split(",")):
-            folder = args.models / f"{corpus.name}-traj{f:g}"
+            folder = args.models / f"{corpus.name}{suffix}-traj{f:g}"
             blocks, seconds = trajectory_model(corpus, base, args.block_steps, f, folder, args.seed)
             row[f"traj{f:g}"] = {**scores(blocks, windows), "train_s": round(seconds, 1)}
             _log(f"{corpus.name} traj{f:g}: {row[f'traj{f:g}']}")
@@ -134,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.block_steps):
                 ar.step(corpus.batch(tcfg.batch_size, cfg.context, data))
             row["A"] = round(ce_autoregressive(ar.model, windows), 4)
-        results[corpus.name] = row
+        results[f"{corpus.name}{suffix}"] = row
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")
         variants = {k: v for k, v in row.items() if isinstance(v, dict)}
