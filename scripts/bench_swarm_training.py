@@ -230,7 +230,13 @@ def main() -> int:
     for seed in args.reference_seeds:
         t0 = time.monotonic()
         trainers = block_trainers(cfg, tcfg, seed=seed)
-        train_blocktrain(trainers, corpus, args.steps_per_block * cfg.n_blocks, seed=seed)
+        train_blocktrain(
+            trainers,
+            corpus,
+            args.steps_per_block * cfg.n_blocks,
+            seed=seed,
+            chain_fraction=args.chain_fraction,  # trained as the swarm's blocks are
+        )
         ref_walls.append(time.monotonic() - t0)
         with torch.no_grad():
             ref_evals.append(evaluate_sampler([t.block for t in trainers], windows))

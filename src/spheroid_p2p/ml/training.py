@@ -9,6 +9,7 @@ sampler.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from spheroid_p2p.ml.config import ModelConfig, TrainConfig
 from spheroid_p2p.ml.data import ByteCorpus
 from spheroid_p2p.ml.noise import NoisePartition, loss_weight
 from spheroid_p2p.ml.sampler import block_points, euler_step, initial_noise
+from spheroid_p2p.ml.trajectory import ChainInputs
 
 __all__ = [
     "ARTrainer",
@@ -29,6 +31,7 @@ __all__ = [
     "EndToEndTrainer",
     "StepLog",
     "block_trainers",
+    "chain_from",
     "train_blocktrain",
 ]
 
@@ -225,17 +228,33 @@ def train_blocktrain(
     total_block_steps: int,
     seed: int = 0,
     on_step: Callable[[int, int, StepLog], None] | None = None,
+    chain_fraction: float = 0.0,
+    chain_refresh: int = 100,
 ) -> None:
     """The single-process reference run (§9): each step trains one block chosen at random.
 
     Data comes from one shared generator so the run is reproducible from ``seed``.
     ``on_step(step, block, log)`` is called after every step (step counts from 1).
+    With ``chain_fraction`` > 0 the blocks after the first train trajectory-matched, as a
+    swarm's trainers do with ``--chain-fraction``: from frozen copies of the other blocks as
+    they are at that moment, taken again every ``chain_refresh`` of the block's own steps.
     """
     cfg, tcfg = trainers[0].cfg, trainers[0].tcfg
     pick = torch.Generator().manual_seed(seed)
     data_gen = torch.Generator().manual_seed(seed + 1)
     for i in range(total_block_steps):
         b = int(torch.randint(0, cfg.n_blocks, (1,), generator=pick))
-        entry = trainers[b].step(corpus.batch(tcfg.batch_size, cfg.context, data_gen))
+        trainer = trainers[b]
+        if chain_fraction > 0 and b > 0 and trainer.step_count % chain_refresh == 0:
+            chain_from(trainer, [t.block for t in trainers[:b]], chain_fraction)
+        entry = trainer.step(corpus.batch(tcfg.batch_size, cfg.context, data_gen))
         if on_step is not None:
             on_step(i + 1, b, entry)
+
+
+def chain_from(trainer: BlockTrainer, earlier: list[BlockDenoiser], fraction: float) -> None:
+    """Trainer's chain inputs (trajectory-matched training) from frozen copies of ``earlier``."""
+    chain = ChainInputs(trainer.cfg, [copy.deepcopy(block) for block in earlier])
+    trainer.trajectory_sigma = chain.sigma
+    trainer.trajectory = chain
+    trainer.trajectory_fraction = fraction

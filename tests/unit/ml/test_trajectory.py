@@ -37,3 +37,18 @@ def test_codes_that_are_not_finite_never_reach_the_gradient() -> None:
     trainer.trajectory_fraction = 1.0
     assert math.isfinite(trainer.step(_windows()).loss)
     assert all(bool(torch.isfinite(p).all()) for p in trainer.block.parameters())
+
+
+def test_the_reference_run_trains_later_blocks_on_frozen_copies_of_the_earlier_ones() -> None:
+    from spheroid_p2p.ml.data import corpus_from_bytes
+    from spheroid_p2p.ml.training import block_trainers, train_blocktrain
+
+    corpus = corpus_from_bytes("t", bytes(range(256)) * 8)
+    trainers = block_trainers(CFG, TrainConfig(steps=6, batch_size=4), seed=0)
+    train_blocktrain(trainers, corpus, 12, chain_fraction=1.0, chain_refresh=2)
+    assert trainers[0].trajectory is None  # block 0 reads pure noise
+    chain = trainers[1].trajectory
+    assert isinstance(chain, ChainInputs) and trainers[1].trajectory_fraction == 1.0
+    frozen, live = chain.earlier[0], trainers[0].block
+    assert frozen is not live and not any(p.requires_grad for p in frozen.parameters())
+    assert all(p.requires_grad for p in live.parameters())  # the trainer's own block trains on
