@@ -56,13 +56,16 @@ def trajectory_model(
     fraction: float,
     folder: Path,
     seed: int,
+    z_lr_scale: float = TrainConfig.z_lr_scale,
 ) -> tuple[list[BlockDenoiser], float]:
-    """Block 0 kept; blocks 1.. retrained in order on a ``fraction`` of chain inputs."""
+    """Block 0 kept; blocks 1.. retrained in order on a ``fraction`` of chain inputs (0: on
+    noisy true codes, with other seeds than the base model's: the control), W_in learning at
+    ``z_lr_scale`` times the rate (0: frozen at zero, the blocks never read the code)."""
     cfg = base[0].cfg
     paths = [folder / f"block-{b}.safetensors" for b in range(cfg.n_blocks)]
     if all(p.exists() for p in paths):
         return [load_block(p) for p in paths], 0.0
-    tcfg = TrainConfig(steps=steps, warmup_steps=min(100, steps // 10))
+    tcfg = TrainConfig(steps=steps, warmup_steps=min(100, steps // 10), z_lr_scale=z_lr_scale)
     blocks = [base[0]]
     start = time.perf_counter()
     for b in range(1, cfg.n_blocks):
@@ -110,13 +113,31 @@ def main(argv: list[str] | None = None) -> int:
         help="the lowest noise level (the code's scale against the noise: scripts/"
         "bench_code_info.py); models of another value are kept in <corpus>-smin<value>",
     )
+    parser.add_argument(
+        "--sigma-data",
+        type=float,
+        default=ModelConfig.sigma_data,
+        help="EDM's data scale (a code coordinate's std is 1/sqrt(d_z)); kept in -sd<value>",
+    )
+    parser.add_argument(
+        "--first-block-from",
+        type=Path,
+        help="for the trajectory-matched models, block 0 of the model in this folder (block 0 "
+        "is only ever called at sigma_max, so it serves any sigma_min); kept in -b0<folder>",
+    )
+    parser.add_argument(
+        "--w-in-frozen",
+        action="store_true",
+        help="the retrained blocks never read the code (W_in frozen at zero); kept in -frozen",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", type=Path, default=ROOT / "bench-out" / "models")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out" / "bench_combine.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cfg = ModelConfig(context=args.context, sigma_min=args.sigma_min)
+    cfg = ModelConfig(context=args.context, sigma_min=args.sigma_min, sigma_data=args.sigma_data)
     suffix = "" if args.sigma_min == ModelConfig.sigma_min else f"-smin{args.sigma_min:g}"
+    suffix += "" if args.sigma_data == ModelConfig.sigma_data else f"-sd{args.sigma_data:g}"
     results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
     results["commit"] = git_commit()
     for path in args.corpus:
@@ -128,11 +149,30 @@ def main(argv: list[str] | None = None) -> int:
         )
         row["default"] = scores(base, windows)
         _log(f"{corpus.name} default: {row['default']}")
+        traj_suffix = suffix
+        if args.first_block_from is not None:
+            first = load_block(args.first_block_from / "block-0.safetensors")
+            base = [BlockDenoiser(cfg, 0), *base[1:]]
+            base[0].load_state_dict(first.state_dict())
+            traj_suffix += f"-b0{args.first_block_from.name}"
+        if args.w_in_frozen:
+            traj_suffix += "-frozen"
         for f in (float(v) for v in args.fractions.split(",")):
-            folder = args.models / f"{corpus.name}{suffix}-traj{f:g}"
-            blocks, seconds = trajectory_model(corpus, base, args.block_steps, f, folder, args.seed)
-            row[f"traj{f:g}"] = {**scores(blocks, windows), "train_s": round(seconds, 1)}
-            _log(f"{corpus.name} traj{f:g}: {row[f'traj{f:g}']}")
+            folder = args.models / f"{corpus.name}{traj_suffix}-traj{f:g}"
+            blocks, seconds = trajectory_model(
+                corpus,
+                base,
+                args.block_steps,
+                f,
+                folder,
+                args.seed,
+                z_lr_scale=0.0 if args.w_in_frozen else TrainConfig.z_lr_scale,
+            )
+            row[f"traj{f:g}{traj_suffix}"] = {
+                **scores(blocks, windows),
+                "train_s": round(seconds, 1),
+            }
+            _log(f"{corpus.name} traj{f:g}{traj_suffix}: {row[f'traj{f:g}{traj_suffix}']}")
         if not args.no_reference:
             tcfg = TrainConfig(
                 steps=args.block_steps, warmup_steps=min(100, args.block_steps // 10)
