@@ -7,7 +7,11 @@ For each corpus (issue 19), on the same held-out windows and noise seeds, in one
 * for each ``--fractions`` value f: blocks 1..N-1 retrained from scratch, in order, with a
   fraction f of their batches taken from the chain (``ml.trajectory.ChainInputs``: the code
   the earlier, already trained blocks hand them from noise) instead of noisy true codes;
-  block 0 is kept (it reads pure noise either way). Kept in ``<corpus>-traj<f>``;
+  block 0 is kept (it reads pure noise either way). Kept in ``<corpus>-traj<f>``; f = 0 is
+  the control (the same retraining, other seeds, noisy true codes). ``--w-in-lr-scale``
+  sets W_in's rate in the retrained blocks (0, the default since issue 19: the blocks never
+  read the code), ``--sigma-min`` / ``--sigma-data`` the code's scale against the noise,
+  ``--first-block-from`` a block 0 from another model (it is only called at sigma_max);
 * (A), the autoregressive Transformer of the same depth, ``--block-steps`` steps (the
   reference of scripts/bench_quality.py).
 
@@ -126,9 +130,12 @@ def main(argv: list[str] | None = None) -> int:
         "is only ever called at sigma_max, so it serves any sigma_min); kept in -b0<folder>",
     )
     parser.add_argument(
-        "--w-in-frozen",
-        action="store_true",
-        help="the retrained blocks never read the code (W_in frozen at zero); kept in -frozen",
+        "--w-in-lr-scale",
+        type=float,
+        default=TrainConfig.z_lr_scale,
+        help="W_in's learning-rate multiplier in the retrained blocks (TrainConfig.z_lr_scale; "
+        "0: frozen at zero, the blocks never read the code); kept in -frozen (0) or "
+        "-win<value> (other than 0.1, the rate before the default became 0)",
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", type=Path, default=ROOT / "bench-out" / "models")
@@ -155,8 +162,10 @@ def main(argv: list[str] | None = None) -> int:
             base = [BlockDenoiser(cfg, 0), *base[1:]]
             base[0].load_state_dict(first.state_dict())
             traj_suffix += f"-b0{args.first_block_from.name}"
-        if args.w_in_frozen:
+        if args.w_in_lr_scale == 0:
             traj_suffix += "-frozen"
+        elif args.w_in_lr_scale != 0.1:
+            traj_suffix += f"-win{args.w_in_lr_scale:g}"
         for f in (float(v) for v in args.fractions.split(",")):
             folder = args.models / f"{corpus.name}{traj_suffix}-traj{f:g}"
             blocks, seconds = trajectory_model(
@@ -166,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                 f,
                 folder,
                 args.seed,
-                z_lr_scale=0.0 if args.w_in_frozen else TrainConfig.z_lr_scale,
+                z_lr_scale=args.w_in_lr_scale,
             )
             row[f"traj{f:g}{traj_suffix}"] = {
                 **scores(blocks, windows),

@@ -33,7 +33,8 @@ def test_a_block_trained_on_true_codes_at_low_sigma_reads_the_answer_off_them() 
     gen = torch.Generator().manual_seed(3)
     data = torch.randint(0, 4, (64, cfg.context + 1), generator=gen)
     trainers = [
-        BlockTrainer(cfg, TrainConfig(steps=150, warmup_steps=10), b, seed=b) for b in (0, 1)
+        BlockTrainer(cfg, TrainConfig(steps=150, warmup_steps=10, z_lr_scale=1.0), b, seed=b)
+        for b in (0, 1)
     ]
     for _ in range(150):
         for trainer in trainers:
