@@ -9,8 +9,9 @@ For each corpus (issue 19), on the same held-out windows and noise seeds, in one
   the earlier, already trained blocks hand them from noise) instead of noisy true codes;
   block 0 is kept (it reads pure noise either way). Kept in ``<corpus>-traj<f>``; f = 0 is
   the control (the same retraining, other seeds, noisy true codes). ``--w-in-lr-scale``
-  sets W_in's rate in the retrained blocks (0, the default since issue 19: the blocks never
-  read the code), ``--sigma-min`` / ``--sigma-data`` the code's scale against the noise,
+  sets W_in's rate in the retrained blocks (by default 0 for f = 0, the default since
+  issue 19: the blocks never read the code; 0.1 for f > 0), ``--sigma-min`` /
+  ``--sigma-data`` the code's scale against the noise,
   ``--first-block-from`` a block 0 from another model (it is only called at sigma_max);
 * (A), the autoregressive Transformer of the same depth, ``--block-steps`` steps (the
   reference of scripts/bench_quality.py).
@@ -41,7 +42,7 @@ from spheroid_p2p.ml.config import ModelConfig, TrainConfig
 from spheroid_p2p.ml.data import ByteCorpus, load_corpus
 from spheroid_p2p.ml.evaluate import ce_autoregressive, evaluate_sampler
 from spheroid_p2p.ml.training import ARTrainer, BlockTrainer
-from spheroid_p2p.ml.trajectory import ChainInputs
+from spheroid_p2p.ml.trajectory import TRAJECTORY_Z_LR_SCALE, ChainInputs
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -132,10 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--w-in-lr-scale",
         type=float,
-        default=TrainConfig.z_lr_scale,
-        help="W_in's learning-rate multiplier in the retrained blocks (TrainConfig.z_lr_scale; "
-        "0: frozen at zero, the blocks never read the code); kept in -frozen (0) or "
-        "-win<value> (other than 0.1, the rate before the default became 0)",
+        help="W_in's learning-rate multiplier in the retrained blocks (default: the "
+        "default TrainConfig.z_lr_scale, 0, for f = 0; 0.1 for trajectory-matched f > 0); "
+        "kept in -frozen (0) or -win<value> (other than 0.1)",
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--models", type=Path, default=ROOT / "bench-out" / "models")
@@ -162,26 +162,20 @@ def main(argv: list[str] | None = None) -> int:
             base = [BlockDenoiser(cfg, 0), *base[1:]]
             base[0].load_state_dict(first.state_dict())
             traj_suffix += f"-b0{args.first_block_from.name}"
-        if args.w_in_lr_scale == 0:
-            traj_suffix += "-frozen"
-        elif args.w_in_lr_scale != 0.1:
-            traj_suffix += f"-win{args.w_in_lr_scale:g}"
         for f in (float(v) for v in args.fractions.split(",")):
-            folder = args.models / f"{corpus.name}{traj_suffix}-traj{f:g}"
-            blocks, seconds = trajectory_model(
-                corpus,
-                base,
-                args.block_steps,
-                f,
-                folder,
-                args.seed,
-                z_lr_scale=args.w_in_lr_scale,
+            scale = args.w_in_lr_scale
+            if scale is None:  # trajectory-matched blocks learn to read the chain's code
+                scale = TRAJECTORY_Z_LR_SCALE if f > 0 else TrainConfig.z_lr_scale
+            variant = traj_suffix + (
+                "-frozen" if scale == 0 else "" if scale == 0.1 else f"-win{scale:g}"
             )
-            row[f"traj{f:g}{traj_suffix}"] = {
-                **scores(blocks, windows),
-                "train_s": round(seconds, 1),
-            }
-            _log(f"{corpus.name} traj{f:g}{traj_suffix}: {row[f'traj{f:g}{traj_suffix}']}")
+            folder = args.models / f"{corpus.name}{variant}-traj{f:g}"
+            blocks, seconds = trajectory_model(
+                corpus, base, args.block_steps, f, folder, args.seed, z_lr_scale=scale
+            )
+            key = f"traj{f:g}{variant}"
+            row[key] = {**scores(blocks, windows), "train_s": round(seconds, 1)}
+            _log(f"{corpus.name} {key}: {row[key]}")
         if not args.no_reference:
             tcfg = TrainConfig(
                 steps=args.block_steps, warmup_steps=min(100, args.block_steps // 10)

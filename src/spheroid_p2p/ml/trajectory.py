@@ -20,7 +20,12 @@ from spheroid_p2p.ml.config import ModelConfig
 from spheroid_p2p.ml.noise import NoisePartition
 from spheroid_p2p.ml.sampler import block_hop, block_points, initial_noise
 
-__all__ = ["ChainInputs"]
+__all__ = ["TRAJECTORY_Z_LR_SCALE", "ChainInputs"]
+
+#: W_in's learning-rate multiplier (``TrainConfig.z_lr_scale``) of a block trained
+#: trajectory-matched: the point of chain inputs is that W_in learns what the chain's code is
+#: worth, so it must learn (the default, 0, keeps it at zero: README, issue 19).
+TRAJECTORY_Z_LR_SCALE = 0.1
 
 
 class ChainInputs:
