@@ -41,7 +41,6 @@ from spheroid_p2p.ml.config import ModelConfig, TrainConfig
 from spheroid_p2p.ml.data import load_corpus
 from spheroid_p2p.ml.evaluate import evaluate_sampler
 from spheroid_p2p.ml.training import block_trainers, train_blocktrain
-from spheroid_p2p.ml.trajectory import TRAJECTORY_Z_LR_SCALE
 from spheroid_p2p.node.launcher import NodeProcess, evaluator_command, swarm_plan, wait_for
 
 
@@ -220,8 +219,6 @@ def main() -> int:
         batch_size=args.batch,
         steps=args.steps_per_block,
         warmup_steps=min(100, args.steps_per_block // 10),
-        # as the swarm's trainers of blocks > 0 under --chain-fraction (node.blocks)
-        z_lr_scale=TRAJECTORY_Z_LR_SCALE if args.chain_fraction > 0 else TrainConfig.z_lr_scale,
     )
     with torch.no_grad():
         swarm_eval = evaluate_sampler(swarm.pop("blocks"), windows)
@@ -232,7 +229,8 @@ def main() -> int:
     ce_refs, ref_walls, ref_evals = [], [], []
     for seed in args.reference_seeds:
         t0 = time.monotonic()
-        trainers = block_trainers(cfg, tcfg, seed=seed)
+        # trained as the swarm's blocks are (W_in learns where the blocks train chained)
+        trainers = block_trainers(cfg, tcfg, seed=seed, chain_fraction=args.chain_fraction)
         train_blocktrain(
             trainers,
             corpus,

@@ -10,6 +10,7 @@ sampler.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from spheroid_p2p.ml.config import ModelConfig, TrainConfig
 from spheroid_p2p.ml.data import ByteCorpus
 from spheroid_p2p.ml.noise import NoisePartition, loss_weight
 from spheroid_p2p.ml.sampler import block_points, euler_step, initial_noise
-from spheroid_p2p.ml.trajectory import ChainInputs
+from spheroid_p2p.ml.trajectory import ChainInputs, w_in_rate
 
 __all__ = [
     "ARTrainer",
@@ -217,9 +218,19 @@ class EndToEndTrainer:
         return StepLog(self.step_count, float(loss.detach()), lr, time.perf_counter() - start)
 
 
-def block_trainers(cfg: ModelConfig, tcfg: TrainConfig, seed: int = 0) -> list[BlockTrainer]:
-    """One trainer per block, each with its own AdamW and noise stream, derived from ``seed``."""
-    return [BlockTrainer(cfg, tcfg, b, seed=seed * 7919 + b) for b in range(cfg.n_blocks)]
+def block_trainers(
+    cfg: ModelConfig, tcfg: TrainConfig, seed: int = 0, chain_fraction: float = 0.0
+) -> list[BlockTrainer]:
+    """One trainer per block, each with its own AdamW and noise stream, derived from ``seed``.
+    With ``chain_fraction`` > 0 (trajectory-matched, :func:`train_blocktrain`) the blocks that
+    train on the chain's codes let W_in learn (``ml.trajectory.w_in_rate``)."""
+    out = []
+    for b in range(cfg.n_blocks):
+        own = tcfg
+        if chain_fraction > 0:
+            own = dataclasses.replace(tcfg, z_lr_scale=w_in_rate(cfg, b, chain_fraction))
+        out.append(BlockTrainer(cfg, own, b, seed=seed * 7919 + b))
+    return out
 
 
 def train_blocktrain(

@@ -16,16 +16,30 @@ from collections.abc import Sequence
 import torch
 
 from spheroid_p2p.ml.block import BlockDenoiser
-from spheroid_p2p.ml.config import ModelConfig
+from spheroid_p2p.ml.config import ModelConfig, TrainConfig
 from spheroid_p2p.ml.noise import NoisePartition
 from spheroid_p2p.ml.sampler import block_hop, block_points, initial_noise
 
-__all__ = ["TRAJECTORY_Z_LR_SCALE", "ChainInputs"]
+__all__ = ["TRAJECTORY_Z_LR_SCALE", "ChainInputs", "trains_chained", "w_in_rate"]
 
 #: W_in's learning-rate multiplier (``TrainConfig.z_lr_scale``) of a block trained
 #: trajectory-matched: the point of chain inputs is that W_in learns what the chain's code is
 #: worth, so it must learn (the default, 0, keeps it at zero: README, issue 19).
 TRAJECTORY_Z_LR_SCALE = 0.1
+
+
+def trains_chained(cfg: ModelConfig, block: int, chain_fraction: float) -> bool:
+    """Whether a trainer of ``block`` trains trajectory-matched: block 0 reads pure noise
+    either way, and span models (layout P) keep noisy true codes."""
+    return chain_fraction > 0 and block > 0 and cfg.layout == "S"
+
+
+def w_in_rate(cfg: ModelConfig, block: int, chain_fraction: float) -> float:
+    """``TrainConfig.z_lr_scale`` for a trainer of ``block``: W_in learns only where the
+    block trains trajectory-matched, else it stays at zero (the default)."""
+    if trains_chained(cfg, block, chain_fraction):
+        return TRAJECTORY_Z_LR_SCALE
+    return TrainConfig.z_lr_scale
 
 
 class ChainInputs:

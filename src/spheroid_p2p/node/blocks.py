@@ -118,19 +118,17 @@ class TrainedBlocks:
         """Train ``block`` to the end of its budget, then serve it."""
         from spheroid_p2p.ml.config import TrainConfig
         from spheroid_p2p.ml.data import load_corpus
-        from spheroid_p2p.ml.trajectory import TRAJECTORY_Z_LR_SCALE
+        from spheroid_p2p.ml.trajectory import trains_chained, w_in_rate
         from spheroid_p2p.node.trainer import TrainingJob
 
         cfg = self.config
         assert cfg.corpus is not None
         corpus = await asyncio.to_thread(load_corpus, cfg.corpus)
-        chained = cfg.chain_fraction > 0 and block > 0 and cfg.model.layout == "S"
         tcfg = TrainConfig(
             batch_size=cfg.batch_size,
             steps=cfg.train_steps,
             warmup_steps=min(100, cfg.train_steps // 10),
-            # trajectory-matched: W_in learns what the chain's code is worth
-            z_lr_scale=TRAJECTORY_Z_LR_SCALE if chained else TrainConfig.z_lr_scale,
+            z_lr_scale=w_in_rate(cfg.model, block, cfg.chain_fraction),
         )
         seed = cfg.seed * 1009 + int.from_bytes(self.key.peer_id.digest[:4], "big")
         job = await asyncio.to_thread(
@@ -141,7 +139,7 @@ class TrainedBlocks:
         self.jobs[block] = job
         if self.stopping:
             job.stop()
-        if chained:
+        if trains_chained(cfg.model, block, cfg.chain_fraction):
             from spheroid_p2p.node.chain import ChainFeed
 
             feed = ChainFeed(

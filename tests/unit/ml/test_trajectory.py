@@ -52,3 +52,24 @@ def test_the_reference_run_trains_later_blocks_on_frozen_copies_of_the_earlier_o
     frozen, live = chain.earlier[0], trainers[0].block
     assert frozen is not live and not any(p.requires_grad for p in frozen.parameters())
     assert all(p.requires_grad for p in live.parameters())  # the trainer's own block trains on
+
+
+def test_w_in_learns_only_where_a_block_trains_on_the_chain() -> None:
+    from spheroid_p2p.ml.trajectory import TRAJECTORY_Z_LR_SCALE, trains_chained, w_in_rate
+    from spheroid_p2p.ml.training import block_trainers
+
+    assert TrainConfig().z_lr_scale == 0.0  # the default: W_in stays at its zero init
+    assert w_in_rate(CFG, 1, 1.0) == TRAJECTORY_Z_LR_SCALE > 0
+    assert w_in_rate(CFG, 0, 1.0) == 0.0  # block 0 reads pure noise
+    assert w_in_rate(CFG, 1, 0.0) == 0.0
+    span = CFG.replace(layout="P", span=2)
+    assert not trains_chained(span, 1, 1.0) and w_in_rate(span, 1, 1.0) == 0.0
+    rates = [t.tcfg.z_lr_scale for t in block_trainers(CFG, TrainConfig(), chain_fraction=0.5)]
+    assert rates == [0.0, TRAJECTORY_Z_LR_SCALE]
+
+
+def test_a_frozen_w_in_stays_at_zero_through_training() -> None:
+    trainer = BlockTrainer(CFG, TrainConfig(steps=3), 1, seed=0)
+    for _ in range(3):
+        trainer.step(_windows())
+    assert not trainer.block.w_in.weight.any() and not trainer.block.w_in.bias.any()
