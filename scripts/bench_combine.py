@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             base = [BlockDenoiser(cfg, 0), *base[1:]]
             base[0].load_state_dict(first.state_dict())
             traj_suffix += f"-b0{args.first_block_from.name}"
-        for f in (float(v) for v in args.fractions.split(",")):
+        for f in (float(v) for v in args.fractions.split(",") if v.strip()):
             scale = args.w_in_lr_scale
             if scale is None:  # trajectory-matched blocks learn to read the chain's code
                 scale = TRAJECTORY_Z_LR_SCALE if f > 0 else TrainConfig.z_lr_scale
