@@ -55,8 +55,8 @@ def test_the_reference_run_trains_later_blocks_on_frozen_copies_of_the_earlier_o
 
 
 def test_w_in_learns_only_where_a_block_trains_on_the_chain() -> None:
-    from spheroid_p2p.ml.trajectory import TRAJECTORY_Z_LR_SCALE, trains_chained, w_in_rate
     from spheroid_p2p.ml.training import block_trainers
+    from spheroid_p2p.ml.trajectory import TRAJECTORY_Z_LR_SCALE, trains_chained, w_in_rate
 
     assert TrainConfig().z_lr_scale == 0.0  # the default: W_in stays at its zero init
     assert w_in_rate(CFG, 1, 1.0) == TRAJECTORY_Z_LR_SCALE > 0
