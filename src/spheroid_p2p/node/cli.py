@@ -18,12 +18,15 @@ import signal
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from spheroid_p2p.errors import SpheroidError
 from spheroid_p2p.identity import load_or_create_identity
 from spheroid_p2p.node.flags import build_parser, model_from_args
 from spheroid_p2p.node.settings import node_config
+
+if TYPE_CHECKING:
+    from spheroid_p2p.wire.status import StatusResponse
 
 __all__ = ["build_parser", "main", "node_config"]
 
@@ -140,23 +143,51 @@ async def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 async def _cmd_status(args: argparse.Namespace) -> int:
+    from spheroid_p2p.client.status import fetch_status
+
+    # SIGINT/SIGTERM end --watch for sure: the handler cancels this task and leaves a flag,
+    # so a cancellation that lands in a connection's close (which waits out its flush and
+    # carries on) still ends the loop before the next view
+    main = asyncio.current_task()
+    assert main is not None
+    stopping = False
+
+    def on_signal() -> None:
+        nonlocal stopping
+        stopping = True
+        main.cancel()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        while not stopping:
+            status = await fetch_status(args.peer, args.timeout)
+            if stopping:
+                break
+            _show_status(status, as_json=args.json, watch=bool(args.watch))
+            if not args.watch:
+                return 0
+            await asyncio.sleep(args.watch)
+    except asyncio.CancelledError:
+        if not stopping:
+            raise
+    return 130
+
+
+def _show_status(status: StatusResponse, as_json: bool, watch: bool) -> None:
     import json
 
-    from spheroid_p2p.client.status import fetch_status, format_status, status_json
+    from spheroid_p2p.client.status import format_status, status_json
 
-    while True:
-        status = await fetch_status(args.peer, args.timeout)
-        if args.json:
-            print(json.dumps(status_json(status)), flush=True)
-        else:
-            if args.watch and sys.stdout.isatty():
-                print("\x1b[H\x1b[2J", end="")  # clear the screen between views
-            print(format_status(status), flush=True)
-        if not args.watch:
-            return 0
-        if not sys.stdout.isatty() and not args.json:
-            print(flush=True)
-        await asyncio.sleep(args.watch)
+    if as_json:
+        print(json.dumps(status_json(status)), flush=True)
+        return
+    if watch and sys.stdout.isatty():
+        print("\x1b[H\x1b[2J", end="")  # clear the screen between views
+    print(format_status(status), flush=True)
+    if watch and not sys.stdout.isatty():
+        print(flush=True)
 
 
 def _cmd_id(args: argparse.Namespace) -> int:
