@@ -223,7 +223,15 @@ class TrainingJob:
                 )
             if k < n or self.stopped.is_set():
                 break
+        await self._save_if_stopped(pool)
         return done, total / max(1, done)
+
+    async def _save_if_stopped(self, pool: ThreadPoolExecutor) -> None:
+        """A stop that came after a slice's own checkpoint test (a race the slice cannot see)
+        still loses no step: the checkpoint is written again, atomically, on the pool."""
+        if self.stopped.is_set():
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(pool, save_trainer, self.state_path, self.trainer)
 
     async def run(self, pool: ThreadPoolExecutor, slice_steps: int = 10) -> Path:
         """Train to the end on ``pool``; returns the path of the finished block."""
@@ -240,6 +248,7 @@ class TrainingJob:
                 progress.loss,
             )
         if self.stopped.is_set():
+            await self._save_if_stopped(pool)
             return self.block_path
         await loop.run_in_executor(pool, save_block, self.block_path, self.trainer.block)
         log.info(
