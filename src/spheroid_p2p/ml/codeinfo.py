@@ -29,8 +29,7 @@ import torch.nn.functional as F
 from spheroid_p2p.ml.block import BlockDenoiser, make_codebook
 from spheroid_p2p.ml.config import ModelConfig
 from spheroid_p2p.ml.noise import NoisePartition
-from spheroid_p2p.ml.sampler import block_points
-from spheroid_p2p.ml.trajectory import ChainInputs
+from spheroid_p2p.ml.sampler import block_hop, block_points, initial_noise
 
 __all__ = ["CodeUse", "capacity_curve", "code_capacity", "code_use", "entropy"]
 
@@ -106,46 +105,46 @@ def code_use(
     seeds: Sequence[int] = (0, 1, 2),
     batch: int = 32,
 ) -> list[CodeUse]:
-    """:class:`CodeUse` of every block of a layout S model on the same windows and seeds."""
+    """:class:`CodeUse` of every block of a layout S model on the same windows and seeds.
+    One traversal per batch gives every block its chain input (block 0's is the noise at
+    sigma_max, as at inference)."""
     cfg = blocks[0].cfg
     if cfg.layout != "S":
         raise ValueError("the code budget is measured on per-byte (layout S) models")
     for block in blocks:
         block.eval()
     points = block_points(NoisePartition(cfg))
-    targets = windows[:, 1:].reshape(-1)
-    out = []
-    for b, block in enumerate(blocks):
-        sigma = points[b][0][0]
-        chain = ChainInputs(cfg, blocks[:b]) if b else None
-        sums = {"true": 0.0, "blind": 0.0, "chain": 0.0}
-        count = 0
-        for seed in seeds:
-            gen = torch.Generator().manual_seed(seed * 7919 + b)
-            for start in range(0, windows.shape[0], batch):
-                chunk = windows[start : start + batch]
-                x, y = chunk[:, :-1], chunk[:, 1:]
+    sums = torch.zeros(len(blocks), 3, dtype=torch.float64)  # true, blind, chain
+    count = 0
+    for seed in seeds:
+        gen = torch.Generator().manual_seed(seed * 7919)
+        for start in range(0, windows.shape[0], batch):
+            chunk = windows[start : start + batch]
+            x, y = chunk[:, :-1], chunk[:, 1:]
+            z = initial_noise((*y.shape, cfg.d_z), points[0][0][0], gen)
+            for b, block in enumerate(blocks):
+                pts, nxt = points[b]
+                sigma = pts[0]
                 eps = torch.randn(*y.shape, cfg.d_z, generator=gen)
-                sums["true"] += _ce(block, x, block.codebook[y] + sigma * eps, sigma, y)
-                sums["blind"] += _ce(block, x, sigma * eps, sigma, y)
-                z = (
-                    chain(x, y.shape[1], gen)
-                    if chain is not None
-                    else sigma * torch.randn(*y.shape, cfg.d_z, generator=gen)
-                )
-                sums["chain"] += _ce(block, x, z, sigma, y)
-                count += y.numel()
-        out.append(
-            CodeUse(
-                block=b,
-                sigma=sigma,
-                capacity=code_capacity(cfg, targets, sigma),
-                ce_true=sums["true"] / count,
-                ce_blind=sums["blind"] / count,
-                ce_chain=sums["chain"] / count,
-            )
+                sums[b, 0] += _ce(block, x, block.codebook[y] + sigma * eps, sigma, y)
+                sums[b, 1] += _ce(block, x, sigma * eps, sigma, y)
+                sums[b, 2] += _ce(block, x, z, sigma, y)
+                if nxt is not None:
+                    z = block_hop(block, x, z, pts, nxt).z
+            count += y.numel()
+    means = (sums / count).tolist()
+    targets = windows[:, 1:].reshape(-1)
+    return [
+        CodeUse(
+            block=b,
+            sigma=points[b][0][0],
+            capacity=code_capacity(cfg, targets, points[b][0][0]),
+            ce_true=means[b][0],
+            ce_blind=means[b][1],
+            ce_chain=means[b][2],
         )
-    return out
+        for b in range(len(blocks))
+    ]
 
 
 def capacity_curve(
