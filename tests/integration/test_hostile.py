@@ -294,17 +294,22 @@ def test_poisoned_versions_and_foreign_shard_deltas_are_refused(tmp_path: Path) 
     model = ModelConfig(context=16, d_model=32, layers_per_block=1)
     target = PeerId.from_text(trainer.peer_id)
 
-    async def poison(node: Node, make: Callable[[torch.Tensor], torch.Tensor], ahead: int) -> bytes:
+    async def poison(node: Node, make: Callable[[torch.Tensor], torch.Tensor]) -> bytes:
         recs = [r for r in node.gossip.owners_of(0) if r.owner == target and r.content_hash]
         newest = max(recs, key=lambda r: r.version)
         await node.swarm.connect([target])
         signed = await node.transfers.get_manifest(target, 0, newest.content_hash)
         base = (await node.transfers.fetch(signed, [target])).stored.tensors()
+        # ahead of the trainer's version as it is now, by a margin of rounds (4 s each): a
+        # version it has already passed is ignored, not refused, and a loaded machine can take
+        # a few seconds to get here (CI: gossip a round behind, the fetch a round more)
+        view = await fetch_status(trainer.addr)
+        now = max(r.version for r in view.records if r.owner == target.digest and r.block == 0)
         bad = node.store.put(
             node.key,
             {k: make(v) for k, v in base.items()},
             block=0,
-            version=signed.manifest.version + ahead,
+            version=max(now, signed.manifest.version) + 5,
             parent=signed.manifest.content,
             config_hash=model.config_hash(),
             created_ms=signed.manifest.created_ms,
@@ -337,9 +342,9 @@ def test_poisoned_versions_and_foreign_shard_deltas_are_refused(tmp_path: Path) 
                     break
                 await asyncio.sleep(0.2)
             nan = float("nan")
-            sent.append(await poison(evil, lambda v: torch.full_like(v, nan), 2))
-            sent.append(await poison(evil, lambda v: v * 100 + 1, 2))
-            sent.append(await poison(other, lambda v: torch.full_like(v, nan), 1))
+            sent.append(await poison(evil, lambda v: torch.full_like(v, nan)))
+            sent.append(await poison(evil, lambda v: v * 100 + 1))
+            sent.append(await poison(other, lambda v: torch.full_like(v, nan)))
             # shard 63 of 64 of a block whose plan has one shard: refused at the header
             recs = [r for r in evil.swarm.owners(0) if r.owner == target and r.content_hash]
             newest = max(recs, key=lambda r: r.version)
