@@ -41,7 +41,7 @@ from spheroid_p2p.ml.checkpoint import load_block, save_block
 from spheroid_p2p.ml.config import ModelConfig, TrainConfig
 from spheroid_p2p.ml.data import ByteCorpus, load_corpus
 from spheroid_p2p.ml.evaluate import ce_autoregressive, evaluate_sampler
-from spheroid_p2p.ml.training import ARTrainer, BlockTrainer
+from spheroid_p2p.ml.training import ARTrainer, BlockTrainer, measure_quality
 from spheroid_p2p.ml.trajectory import TRAJECTORY_Z_LR_SCALE, ChainInputs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,15 +90,27 @@ def trajectory_model(
     return blocks, time.perf_counter() - start
 
 
+def with_qualities(blocks: list[BlockDenoiser], corpus: ByteCorpus, seed: int) -> str:
+    """Blocks saved before checkpoints carried their trainer's quality get it measured the
+    way a trainer measures it (``ml.training.measure_quality``); says which it was."""
+    missing = [b for b in blocks if b.quality is None]
+    for block in missing:
+        measure_quality(block, corpus, seed=seed)
+    return "measured" if missing else "trainer"
+
+
 def scores(blocks: list[BlockDenoiser], windows: torch.Tensor) -> dict[str, Any]:
     report = evaluate_sampler(blocks, windows)
     return {
         "ce_first": round(report.ce_first, 4),
         "ce_sampler": round(report.ce_last, 4),  # the last block's prediction (rule until r12)
-        "ce_combined": round(report.ce_combined, 4),
+        "ce_combined": round(report.ce_combined, 4),  # the plain mean (r13)
+        "ce_weighted": round(report.ce_weighted, 4),  # the quality-weighted mean (r14)
         "ce_by_block": [round(v, 4) for v in report.ce_by_block],
+        "qualities": [round(v, 4) for v in report.qualities],
         "sampler_minus_first": round(report.ce_last - report.ce_first, 4),
         "combined_minus_first": round(report.ce_combined - report.ce_first, 4),
+        "weighted_minus_first": round(report.ce_weighted - report.ce_first, 4),
     }
 
 
@@ -154,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         base, _ = trained_blocks(
             corpus, cfg, args.block_steps, args.models / f"{corpus.name}{suffix}", args.seed
         )
-        row["default"] = scores(base, windows)
+        source = with_qualities(base, corpus, args.seed)
+        row["default"] = {**scores(base, windows), "qualities_from": source}
         _log(f"{corpus.name} default: {row['default']}")
         traj_suffix = suffix
         if args.first_block_from is not None:
@@ -174,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
                 corpus, base, args.block_steps, f, folder, args.seed, z_lr_scale=scale
             )
             key = f"traj{f:g}{variant}"
+            source = with_qualities(blocks, corpus, args.seed)
             row[key] = {**scores(blocks, windows), "train_s": round(seconds, 1)}
+            row[key]["qualities_from"] = source
             _log(f"{corpus.name} {key}: {row[key]}")
         if not args.no_reference:
             tcfg = TrainConfig(
@@ -189,14 +204,12 @@ def main(argv: list[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")
         variants = {k: v for k, v in row.items() if isinstance(v, dict)}
-        best = min(
-            variants, key=lambda k: min(variants[k]["ce_sampler"], variants[k]["ce_combined"])
-        )
+        best = min(variants, key=lambda k: variants[k]["ce_weighted"])
         print(
             f"{corpus.name}: "
             + "; ".join(
                 f"{k} first {v['ce_first']:.4f} sampler {v['ce_sampler']:.4f} "
-                f"combined {v['ce_combined']:.4f}"
+                f"combined {v['ce_combined']:.4f} weighted {v['ce_weighted']:.4f}"
                 for k, v in variants.items()
             )
             + (f"; (A) {row['A']:.4f}" if "A" in row else "")

@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         results["blocktrain"] = {
             **nats_report(main_eval.ce_sampler),
             "ce_sampler_per_seed": main_eval.ce_per_seed,
-            # ce_sampler is the combined rule's (protocol r13); the last block's alone:
+            # ce_sampler is the weighted rule's (protocol r14); the last block's alone:
             "ce_last_block": main_eval.ce_last,
             "ce_by_block": main_eval.ce_by_block,
             "ce_mix3": main_eval.ce_mix,

@@ -222,8 +222,9 @@ def main() -> int:
     )
     with torch.no_grad():
         swarm_eval = evaluate_sampler(swarm.pop("blocks"), windows)
-    # ce_sampler is the combined output rule's (protocol r13); the swarm's model must keep
-    # its gain over block 0 alone (ce_first) and over the last block alone (ce_last)
+    # ce_sampler is the weighted output rule's (protocol r14: each block weighed by its
+    # trainer's quality, kept in the checkpoints); the swarm's model must keep its gain over
+    # block 0 alone (ce_first) and over the last block alone (ce_last)
     ce_swarm = swarm_eval.ce_sampler
     # The reference with more than one seed: the spread says how much of a gap is seed noise.
     ce_refs, ref_walls, ref_evals = [], [], []
@@ -255,6 +256,8 @@ def main() -> int:
         "ce_swarm_first_block": swarm_eval.ce_first,
         "ce_swarm_last_block": swarm_eval.ce_last,
         "ce_swarm_by_block": swarm_eval.ce_by_block,
+        "ce_swarm_mean_rule": swarm_eval.ce_combined,
+        "swarm_qualities": swarm_eval.qualities,
         "ce_reference": ce_ref,
         "ce_reference_first_block": [r.ce_first for r in ref_evals],
         "ce_reference_last_block": [r.ce_last for r in ref_evals],

@@ -79,7 +79,7 @@ from spheroid_p2p.wire.traversal import (
     TraverseResult,
 )
 
-SPEC_REVISION = "r13"
+SPEC_REVISION = "r14"
 OUT_DIR = Path(__file__).resolve().parent.parent / "protocol" / "vectors"
 
 SEED_A = bytes(range(32))
@@ -464,6 +464,20 @@ def message_vectors() -> list[dict[str, Any]]:
             ),
         ),
         (
+            "traverse-weighted",
+            "Traverse to hop 1 under the weighted rule (r14 cb = 2, lp, lq: 10 §10.9): one "
+            "output row, block 0's log-probabilities (every value -ln 256) and its quality",
+            dataclasses.replace(
+                TRAVERSE_0,
+                hop=1,
+                z=InlineTensor(2, (2, 2), 0, chunk_digest(Z_F16), Z_F16),
+                payload=Z_F16,
+                combine=2,
+                combined=struct.pack("<e", -math.log(256)) * 256,
+                qualities=(2.25,),
+            ),
+        ),
+        (
             "pipe-step",
             "PipeStep to stage 0 with a 6-byte prompt",
             PipeStep(
@@ -510,6 +524,14 @@ def message_vectors() -> list[dict[str, Any]]:
             VersionInfo(request_id=0, manifest=PLANNED),
         ),
         (
+            "version-info-quality",
+            "r14 VersionInfo pushing version 3 with its publisher's quality q = 2.28125 nats/byte",
+            VersionInfo(
+                request_id=0,
+                manifest=dataclasses.replace(PLANNED.manifest, quality=2.28125).sign(KEY_A),
+            ),
+        ),
+        (
             "delta-ack",
             "DeltaAck: refused as late",
             DeltaAck(stream_id=5, block=2, round=3, code=22, reason="round 3 closed"),
@@ -539,6 +561,17 @@ def message_vectors() -> list[dict[str, Any]]:
             "traverse-result-combined",
             "TraverseResult of a traversal under the combined rule (r13 cb)",
             TraverseResult(traversal_id=7, output=b"x", hop_ms=(12.5,), combine=1),
+        ),
+        (
+            "traverse-result-weighted",
+            "TraverseResult under the weighted rule (r14 cb = 2) with the four blocks' qualities",
+            TraverseResult(
+                traversal_id=7,
+                output=b"x",
+                hop_ms=(12.5,),
+                combine=2,
+                qualities=(2.25, 2.3125, 2.5, 5.545177444479562),
+            ),
         ),
         (
             "traverse-error",
@@ -721,6 +754,26 @@ def message_vectors() -> list[dict[str, Any]]:
         ),
         ErrorCode.MALFORMED_MESSAGE,
     )
+    for vid, desc, q in (
+        ("manifest-quality-negative", "r14: a manifest whose quality is -1.0", -1.0),
+        ("manifest-quality-too-large", "r14: a manifest whose quality is 17.0 (MAX_QUALITY 16)",
+         17.0),
+        ("manifest-quality-not-a-number", "r14: a manifest whose quality is a string", "2.3"),
+    ):  # fmt: skip
+        bad_q = msgpack_profile.pack(dict(msgpack_profile.unpack(PLANNED.data), q=q))
+        err(
+            vid,
+            desc,
+            raw_body(
+                msgpack_profile.pack(
+                    signed_map(
+                        body={"id": 0, "m": bad_q, "s": KEY_A.sign(DOMAIN_MANIFEST, bad_q)},
+                        type_code=int(VersionInfo.TYPE),
+                    )
+                )
+            ),
+            ErrorCode.MALFORMED_MESSAGE,
+        )
     err(
         "status-positional-row",
         "r9: a STATUS_RESPONSE record row given as an r8 positional array, not a map",
@@ -969,8 +1022,20 @@ def message_vectors() -> list[dict[str, Any]]:
          {"cb": 1, "lp": b"\x00\x7c" + bytes(510)}),
         ("traverse-lp-positive", "Traverse whose lp holds 1.0 (a sum of log-probabilities is <= 0)",
          {"cb": 1, "lp": b"\x00\x3c" + bytes(510)}),
-        ("traverse-unknown-output-rule", "Traverse whose cb is 2 (only 0 and 1 are rules)",
-         {"cb": 2}),
+        ("traverse-unknown-output-rule", "Traverse whose cb is 3 (only 0, 1 and 2 are rules)",
+         {"cb": 3}),
+        ("traverse-lq-without-weights", "Traverse with lq under cb = 1 (lq belongs to cb = 2)",
+         {"cb": 1, "lp": bytes(512), "lq": [2.25]}),
+        ("traverse-lq-negative", "Traverse whose lq holds -0.5 (a CE is >= 0)",
+         {"cb": 2, "lp": bytes(512), "lq": [-0.5]}),
+        ("traverse-lq-too-large", "Traverse whose lq holds 17.0 (MAX_QUALITY is 16)",
+         {"cb": 2, "lp": bytes(512), "lq": [17.0]}),
+        ("traverse-lq-too-many", "Traverse whose lq has 65 values (MAX_WEIGHTED_BLOCKS is 64)",
+         {"cb": 2, "lp": bytes(512), "lq": [2.0] * 65}),
+        ("traverse-lp-without-lq", "Traverse under cb = 2 with lp but no lq",
+         {"cb": 2, "lp": bytes(512)}),
+        ("traverse-lq-without-lp", "Traverse under cb = 2 with lq but no lp",
+         {"cb": 2, "lq": [2.0]}),
     ):  # fmt: skip
         err(
             vid,
@@ -1547,6 +1612,56 @@ def session_vectors() -> list[dict[str, Any]]:
     return out
 
 
+def combine_vectors() -> list[dict[str, Any]]:
+    """10 §10.9: one block's step of the combined rules, from its log-probabilities (binary32,
+    so that no log_softmax implementation enters) to the lp it passes on (binary16)."""
+    import torch
+
+    from spheroid_p2p.ml.combine import combine_step, new_share
+
+    def logp_of(seed: int) -> torch.Tensor:
+        x = torch.tensor([((i * 37 + seed * 101) % 97) / 9.0 for i in range(256)])
+        return torch.log_softmax(x, dim=-1)[None, None]
+
+    def f16(t: torch.Tensor) -> str:
+        return t.contiguous().numpy().astype("<f2").tobytes().hex()
+
+    cases = [
+        ("mean-block-0", "cb = 1 at block 0: lp is the log-probabilities, rounded", 1, None, ()),
+        ("mean-block-1", "cb = 1 at block 1: the sum", 1, 0, ()),
+        ("weighted-block-0", "cb = 2 at block 0 (q 2.25)", 2, None, (2.25,)),
+        ("weighted-block-1", "cb = 2 at block 1: q 2.25 then 2.3125", 2, 0, (2.25, 2.3125)),
+        ("weighted-block-3", "cb = 2 at block 3, one block unknown (ln 256)", 2, 1,
+         (2.25, 2.3125, 5.545177444479562, 2.28)),
+        ("mean-floor", "cb = 1 where lp is at the floor: the sum is clamped to -60000", 1, -1,
+         ()),
+    ]  # fmt: skip
+    out = []
+    for vid, desc, rule, earlier, lq in cases:
+        logp = logp_of(len(out))
+        if earlier is None:
+            acc = None
+        elif earlier < 0:
+            acc = torch.full((1, 1, 256), -60000.0, dtype=torch.float16)
+        else:
+            acc = combine_step(None, logp_of(7 + earlier))
+        result = combine_step(acc, logp, lq if rule == 2 else ())
+        vector: dict[str, Any] = {
+            "id": vid,
+            "description": desc,
+            "cb": rule,
+            "lp": f16(acc) if acc is not None else "",
+            "lq": list(lq[:-1]),
+            "q": lq[-1] if lq else None,
+            "logp": logp.contiguous().numpy().astype("<f4").tobytes().hex(),
+            "lp_out": f16(result),
+        }
+        if rule == 2 and len(lq) > 1:
+            vector["share"] = new_share(lq)
+        out.append(vector)
+    return out
+
+
 AREAS: dict[str, Callable[[], list[dict[str, Any]]]] = {
     "signing": signing_vectors,
     "framing": framing_vectors,
@@ -1555,6 +1670,7 @@ AREAS: dict[str, Callable[[], list[dict[str, Any]]]] = {
     "tensor_streams": stream_vectors,
     "ownership_merge": ownership_vectors,
     "session": session_vectors,
+    "combine": combine_vectors,
 }
 
 

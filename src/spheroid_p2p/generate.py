@@ -18,7 +18,10 @@ from pathlib import Path
 from spheroid_p2p.client.drafts import DRAFTERS, drafter_by_name
 from spheroid_p2p.errors import SpheroidError
 from spheroid_p2p.ml.drafting import Drafter
-from spheroid_p2p.wire.traversal import COMBINE_LAST, COMBINE_MEAN
+from spheroid_p2p.wire.traversal import COMBINE_LAST, COMBINE_MEAN, COMBINE_WEIGHTED
+
+#: --combine's choices and the rule each asks for (10 §10.9)
+RULES = {"weighted": COMBINE_WEIGHTED, "mean": COMBINE_MEAN, "last": COMBINE_LAST}
 
 __all__ = ["main"]
 
@@ -47,10 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--combine",
-        choices=["mean", "last"],
-        default="mean",
-        help="the output: the mean of every block's log-probabilities, or the last block's "
-        "prediction (protocol r13, 10 §10.9); default: %(default)s",
+        choices=["weighted", "mean", "last"],
+        default="weighted",
+        help="the output: the mean of every block's log-probabilities weighted by each block's "
+        "quality (its trainer's recent CE; r14), their plain mean (r13), or the last block's "
+        "prediction (10 §10.9); default: %(default)s",
     )
     parser.add_argument(
         "--rule",
@@ -125,7 +129,7 @@ async def _run(args: argparse.Namespace, drafter: Drafter | None) -> int:
             span=args.span,
             on_bytes=show,
             rule=args.rule,
-            combine=COMBINE_MEAN if args.combine == "mean" else COMBINE_LAST,
+            combine=RULES[args.combine],
             drafter=drafter,
         )
     finally:
@@ -139,6 +143,12 @@ async def _run(args: argparse.Namespace, drafter: Drafter | None) -> int:
         f"route {' -> '.join(report.routes[-1]) if report.routes else '-'}",
         file=sys.stderr,
     )
+    if report.qualities:
+        print(
+            "--- block qualities (nats/byte, the weights' source): "
+            + ", ".join(f"{b}: {q:.3f}" for b, q in enumerate(report.qualities)),
+            file=sys.stderr,
+        )
     return 0
 
 

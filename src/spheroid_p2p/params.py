@@ -31,6 +31,7 @@ __all__ = [
     "MAX_PREFIX_SESSIONS",
     "MAX_PREFIX_SESSIONS_PER_CLIENT",
     "MAX_PREFIX_SESSION_BYTES",
+    "MAX_QUALITY",
     "MAX_RECORDS_PER_ANSWER",
     "MAX_RECORDS_PER_MESSAGE",
     "MAX_RECORDS_PER_OWNER",
@@ -51,6 +52,7 @@ __all__ = [
     "MAX_UPDATES_PER_SHARD",
     "MAX_VERSION_CHUNKS",
     "MAX_VERSION_TENSORS",
+    "MAX_WEIGHTED_BLOCKS",
     "MAX_ZSTD_WINDOW_BYTES",
     "PREFIX_SESSION_IDLE_S",
     "PROTOCOL_VERSION",
@@ -61,6 +63,7 @@ __all__ = [
     "SIGNATURE_BYTES",
     "SUPPORTED_VERSIONS",
     "TENSOR_CHUNK_BYTES",
+    "WEIGHT_TEMPERATURE",
 ]
 
 # --- 01-framing.md ---------------------------------------------------------------------------
@@ -166,6 +169,12 @@ MAX_TRAJECTORY_ROWS: Final = 64
 #: r13, 10 §10.9: output rows a traversal under the combined rule may carry the blocks'
 #: log-probabilities for (``lp``: 512 bytes each, in the signed body)
 MAX_COMBINED_ROWS: Final = 16
+#: r14, 10 §10.9: blocks whose qualities a traversal under the weighted rule carries (``lq``)
+MAX_WEIGHTED_BLOCKS: Final = 64
+#: r14, 10 §10.9 and 08 §8.2: a block's quality (its next-byte CE, nats/byte) is at most this
+MAX_QUALITY: Final = 16.0
+#: r14, 10 §10.9: tau of the weighted rule's weights exp(-q / tau), nats/byte
+WEIGHT_TEMPERATURE: Final = 0.03
 #: r11, 10 §10.8: generation sessions a block server keeps (keys and values of known rows)
 MAX_PREFIX_SESSIONS: Final = 256
 #: r11: of which one client may hold

@@ -276,3 +276,23 @@ def test_session_vectors() -> None:
     with pytest.raises(RemoteProtocolError) as err:
         again.open(tampered[4:])
     assert err.value.code.name == "DECRYPTION_FAILED"
+
+
+@pytest.mark.parametrize("vector", load("combine"), ids=lambda v: v["id"])
+def test_combine_vector(vector: dict[str, Any]) -> None:
+    """10 §10.9: one block's step of a combined rule gives exactly the lp bytes of the vector
+    (binary32 arithmetic, the share in binary64, rounded to binary16)."""
+    import torch
+
+    from spheroid_p2p.ml.combine import combine_step, new_share
+
+    logp = torch.frombuffer(bytearray.fromhex(vector["logp"]), dtype=torch.float32)
+    acc = None
+    if vector["lp"]:
+        acc = torch.frombuffer(bytearray.fromhex(vector["lp"]), dtype=torch.float16)
+        acc = acc.view(1, 1, 256)
+    lq = (*vector["lq"], vector["q"]) if vector["cb"] == 2 else ()
+    out = combine_step(acc, logp.view(1, 1, 256), lq)
+    assert out.numpy().astype("<f2").tobytes().hex() == vector["lp_out"]
+    if "share" in vector:
+        assert new_share(lq) == vector["share"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import signal
 import time
@@ -125,6 +126,7 @@ def test_poisoned_shard_delta_is_rejected_and_the_round_completes(tmp_path: Path
             train_blocks=(0,),  # announces a train record: a live replica of block 0
             model=model,
         )
+        qualities: list[float | None] = []
         async with running_node(cfg) as node:
             me = node.key.peer_id
             # The replicas move on every fraction of a second: a delta for a round that is
@@ -144,6 +146,7 @@ def test_poisoned_shard_delta_is_rejected_and_the_round_completes(tmp_path: Path
                 except FetchError:  # that version was pruned meanwhile
                     continue
                 m = signed.manifest
+                qualities.append(m.quality)
                 live = [PeerId.from_text(p.peer_id) for p in honest] + [me]
                 plan = RoundPlan.from_manifest(0, m.version + 1, m.plan, m.shards, 0, 1, live)
                 n = sum(e.raw_len // 4 for e in m.tensors)
@@ -178,6 +181,9 @@ def test_poisoned_shard_delta_is_rejected_and_the_round_completes(tmp_path: Path
                 assert ack.code in (ErrorCode.ROUND_CLOSED, ErrorCode.NOT_READY), ack
             assert acks and acks[-1].code == ErrorCode.DELTA_REJECTED, acks
             assert "NaN" in acks[-1].reason, acks[-1]
+            # r14: a round's version carries its publisher's quality, a trained block's CE
+            known = [q for q in qualities if q is not None]
+            assert known and all(0 < q < math.log(256) + 1 for q in known), qualities
 
     try:
         asyncio.run(main())

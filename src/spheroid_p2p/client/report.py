@@ -30,6 +30,9 @@ class GenerationReport:
     reused: list[tuple[int, ...]] = field(default_factory=list)
     #: Draft bytes the traversals carried (speculative traversals, 10 §10.8).
     drafted: int = 0
+    #: Under the weighted rule, every block's quality as the last traversal weighed it
+    #: (10 §10.9: nats/byte; ln 256 where a block's server did not know it).
+    qualities: tuple[float, ...] = ()
 
     @property
     def bytes_per_traversal(self) -> float:

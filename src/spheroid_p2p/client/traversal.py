@@ -42,7 +42,7 @@ from spheroid_p2p.wire.status import StatusRequest, StatusResponse
 from spheroid_p2p.wire.tensors import chunk_digest
 from spheroid_p2p.wire.traversal import (
     COMBINE_LAST,
-    COMBINE_MEAN,
+    COMBINE_WEIGHTED,
     HOP_TIMINGS,
     PREFIX_KNOWN,
     PREFIX_NOISY,
@@ -177,7 +177,7 @@ class TraversalClient:
         rule: str = "known",
         drafter: Drafter | None = None,
         max_draft: int = 32,
-        combine: int = COMBINE_MEAN,
+        combine: int = COMBINE_WEIGHTED,
     ) -> GenerationReport:
         """Generate ``n_bytes`` after ``prompt`` through the swarm that ``addr`` belongs to.
 
@@ -187,10 +187,11 @@ class TraversalClient:
         ``drafter`` (known rule): each traversal carries its guess of the next bytes as extra
         trajectory rows and keeps what the chain agrees with, which is exactly what per-byte
         generation emits, in fewer traversals (``client.drafts``; length from the acceptance
-        rate, at most ``max_draft``). ``combine``: the output rule (10 §10.9), the mean of every
-        block's log-probabilities by default (``COMBINE_LAST``: the last block's prediction);
-        a route that cannot apply it (spans over 16 bytes, a hop before r13) falls back to the
-        last block's for the rest of the generation, with a warning.
+        rate, at most ``max_draft``). ``combine``: the output rule (10 §10.9), by default the
+        mean of every block's log-probabilities weighted by each block's quality
+        (``COMBINE_MEAN``: unweighted; ``COMBINE_LAST``: the last block's prediction); a route
+        that cannot apply it (spans over 16 bytes, a hop before r13) falls back to the last
+        block's for the rest of the generation, with a warning.
         """
         if rule not in ("known", "noisy"):
             raise ValueError(f"rule must be 'known' or 'noisy', got {rule!r}")
@@ -206,7 +207,7 @@ class TraversalClient:
             raise TransportError("the block servers do not announce their context (ctx)")
         session = random.getrandbits(63) | 1 if known else 0
         length = DraftLength(min(max_draft, MAX_DRAFT))
-        if combine == COMBINE_MEAN:
+        if combine != COMBINE_LAST:
             length = DraftLength(min(max_draft, MAX_COMBINED_DRAFT))
         start = time.perf_counter()
         out = b""
@@ -285,16 +286,16 @@ class TraversalClient:
                 raise PerByteOnlyError("a hop answered without cr: it predates r11")
             if (
                 isinstance(answer, TraverseResult)
-                and spec.combine == COMBINE_MEAN
-                and answer.combine != COMBINE_MEAN
+                and spec.combine != COMBINE_LAST
+                and answer.combine != spec.combine
             ):
-                raise NoCombineError("a hop answered without cb: it predates r13")
+                raise NoCombineError(f"a hop answered cb = {answer.combine}: it predates r13")
             if isinstance(answer, TraverseResult) and (not rows or len(answer.output) == rows):
                 return answer.output
             if isinstance(answer, TraverseError) and answer.code == ErrorCode.SPAN_UNSUPPORTED:
                 if spec.rule == PREFIX_KNOWN and spec.span in (0, 1):
                     raise PerByteOnlyError(answer.reason)
-                if spec.combine == COMBINE_MEAN:
+                if spec.combine != COMBINE_LAST:
                     raise NoCombineError(answer.reason)
                 raise TransportError(f"the swarm cannot do this: {answer.reason}")
             report.retries += 1
@@ -344,6 +345,8 @@ class TraversalClient:
         answer = await self._exchange(route, request, tid, report)
         if isinstance(answer, TraverseResult):
             report.traversal_ms.append(report.last_ms)
+            if answer.qualities:
+                report.qualities = answer.qualities
             if spec.rule == PREFIX_KNOWN:
                 report.reused.append(answer.reused)
             n = len(HOP_TIMINGS)

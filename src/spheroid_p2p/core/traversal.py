@@ -13,9 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from spheroid_p2p.errors import ErrorCode
-from spheroid_p2p.params import MAX_COMBINED_ROWS
+from spheroid_p2p.params import MAX_COMBINED_ROWS, MAX_WEIGHTED_BLOCKS
 from spheroid_p2p.wire.traversal import (
-    COMBINE_MEAN,
+    COMBINE_LAST,
+    COMBINE_WEIGHTED,
     COMBINED_ROW_BYTES,
     HOP_TIMINGS,
     PREFIX_KNOWN,
@@ -118,7 +119,7 @@ def check_hop(
     starting = len(req.z.shape) == 1 and req.z.shape[0] == 0
     if starting != (hop.first_block == 0):
         return Refuse(ErrorCode.PROTOCOL_VIOLATION, "only block 0 starts from noise")
-    if req.combine == COMBINE_MEAN:
+    if req.combine != COMBINE_LAST:
         rows = output_rows(req, served)
         if rows > MAX_COMBINED_ROWS:
             return Refuse(
@@ -134,6 +135,18 @@ def check_hop(
                 f"{hop.first_block - 1})"
                 if want_lp
                 else "lp must be empty at block 0",
+            )
+        if req.combine == COMBINE_WEIGHTED and len(req.qualities) != hop.first_block:
+            return Refuse(
+                ErrorCode.TENSOR_SHAPE_MISMATCH,
+                f"lq has {len(req.qualities)} qualities, want {hop.first_block} (one per block "
+                f"before block {hop.first_block})",
+            )
+        if req.combine == COMBINE_WEIGHTED and hop.last_block >= MAX_WEIGHTED_BLOCKS:
+            return Refuse(
+                ErrorCode.SPAN_UNSUPPORTED,
+                f"the weighted rule carries the qualities of {MAX_WEIGHTED_BLOCKS} blocks at "
+                f"most; this model has more (ask for cb = 1)",
             )
     want = z_shape(hop.first_block, req)
     if not starting and tuple(req.z.shape) != want:
@@ -175,6 +188,7 @@ def forward(
     spent_ms: int,
     reused: tuple[int, ...] = (),
     combined: bytes = b"",
+    qualities: tuple[float, ...] = (),
 ) -> Traverse | Refuse:
     """The traversal for the next hop: one hop on, the deadline less what this hop spent."""
     if req.hop + 1 >= len(req.route):
@@ -189,5 +203,6 @@ def forward(
         z=z,
         timings=timings,
         reused=reused if req.prefix_rule == PREFIX_KNOWN else (),
-        combined=combined if req.combine == COMBINE_MEAN else b"",
+        combined=combined if req.combine != COMBINE_LAST else b"",
+        qualities=qualities if req.combine == COMBINE_WEIGHTED else (),
     )

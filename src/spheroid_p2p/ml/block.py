@@ -152,6 +152,10 @@ class BlockDenoiser(nn.Module):
         self._params: list[nn.Parameter] = []
         #: unlike id(), never reused by a later block: with weights_version, names the weights
         self.serial = next(_SERIALS)
+        #: the block's quality: the next-byte CE its trainer measured on its recent batches
+        #: (nats/byte; ``BlockTrainer.quality``, kept in checkpoints), None when unknown; the
+        #: combined rule weighs the blocks by it (``ml.combine``, 10 §10.9)
+        self.quality: float | None = None
         self._init_weights(cfg.init_seed * 1009 + index)
 
     def _init_weights(self, seed: int) -> None:

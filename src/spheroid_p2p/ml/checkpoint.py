@@ -1,9 +1,11 @@
 """Checkpoints in safetensors (never pickle), written atomically.
 
 A block checkpoint holds the block's tensors and, in the safetensors metadata, the model
-config (JSON), the block index and the config hash. A trainer checkpoint adds the AdamW state
-(per parameter: ``exp_avg``, ``exp_avg_sq``, ``step``), the trainer's step counter and the
-state of its noise generator, so a killed worker resumes exactly where it stopped.
+config (JSON), the block index, the config hash and the block's quality when known (its
+trainer's recent CE, which the combined rule weighs it by). A trainer checkpoint adds the
+AdamW state (per parameter: ``exp_avg``, ``exp_avg_sq``, ``step``), the trainer's step
+counter and the state of its noise generator, so a killed worker resumes exactly where it
+stopped.
 
 Files are written to a temporary name in the same directory, fsynced, renamed over the
 target and the directory fsynced: a reader sees the old file or the new one, never a torn one.
@@ -16,6 +18,7 @@ behind are removed by :func:`remove_stale_temporaries` when a node starts.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from safetensors.torch import save as st_save
 
 from spheroid_p2p.ml.baselines import ARTransformer
 from spheroid_p2p.ml.block import BlockDenoiser
+from spheroid_p2p.ml.combine import MAX_QUALITY
 from spheroid_p2p.ml.config import ModelConfig, TrainConfig
 from spheroid_p2p.ml.training import BlockTrainer
 
@@ -87,12 +91,31 @@ def atomic_write(
 
 
 def _block_meta(block: BlockDenoiser, fmt: str) -> dict[str, str]:
-    return {
+    meta = {
         "format": fmt,
         "config": block.cfg.to_json(),
         "config_hash": block.cfg.config_hash(),
         "block_index": str(block.index),
     }
+    if block.quality is not None:
+        meta["quality"] = repr(float(block.quality))
+    return meta
+
+
+def _quality(meta: dict[str, str], path: Path) -> float | None:
+    """The block's quality from the metadata (None when the file has none)."""
+    if "quality" not in meta:
+        return None
+    try:
+        value = float(meta["quality"])
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not 0.0 <= value <= MAX_QUALITY:
+        raise ValueError(
+            f"{path}: quality {meta['quality']!r} is not a CE in [0, {MAX_QUALITY:g}] nats; "
+            "write the checkpoint again with save_block"
+        )
+    return value
 
 
 def block_bytes(block: BlockDenoiser) -> bytes:
@@ -149,6 +172,7 @@ def load_block(path: Path, expect: ModelConfig | None = None) -> BlockDenoiser:
     prefix = "block/" if meta.get("format") == TRAINER_FORMAT else ""
     state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     block.load_state_dict(state, strict=True)
+    block.quality = _quality(meta, path)
     return block
 
 

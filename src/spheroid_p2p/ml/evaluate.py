@@ -18,7 +18,13 @@ import torch.nn.functional as F
 
 from spheroid_p2p.ml.baselines import ARTransformer
 from spheroid_p2p.ml.block import BlockDenoiser, SpanPlan
-from spheroid_p2p.ml.combine import COMBINE_MEAN, accumulate, combined_logits
+from spheroid_p2p.ml.combine import (
+    COMBINE_LAST,
+    COMBINE_MEAN,
+    COMBINE_WEIGHTED,
+    Combination,
+    quality_of,
+)
 from spheroid_p2p.ml.noise import NoisePartition
 from spheroid_p2p.ml.sampler import block_hop, block_points, initial_noise, traverse
 
@@ -49,8 +55,13 @@ class SamplerReport:
     #: CE of the blocks' predictions combined: the mean of every block's log-probabilities
     #: (its last call's), renormalised (a product of experts; ``ml.combine``), over seeds
     ce_combined: float = 0.0
+    #: CE of the quality-weighted mean (``COMBINE_WEIGHTED``, the default rule since r14;
+    #: the blocks' ``quality``, equal weights where none is known)
+    ce_weighted: float = 0.0
     #: CE of the last block's prediction alone (the output rule until protocol r12)
     ce_last: float = 0.0
+    #: the qualities the weighted rule used (``ml.combine.quality_of`` of each block's)
+    qualities: list[float] = field(default_factory=list)
     #: CE of each block's own last prediction along the sampler's trajectory
     ce_by_block: list[float] = field(default_factory=list)
     ce_by_slot: list[float] = field(default_factory=list)  # CE at slot k of each span
@@ -67,12 +78,13 @@ def evaluate_sampler(
     seeds: Sequence[int] = (0, 1, 2),
     steps_per_block: int | None = None,
     batch: int = 32,
-    combine: int = COMBINE_MEAN,
+    combine: int = COMBINE_WEIGHTED,
 ) -> SamplerReport:
-    """Run the one-traversal sampler over fixed windows and score its output: the mean of
-    every block's log-probabilities (``COMBINE_MEAN``, the default rule since protocol r13)
-    or the last block's prediction (``COMBINE_LAST``). Both are reported: ``ce_sampler`` is
-    the chosen rule's, ``ce_last`` and ``ce_combined`` each rule's."""
+    """Run the one-traversal sampler over fixed windows and score its output: the
+    quality-weighted mean of every block's log-probabilities (``COMBINE_WEIGHTED``, the
+    default rule since protocol r14), their plain mean (``COMBINE_MEAN``, r13) or the last
+    block's prediction (``COMBINE_LAST``). All three are reported: ``ce_sampler`` is the
+    chosen rule's, ``ce_weighted``, ``ce_combined`` and ``ce_last`` each rule's."""
     cfg = blocks[0].cfg
     for block in blocks:
         block.eval()
@@ -84,10 +96,11 @@ def evaluate_sampler(
     slot_nll = torch.zeros(cfg.span)
     slot_count = torch.zeros(cfg.span)
     slot_of = torch.tensor([i - (plan.visible[i] - 1) for i in range(T)]) if plan else None
-    combined_ce, last_ce, block_nll = [], [], torch.zeros(len(blocks))
+    combined_ce, weighted_ce, last_ce, block_nll = [], [], [], torch.zeros(len(blocks))
     for seed in seeds:
         gen = torch.Generator().manual_seed(seed)
         nll_total, first_total, count, combined_total, last_total = 0.0, 0.0, 0, 0.0, 0.0
+        weighted_total = 0.0
         for bi, chunk in enumerate(_batches(windows, batch)):
             x, y = chunk[:, :-1], chunk[:, 1:]
             z0 = initial_noise((*y.shape, cfg.d_z), points[0][0][0], gen)
@@ -106,20 +119,25 @@ def evaluate_sampler(
 
             last, first = traverse(hop, cfg.n_blocks, z0)
             flat_y = y.reshape(-1)
-            acc = None
+            mean_mix, weighted_mix = Combination(COMBINE_MEAN), Combination(COMBINE_WEIGHTED)
             for b, block_logits in enumerate(per_block):
                 flat = block_logits.reshape(-1, cfg.vocab)
                 block_nll[b] += float(F.cross_entropy(flat, flat_y, reduction="sum"))
-                acc = accumulate(acc, block_logits)  # as a traversal carries it (ml.combine)
-            assert acc is not None
-            mean = combined_logits(acc, cfg.n_blocks)
+                # as a traversal carries them (ml.combine)
+                mean_mix.add(block_logits, blocks[b].quality)
+                weighted_mix.add(block_logits, blocks[b].quality)
+            mean = mean_mix.logits(cfg.n_blocks)
+            weighted = weighted_mix.logits(cfg.n_blocks)
             combined_total += float(
                 F.cross_entropy(mean.reshape(-1, cfg.vocab), flat_y, reduction="sum")
+            )
+            weighted_total += float(
+                F.cross_entropy(weighted.reshape(-1, cfg.vocab), flat_y, reduction="sum")
             )
             last_total += float(
                 F.cross_entropy(last.reshape(-1, cfg.vocab), flat_y, reduction="sum")
             )
-            logits = mean if combine == COMBINE_MEAN else last
+            logits = {COMBINE_MEAN: mean, COMBINE_WEIGHTED: weighted, COMBINE_LAST: last}[combine]
             nll = F.cross_entropy(logits.reshape(-1, cfg.vocab), y.reshape(-1), reduction="none")
             nll_total += float(nll.sum())
             first_total += float(
@@ -138,6 +156,7 @@ def evaluate_sampler(
         per_seed.append(nll_total / count)
         first_ce.append(first_total / count)
         combined_ce.append(combined_total / count)
+        weighted_ce.append(weighted_total / count)
         last_ce.append(last_total / count)
     mix_total, mix_count = 0.0, 0
     for bi, chunk in enumerate(_batches(windows, batch)):
@@ -160,6 +179,8 @@ def evaluate_sampler(
         span=cfg.span,
         ce_by_slot=by_slot,
         ce_combined=sum(combined_ce) / len(combined_ce),
+        ce_weighted=sum(weighted_ce) / len(weighted_ce),
+        qualities=[quality_of(b.quality) for b in blocks],
         ce_last=sum(last_ce) / len(last_ce),
         ce_by_block=(block_nll / (count * len(seeds))).tolist(),
     )

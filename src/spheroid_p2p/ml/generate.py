@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import torch
 
 from spheroid_p2p.ml.block import BlockDenoiser, SpanPlan
-from spheroid_p2p.ml.combine import COMBINE_LAST, COMBINE_MEAN, accumulate, combined_logits
+from spheroid_p2p.ml.combine import COMBINE_LAST, COMBINE_WEIGHTED, Combination
 from spheroid_p2p.ml.config import ModelConfig
 from spheroid_p2p.ml.noise import NoisePartition
 from spheroid_p2p.ml.sampler import StepHook, block_hop, block_points, initial_noise
@@ -56,13 +56,12 @@ def run_blocks(
     z: torch.Tensor,
     steps_per_block: int,
     gate: StepHook | None = None,
-    combine: int = COMBINE_LAST,
-    acc: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    mix: Combination | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One hop: blocks first..last in order. Returns (z, final logits if ``last`` is the
-    model's last block, else None, the combined rule's running sum). ``gate`` is entered
-    around every denoiser call. Under ``COMBINE_MEAN`` each block adds its log-probabilities
-    of the output rows to ``acc`` (``ml.combine``) and the final logits are their mean."""
+    model's last block, else None). ``gate`` is entered around every denoiser call. Under a
+    combined rule (``mix``, ``ml.combine``) each block adds its log-probabilities of the
+    output rows to ``mix`` and the final logits are the combination's."""
     cfg = blocks[first].cfg
     points = block_points(NoisePartition(cfg), steps_per_block)
     x = torch.tensor(list(clean), dtype=torch.long)[None]  # (1, Tc)
@@ -72,12 +71,13 @@ def run_blocks(
         pts, nxt = points[b]
         result = block_hop(blocks[b], x, z, pts, nxt, plan, gate)
         z = result.z
-        if combine == COMBINE_MEAN:
+        combining = mix is not None and mix.rule != COMBINE_LAST
+        if mix is not None and combining:
             rows = result.logits[:, -1:] if cfg.layout == "S" else result.logits
-            acc = accumulate(acc, rows)
+            mix.add(rows, blocks[b].quality)
         if nxt is None:
-            logits = result.logits if combine != COMBINE_MEAN else combined_logits(acc, b + 1)
-    return z, logits, acc
+            logits = mix.logits(b + 1) if mix is not None and combining else result.logits
+    return z, logits
 
 
 def pick_bytes(cfg: ModelConfig, logits: torch.Tensor, temperature: float, seed: int) -> bytes:
@@ -98,7 +98,7 @@ def generate(
     seed: int = 0,
     temperature: float = 0.0,
     steps_per_block: int | None = None,
-    combine: int = COMBINE_MEAN,
+    combine: int = COMBINE_WEIGHTED,
 ) -> bytes:
     """Generate ``n_bytes`` after ``prompt`` in one process: ceil(n / span) traversals."""
     cfg = blocks[0].cfg
@@ -108,7 +108,8 @@ def generate(
     while len(out) < n_bytes:
         clean = window(cfg, prompt + out)
         z = start_noise(cfg, clean, seed + traversal, m)
-        _, logits, _ = run_blocks(blocks, 0, cfg.n_blocks - 1, clean, z, m, combine=combine)
+        mix = Combination(combine)
+        _, logits = run_blocks(blocks, 0, cfg.n_blocks - 1, clean, z, m, mix=mix)
         assert logits is not None
         out += pick_bytes(cfg, logits, temperature, seed + traversal)
         traversal += 1

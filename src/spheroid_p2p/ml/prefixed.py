@@ -31,7 +31,7 @@ from functools import lru_cache
 import torch
 
 from spheroid_p2p.ml.block import BlockDenoiser
-from spheroid_p2p.ml.combine import COMBINE_MEAN, accumulate, combined_logits
+from spheroid_p2p.ml.combine import COMBINE_LAST, COMBINE_WEIGHTED, Combination
 from spheroid_p2p.ml.drafting import MAX_COMBINED_DRAFT, MAX_DRAFT, Drafter, DraftLength, accept
 from spheroid_p2p.ml.noise import NoisePartition
 from spheroid_p2p.ml.sampler import block_points, euler_step, initial_noise
@@ -258,7 +258,7 @@ def generate_prefixed(
     drafter: Drafter | None = None,
     max_draft: int = 16,
     stats: dict[str, int] | None = None,
-    combine: int = COMBINE_MEAN,
+    combine: int = COMBINE_WEIGHTED,
 ) -> bytes:
     """Per-byte generation with the known-prefix rule in one process, reusing each block's
     keys and values when ``cached`` (the output is the same either way).
@@ -275,7 +275,7 @@ def generate_prefixed(
     out = b""
     traversals = drafted = 0
     # the combined rule carries 16 rows at most (10 §10.9): a draft of 15 and the next byte
-    cap = MAX_COMBINED_DRAFT if combine == COMBINE_MEAN else MAX_DRAFT
+    cap = MAX_DRAFT if combine == COMBINE_LAST else MAX_COMBINED_DRAFT
     length = DraftLength(min(max_draft, cap))
     while len(out) < n_bytes:
         window = prefix_window(prompt + out, cfg.context)
@@ -288,15 +288,14 @@ def generate_prefixed(
         text = torch.tensor(list(text_bytes), dtype=torch.long)[None]
         z = start_row(points[0][0][0], cfg.d_z, seed + len(out), len(draft) + 1)
         logits = torch.empty(0)
-        acc: torch.Tensor | None = None
+        mix = Combination(combine)
         for b in range(cfg.n_blocks):
             pts, nxt = points[b]
             cache = session.blocks.setdefault(b, BlockCache())
             z, logits = prefixed_hop(blocks[b], text, z, pts, nxt, session.noise[None], cache)
-            if combine == COMBINE_MEAN:
-                acc = accumulate(acc, logits)
-        if acc is not None:
-            logits = combined_logits(acc, cfg.n_blocks)
+            mix.add(logits, blocks[b].quality)
+        if combine != COMBINE_LAST:
+            logits = mix.logits(cfg.n_blocks)
         session.text = text_bytes
         got = accept(draft, pick_rows(logits, temperature, seed + len(out)))
         out += got

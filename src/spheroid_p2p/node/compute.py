@@ -17,6 +17,7 @@ import torch
 
 from spheroid_p2p.ml.block import BlockDenoiser
 from spheroid_p2p.ml.checkpoint import load_block
+from spheroid_p2p.ml.combine import Combination
 from spheroid_p2p.ml.config import ModelConfig
 from spheroid_p2p.ml.generate import noisy_slots, pick_bytes, run_blocks, start_noise, window
 from spheroid_p2p.ml.prefixed import pick_rows
@@ -24,7 +25,7 @@ from spheroid_p2p.node.prefix_sessions import KnownPrefixRunner
 from spheroid_p2p.node.tensor_bridge import raw_of, torch_dtype
 from spheroid_p2p.node.turns import StepGate
 from spheroid_p2p.wire.manifests import tensor_entry, weights_hash
-from spheroid_p2p.wire.traversal import COMBINE_MEAN, PREFIX_KNOWN, Traverse
+from spheroid_p2p.wire.traversal import COMBINE_LAST, PREFIX_KNOWN, Traverse
 
 __all__ = ["BlockRuntime", "HopOutput"]
 
@@ -44,7 +45,7 @@ class HopOutput:
         logits: torch.Tensor | None,
         seconds: float,
         reused: int = 0,
-        combined: bytes = b"",
+        mix: Combination | None = None,
     ) -> None:
         self.z = z
         self.output = output
@@ -52,8 +53,8 @@ class HopOutput:
         self.seconds = seconds
         #: known rows this hop took from its session cache (known-prefix rule; 10 §10.8)
         self.reused = reused
-        #: the combined rule's running sum to forward (``lp``, 10 §10.9); b"" otherwise
-        self.combined = combined
+        #: the combined rule's running state after this hop (``lp``, ``lq``; 10 §10.9)
+        self.mix = mix if mix is not None else Combination()
 
 
 class BlockRuntime:
@@ -144,12 +145,12 @@ class BlockRuntime:
         steps, seed = req.steps_per_block, req.seed
         gate = lambda: self.gate.step(peer)  # noqa: E731
         reused = 0
-        acc = None
-        if req.combine == COMBINE_MEAN and req.combined:
+        mix = Combination(req.combine, None, req.qualities)
+        if req.combine != COMBINE_LAST and req.combined:
             acc = torch.frombuffer(bytearray(req.combined), dtype=torch.float16)
-            acc = acc.view(1, -1, 256)  # finite: checked at decode (wire.traversal)
+            mix.acc = acc.view(1, -1, 256)  # finite: checked at decode (wire.traversal)
         if req.prefix_rule == PREFIX_KNOWN:
-            z, logits, reused, acc = self.known.run(self.blocks, req, first, last, z_raw, gate, acc)
+            z, logits, reused = self.known.run(self.blocks, req, first, last, z_raw, gate, mix)
         else:
             clean = window(cfg, req.prefix)
             if z_raw is None:
@@ -158,18 +159,15 @@ class BlockRuntime:
                 n = noisy_slots(cfg, clean)
                 z = torch.frombuffer(bytearray(z_raw), dtype=torch_dtype(req.z.dtype))
                 z = z.view(1, n, cfg.d_z).float()
-            z, logits, acc = run_blocks(
-                self.blocks, first, last, clean, z, steps, gate, req.combine, acc
-            )
+            z, logits = run_blocks(self.blocks, first, last, clean, z, steps, gate, mix)
         seconds = time.perf_counter() - start
         if logits is None:
-            combined = acc.contiguous().numpy().tobytes() if acc is not None else b""
-            return HopOutput(z, None, None, seconds, reused, combined)
+            return HopOutput(z, None, None, seconds, reused, mix)
         if req.prefix_rule == PREFIX_KNOWN:
             output = pick_rows(logits, req.temperature, seed)
         else:
             output = pick_bytes(cfg, logits, req.temperature, seed)
-        return HopOutput(None, output, logits if req.want_logits else None, seconds, reused)
+        return HopOutput(None, output, logits if req.want_logits else None, seconds, reused, mix)
 
     def close(self, wait: bool = False) -> None:
         """Drop queued work; with ``wait``, also wait for the running step to end."""

@@ -172,6 +172,7 @@ class SwarmEvaluator:
         tensors = await asyncio.to_thread(result.stored.tensors)
         module = BlockDenoiser(self.model, block)
         module.load_state_dict(tensors, strict=True)
+        module.quality = signed.manifest.quality  # r14: what the weighted rule weighs it by
         log.info(
             "[eval] block %d v%d: %.2f MB from %d holder(s) in %.2f s",
             block,

@@ -19,13 +19,13 @@ import torch
 
 from spheroid_p2p.core.sessions import SessionLimits, SessionTable
 from spheroid_p2p.ml.block import BlockDenoiser
-from spheroid_p2p.ml.combine import accumulate, combined_logits
+from spheroid_p2p.ml.combine import COMBINE_LAST, Combination
 from spheroid_p2p.ml.config import ModelConfig
 from spheroid_p2p.ml.noise import NoisePartition
 from spheroid_p2p.ml.prefixed import BlockCache, PrefixCache, prefix_noise, prefixed_hop, start_row
 from spheroid_p2p.ml.sampler import block_points
 from spheroid_p2p.node.tensor_bridge import torch_dtype
-from spheroid_p2p.wire.traversal import COMBINE_MEAN, Traverse
+from spheroid_p2p.wire.traversal import Traverse
 
 __all__ = ["KnownPrefixRunner"]
 
@@ -66,11 +66,11 @@ class KnownPrefixRunner:
         last: int,
         z_raw: bytes | None,
         gate: Callable[[], object] | None = None,
-        acc: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, int, torch.Tensor | None]:
+        mix: Combination | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
         """Blocks first..last of one traversal. Returns (z of the trajectory rows, the final
-        logits if ``last`` is the model's last block, rows reused from the session, the
-        combined rule's running sum: ``acc`` plus these blocks' log-probabilities)."""
+        logits if ``last`` is the model's last block, rows reused from the session); under a
+        combined rule these blocks' log-probabilities are added to ``mix``."""
         cfg = blocks[first].cfg
         window = req.prefix[-cfg.context :]
         rows = req.trajectory_rows
@@ -92,15 +92,15 @@ class KnownPrefixRunner:
             pts, nxt = points[b]
             cache = session.blocks.setdefault(b, BlockCache())
             z, out = prefixed_hop(blocks[b], text, z, pts, nxt, session.noise[None], cache, gate)
-            if req.combine == COMBINE_MEAN:
-                acc = accumulate(acc, out)
+            if mix is not None and mix.rule != COMBINE_LAST:
+                mix.add(out, blocks[b].quality)
             logits = out if nxt is None else None
-        if logits is not None and acc is not None:
-            logits = combined_logits(acc, last + 1)
+        if logits is not None and mix is not None and mix.rule != COMBINE_LAST:
+            logits = mix.logits(last + 1)
         session.text = window
         if req.session:
             with self._lock:
                 self.table.put(
                     (req.client, req.session), session, session.nbytes(), time.monotonic()
                 )
-        return z, logits, reused, acc
+        return z, logits, reused

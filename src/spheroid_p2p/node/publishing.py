@@ -17,11 +17,21 @@ from spheroid_p2p.node.roundlog import RoundLog
 from spheroid_p2p.node.swarm import SwarmView
 from spheroid_p2p.node.transfer import Transfers
 from spheroid_p2p.node.updates import RoundState
+from spheroid_p2p.params import MAX_QUALITY
 from spheroid_p2p.wire.signing import KeyPair, PeerId
 
 __all__ = ["Publisher"]
 
 log = logging.getLogger(__name__)
+
+
+def published_quality(quality: object) -> float | None:
+    """The quality a version's manifest carries (08 §8.2, r14): this replica's trainer's
+    recent CE (``BlockDenoiser.quality``) when it is a number the wire takes, else none
+    (readers then take ln 256)."""
+    if not isinstance(quality, float) or not 0.0 <= quality <= MAX_QUALITY:
+        return None  # NaN fails the comparison
+    return quality
 
 
 class Publisher:
@@ -72,6 +82,7 @@ class Publisher:
             report=report,
             plan=next_ranks,
             shards=next_shards,
+            quality=published_quality(getattr(self.installer.module, "quality", None)),
             durable=False,
             staged=built.staged,
         )

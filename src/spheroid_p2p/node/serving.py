@@ -36,6 +36,7 @@ from spheroid_p2p.wire.pipeline import PipeResult, PipeStep
 from spheroid_p2p.wire.signing import PeerId
 from spheroid_p2p.wire.tensors import chunk_digest
 from spheroid_p2p.wire.traversal import (
+    COMBINE_WEIGHTED,
     HOP_TIMINGS,
     PREFIX_KNOWN,
     InlineTensor,
@@ -181,7 +182,14 @@ class TraversalServer:
         mine = (queued_ms, out.seconds * 1e3, (time.monotonic() - computed) * 1000)
         spent_ms = int((time.monotonic() - arrived) * 1000)
         nxt = forward(
-            req, z, raw, hop_times(req, mine), spent_ms, hop_reused(req, out.reused), out.combined
+            req,
+            z,
+            raw,
+            hop_times(req, mine),
+            spent_ms,
+            hop_reused(req, out.reused),
+            out.mix.lp_bytes(),
+            out.mix.qualities,
         )
         if isinstance(nxt, Refuse):
             await self._fail(req, nxt.code, nxt.reason, nxt.peer)
@@ -220,6 +228,7 @@ class TraversalServer:
             timings=timings,
             reused=hop_reused(req, out.reused) if req.prefix_rule == PREFIX_KNOWN else (),
             combine=req.combine,
+            qualities=out.mix.qualities if req.combine == COMBINE_WEIGHTED else (),
         )
         error = await self._send_to(req.client, req.reply_addr, result)
         if error:

@@ -222,6 +222,7 @@ class VersionStore:
         report: RoundReport | None = None,
         plan: tuple[bytes, ...] = (),
         shards: int = 0,
+        quality: float | None = None,
         durable: bool = True,
         staged: tuple[Path, tuple[TensorEntry, ...]] | None = None,
     ) -> StoredSet:
@@ -249,6 +250,7 @@ class VersionStore:
             report=report or RoundReport(),
             plan=plan,
             shards=shards,
+            quality=quality,
         )
         stored = self._commit(manifest.sign(key), path, durable=durable)
         if not durable:

@@ -20,6 +20,7 @@ from spheroid_p2p.errors import ErrorCode, LocalProtocolError, RemoteProtocolErr
 from spheroid_p2p.params import (
     CONTENT_HASH_BYTES,
     MAX_MANIFEST_BYTES,
+    MAX_QUALITY,
     MAX_SHARDS,
     MAX_VERSION_CHUNKS,
     MAX_VERSION_TENSORS,
@@ -214,6 +215,9 @@ class Manifest:
     #: and its number of shards. Empty: one shard, ranked by each replica's own view.
     plan: tuple[bytes, ...] = ()
     shards: int = 0
+    #: r14: the block's quality as its publisher measured it (08 §8.2, 10 §10.9: the mean
+    #: next-byte CE of its recent training batches, nats/byte); None: not known.
+    quality: float | None = None
 
     def __post_init__(self) -> None:
         check_bytes("signer key", self.signer_key, PUBLIC_KEY_BYTES)
@@ -247,6 +251,11 @@ class Manifest:
         check_uint("shards", self.shards, MAX_SHARDS)
         if (self.shards == 0) != (not self.plan):
             raise bad("a plan has 1..MAX_SHARDS shards, and no plan none")
+        q = self.quality
+        if q is not None and (
+            isinstance(q, bool) or not isinstance(q, int | float) or not 0 <= q <= MAX_QUALITY
+        ):  # NaN fails the comparison
+            raise bad(f"a quality is a number in [0, {MAX_QUALITY:g}] nats/byte")
 
     @property
     def signer(self) -> PeerId:
@@ -282,6 +291,8 @@ class Manifest:
                 "rep": self.report.to_wire(),
                 # r10, left out without a plan so that earlier manifests keep their bytes
                 **({"plan": list(self.plan), "ns": self.shards} if self.plan else {}),
+                # r14, left out when unknown
+                **({"q": float(self.quality)} if self.quality is not None else {}),
             }
         )
 
@@ -336,6 +347,7 @@ class SignedManifest:
                 report=RoundReport.from_wire(fields.get("rep", {})),
                 plan=as_tuple(fields.get("plan", []), "plan"),
                 shards=fields.get("ns", 0),
+                quality=fields.get("q"),
             )
         except LocalProtocolError as exc:
             raise RemoteProtocolError(f"manifest: {exc.args[0]}", exc.code) from exc

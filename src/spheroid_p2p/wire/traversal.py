@@ -18,19 +18,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
 
-from spheroid_p2p.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from spheroid_p2p.errors import ErrorCode, LocalProtocolError
 from spheroid_p2p.params import (
     MAX_COMBINED_ROWS,
     MAX_CONTEXT_BYTES,
+    MAX_QUALITY,
     MAX_ROUTE_HOPS,
     MAX_TRAJECTORY_ROWS,
-    TENSOR_CHUNK_BYTES,
+    MAX_WEIGHTED_BLOCKS,
 )
 from spheroid_p2p.wire.addr import check_addr
-from spheroid_p2p.wire.chunks import tensor_layout
-from spheroid_p2p.wire.compression import decode_payload
-from spheroid_p2p.wire.dtypes import DTYPES, Codec
 from spheroid_p2p.wire.framing import Buffer
+from spheroid_p2p.wire.inline import InlineTensor, verify_inline
 from spheroid_p2p.wire.message import (
     Body,
     Message,
@@ -44,13 +43,14 @@ from spheroid_p2p.wire.message import (
     register,
     wire,
 )
-from spheroid_p2p.wire.tensors import chunk_digest
 
 __all__ = [
     "COMBINED_FLOOR",
     "COMBINED_ROW_BYTES",
     "COMBINE_LAST",
     "COMBINE_MEAN",
+    "COMBINE_RULES",
+    "COMBINE_WEIGHTED",
     "HOP_TIMINGS",
     "PREFIX_KNOWN",
     "PREFIX_NOISY",
@@ -76,63 +76,6 @@ def _bad(msg: str, code: ErrorCode = ErrorCode.MALFORMED_MESSAGE) -> LocalProtoc
 
 
 @dataclass(frozen=True, slots=True)
-class InlineTensor:
-    """A small tensor carried in one frame: metadata signed, bytes in the payload section."""
-
-    dtype: int
-    shape: tuple[int, ...]
-    codec: int
-    digest: bytes  # BLAKE3 of the raw (decoded) bytes
-    payload: Buffer = b""  # encoded bytes, as sent
-    data: Buffer = b""  # raw bytes, once verified
-
-    def check(self) -> int:
-        """Validate the metadata; returns the raw length."""
-        if self.dtype not in DTYPES:
-            raise _bad(f"unknown dtype code {self.dtype}", ErrorCode.UNKNOWN_DTYPE)
-        if self.codec not in {c.value for c in Codec}:
-            raise _bad(f"unknown codec id {self.codec}", ErrorCode.UNKNOWN_CODEC)
-        check_bytes("tensor hash", self.digest, 32)
-        raw_len, _ = tensor_layout(DTYPES[self.dtype], self.shape)
-        if raw_len > TENSOR_CHUNK_BYTES:
-            raise _bad(
-                f"inline tensor of {raw_len} bytes exceeds {TENSOR_CHUNK_BYTES}",
-                ErrorCode.TENSOR_LIMIT,
-            )
-        return raw_len
-
-    def to_body(self) -> Body:
-        return {"dt": self.dtype, "shape": list(self.shape), "c": self.codec, "h": self.digest}
-
-    @classmethod
-    def from_body(cls, body: Any, payload: Buffer) -> InlineTensor:
-        if not isinstance(body, dict):
-            raise _bad("inline tensor must be a map")
-        shape = as_tuple(get_field(body, "shape"), "shape")
-        for dim in shape:
-            check_uint("dimension", dim, TENSOR_CHUNK_BYTES)
-        return cls(
-            dtype=get_field(body, "dt"),
-            shape=shape,
-            codec=get_field(body, "c"),
-            digest=get_field(body, "h"),
-            payload=payload,
-        )
-
-
-def verify_inline(tensor: InlineTensor) -> InlineTensor:
-    """Decode the payload (bounded) and check its hash; raises ``RemoteProtocolError``."""
-    raw_len = tensor.check()
-    elem = DTYPES[tensor.dtype].itemsize if tensor.codec == Codec.SHUFFLE_ZSTD else 1
-    raw = decode_payload(tensor.payload, tensor.codec, raw_len, elem)
-    if chunk_digest(raw) != tensor.digest:
-        raise RemoteProtocolError("inline tensor does not match its hash", ErrorCode.HASH_MISMATCH)
-    return InlineTensor(
-        tensor.dtype, tensor.shape, tensor.codec, tensor.digest, tensor.payload, raw
-    )
-
-
-@dataclass(frozen=True, slots=True)
 class Hop:
     """One hop of a route: a server, its address, and the contiguous blocks it runs."""
 
@@ -150,6 +93,10 @@ PREFIX_KNOWN: Final = 1
 #: block's log-probabilities (``ml.combine``), whose running sum a traversal carries (``lp``).
 COMBINE_LAST: Final = 0
 COMBINE_MEAN: Final = 1
+#: r14: the mean of the blocks' log-probabilities weighted by each block's quality: ``lp``
+#: is the running weighted mean, ``lq`` the qualities of the blocks so far (``ml.combine``).
+COMBINE_WEIGHTED: Final = 2
+COMBINE_RULES: Final = (COMBINE_LAST, COMBINE_MEAN, COMBINE_WEIGHTED)
 #: Bytes of one row of ``lp``: 256 float16 log-probabilities, little-endian.
 COMBINED_ROW_BYTES: Final = 512
 #: Every ``lp`` value is in [-COMBINED_FLOOR, 0]: each block clamps its sum there before
@@ -176,6 +123,16 @@ def _check_timings(values: tuple[float, ...], per_hop: int = len(HOP_TIMINGS)) -
     for v in values:
         if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v < 1e9:
             raise _bad("hop times must be numbers in [0, 1e9) ms")
+
+
+def _check_qualities(values: tuple[float, ...]) -> None:
+    """The qualities of the blocks so far (r14 ``lq``): at most MAX_WEIGHTED_BLOCKS numbers,
+    each in [0, MAX_QUALITY]."""
+    if len(values) > MAX_WEIGHTED_BLOCKS:
+        raise _bad(f"lq: at most {MAX_WEIGHTED_BLOCKS} blocks")
+    for v in values:  # NaN fails the comparison
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= MAX_QUALITY:
+            raise _bad(f"lq values are qualities: numbers in [0, {MAX_QUALITY:g}] nats/byte")
 
 
 def check_route(route: tuple[Hop, ...], hop: int) -> None:
@@ -229,20 +186,28 @@ class Traverse(Message):
     session: int = 0
     trajectory_rows: int = 1
     reused: tuple[int, ...] = ()
-    #: r13 (10 §10.9): the output rule, and the running sum of the blocks' log-probabilities
-    #: over the output rows so far (float16, COMBINED_ROW_BYTES a row); left out at 0 / empty.
+    #: r13 (10 §10.9): the output rule, and the running sum (r14 under cb = 2: the weighted
+    #: mean) of the blocks' log-probabilities over the output rows so far (float16,
+    #: COMBINED_ROW_BYTES a row); left out at 0 / empty.
     combine: int = COMBINE_LAST
     combined: bytes = b""
+    #: r14: under cb = 2, the qualities of the blocks so far (one per block, in block order)
+    qualities: tuple[float, ...] = ()
     payload: Buffer = field(default=b"", repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_uint("traversal_id", self.traversal_id)
         check_bytes("client", self.client, 32)
-        if self.combine not in (COMBINE_LAST, COMBINE_MEAN) or isinstance(self.combine, bool):
-            raise _bad("cb must be 0 (last block) or 1 (mean of the blocks)")
+        if self.combine not in COMBINE_RULES or isinstance(self.combine, bool):
+            raise _bad("cb must be 0 (last block), 1 (mean) or 2 (weighted mean of the blocks)")
         check_bytes("lp", self.combined)
-        if self.combined and self.combine != COMBINE_MEAN:
-            raise _bad("lp belongs to the combined rule (cb = 1)")
+        if self.combined and self.combine == COMBINE_LAST:
+            raise _bad("lp belongs to the combined rules (cb = 1 or 2)")
+        _check_qualities(self.qualities)
+        if self.qualities and self.combine != COMBINE_WEIGHTED:
+            raise _bad("lq belongs to the weighted rule (cb = 2)")
+        if self.combine == COMBINE_WEIGHTED and bool(self.qualities) != bool(self.combined):
+            raise _bad("lq and lp come together: both empty at block 0, both there after it")
         if len(self.combined) % COMBINED_ROW_BYTES or (
             len(self.combined) > MAX_COMBINED_ROWS * COMBINED_ROW_BYTES
         ):
@@ -250,7 +215,7 @@ class Traverse(Message):
         if self.combined and not all(
             -COMBINED_FLOOR <= v <= 0.0 for (v,) in struct.iter_unpack("<e", self.combined)
         ):  # NaN fails the comparison too
-            raise _bad(f"lp values are sums of log-probabilities: in [-{COMBINED_FLOOR:g}, 0]")
+            raise _bad(f"lp values are log-probabilities: in [-{COMBINED_FLOOR:g}, 0]")
         _check_timings(self.timings)
         if self.prefix_rule not in (PREFIX_NOISY, PREFIX_KNOWN) or isinstance(
             self.prefix_rule, bool
@@ -308,6 +273,7 @@ class Traverse(Message):
             **self._prefix_body(),
             **({"cb": self.combine} if self.combine else {}),
             **({"lp": self.combined} if self.combined else {}),
+            **({"lq": [float(q) for q in self.qualities]} if self.qualities else {}),
         }
 
     def _prefix_body(self) -> Body:
@@ -347,6 +313,7 @@ class Traverse(Message):
             reused=as_tuple(body.get("cr", []), "cr"),
             combine=body.get("cb", COMBINE_LAST),
             combined=body.get("lp", b""),
+            qualities=as_tuple(body.get("lq", []), "lq"),
             payload=payload,
         )
 
@@ -368,12 +335,17 @@ class TraverseResult(Message):
     reused: tuple[int, ...] = ()
     #: r13: the output rule the last hop applied (10 §10.9); 0 is left out of the body.
     combine: int = COMBINE_LAST
+    #: r14: under cb = 2, every block's quality as the weights used them; () is left out.
+    qualities: tuple[float, ...] = ()
     payload: Buffer = field(default=b"", repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_uint("traversal_id", self.traversal_id)
-        if self.combine not in (COMBINE_LAST, COMBINE_MEAN) or isinstance(self.combine, bool):
-            raise _bad("cb must be 0 (last block) or 1 (mean of the blocks)")
+        if self.combine not in COMBINE_RULES or isinstance(self.combine, bool):
+            raise _bad("cb must be 0 (last block), 1 (mean) or 2 (weighted mean of the blocks)")
+        _check_qualities(self.qualities)
+        if self.qualities and self.combine != COMBINE_WEIGHTED:
+            raise _bad("lq belongs to the weighted rule (cb = 2)")
         check_bytes("output", self.output)
         _check_timings(self.hop_ms, per_hop=1)
         _check_timings(self.timings)
@@ -395,6 +367,8 @@ class TraverseResult(Message):
             body["lg"] = self.logits.to_body()
         if self.combine:
             body["cb"] = self.combine
+        if self.qualities:
+            body["lq"] = [float(q) for q in self.qualities]
         return body
 
     @classmethod
@@ -408,6 +382,7 @@ class TraverseResult(Message):
             timings=as_tuple(body.get("tm", []), "tm"),
             reused=as_tuple(body.get("cr", []), "cr"),
             combine=body.get("cb", COMBINE_LAST),
+            qualities=as_tuple(body.get("lq", []), "lq"),
             payload=payload,
         )
 

@@ -10,7 +10,7 @@ import torch
 from spheroid_p2p.ml.block import BlockDenoiser
 from spheroid_p2p.ml.checkpoint import load_block, load_trainer, save_block, save_trainer
 from spheroid_p2p.ml.config import ModelConfig, TrainConfig
-from spheroid_p2p.ml.training import BlockTrainer
+from spheroid_p2p.ml.training import QUALITY_WINDOW, BlockTrainer
 
 
 def test_block_round_trip(tmp_path: Path, tiny: ModelConfig) -> None:
@@ -59,3 +59,31 @@ def test_resumed_trainer_continues_exactly(
     resumed.step(batches[5])
     for a, b in zip(straight.block.parameters(), resumed.block.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_a_block_carries_its_trainers_quality(
+    tmp_path: Path, tiny: ModelConfig, tiny_train: TrainConfig
+) -> None:
+    """The trainer's quality is the mean CE of its last QUALITY_WINDOW batches; checkpoints
+    keep it (block and trainer), a file without one loads as unknown, a bad one is refused."""
+    trainer = BlockTrainer(tiny, tiny_train, 0, seed=3)
+    assert trainer.block.quality is None
+    losses = [
+        trainer.step(
+            torch.randint(0, 256, (4, 17), generator=torch.Generator().manual_seed(i))
+        ).loss
+        for i in range(QUALITY_WINDOW + 5)
+    ]
+    assert trainer.block.quality == pytest.approx(sum(losses[5:]) / QUALITY_WINDOW)
+    save_block(tmp_path / "b.safetensors", trainer.block)
+    assert load_block(tmp_path / "b.safetensors").quality == trainer.block.quality
+    save_trainer(tmp_path / "t.safetensors", trainer)
+    resumed = load_trainer(tmp_path / "t.safetensors", tiny_train)
+    assert resumed.block.quality == trainer.block.quality
+    save_block(tmp_path / "none.safetensors", BlockDenoiser(tiny, 1))
+    assert load_block(tmp_path / "none.safetensors").quality is None
+    block = BlockDenoiser(tiny, 1)
+    block.quality = float("nan")
+    save_block(tmp_path / "nan.safetensors", block)
+    with pytest.raises(ValueError, match="quality"):
+        load_block(tmp_path / "nan.safetensors")

@@ -4,17 +4,26 @@ server replaced mid-generation (failover replays the window). Each answer says w
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from spheroid_p2p.core.sessions import SessionLimits
 from spheroid_p2p.ml.block import BlockDenoiser
+from spheroid_p2p.ml.combine import Combination
 from spheroid_p2p.ml.config import ModelConfig
 from spheroid_p2p.ml.prefixed import generate_prefixed, pick_rows
 from spheroid_p2p.ml.windows import prefix_window
 from spheroid_p2p.node.prefix_sessions import KnownPrefixRunner
 from spheroid_p2p.node.tensor_bridge import flat_bytes
 from spheroid_p2p.wire.tensors import chunk_digest
-from spheroid_p2p.wire.traversal import COMBINE_MEAN, PREFIX_KNOWN, Hop, InlineTensor, Traverse
+from spheroid_p2p.wire.traversal import (
+    COMBINE_WEIGHTED,
+    PREFIX_KNOWN,
+    Hop,
+    InlineTensor,
+    Traverse,
+)
 
 CFG = ModelConfig(d_model=32, n_heads=2, d_cond=8, context=16, layers_per_block=1)
 CLIENT = b"c" * 32
@@ -28,6 +37,7 @@ def _blocks() -> dict[int, BlockDenoiser]:
         with torch.no_grad():
             for p in block.parameters():
                 p.add_(torch.randn_like(p) * 0.2)
+        block.quality = (2.3, 2.1, None, 2.2)[b]  # one block does not know its own
         out[b] = block.eval()
     return out
 
@@ -52,7 +62,7 @@ def _req(window: bytes, seed: int, session: int) -> Traverse:
         prefix_rule=PREFIX_KNOWN,
         prefix_seed=3,
         session=session,
-        combine=COMBINE_MEAN,
+        combine=COMBINE_WEIGHTED,
     )
 
 
@@ -67,10 +77,16 @@ def _generate(
         if every and i and i % every == 0:
             second = KnownPrefixRunner()
         req = _req(prefix_window(b"Day 1." + out, CFG.context), 3 + i, 77)
-        z, _, r0, acc = servers[0].run(blocks, req, 0, 1, None)
+        mix = Combination(COMBINE_WEIGHTED)
+        z, _, r0 = servers[0].run(blocks, req, 0, 1, None, None, mix)
         raw = bytes(flat_bytes(z[0].float()))
-        assert acc is not None and acc.dtype == torch.float16  # lp, as the wire carries it
-        _, logits, r1, _ = second.run(blocks, req, 2, 3, raw, None, acc)
+        assert mix.acc is not None and mix.acc.dtype == torch.float16  # lp, as the wire has it
+        assert mix.qualities == (2.3, 2.1)  # lq
+        # the next hop rebuilds the state from the bytes of lp and the numbers of lq
+        acc = torch.frombuffer(bytearray(mix.lp_bytes()), dtype=torch.float16).view(1, -1, 256)
+        onward = Combination(COMBINE_WEIGHTED, acc, mix.qualities)
+        _, logits, r1 = second.run(blocks, req, 2, 3, raw, None, onward)
+        assert onward.qualities == (2.3, 2.1, math.log(256), 2.2)
         assert logits is not None
         out += pick_rows(logits, 0.0, 3 + i)
         reused.append((r0, r1))
