@@ -18,7 +18,10 @@ For each corpus (issue 19), on the same held-out windows and noise seeds, in one
 
 For each model: CE_first (block 0's first call), CE_sampler (the last block's prediction),
 CE_combined (the mean of every block's log-probabilities, renormalised: a product of experts
-that a traversal can carry forward) and each block's own CE along the sampler's trajectory.
+that a traversal can carry forward; r13), CE_weighted (the same weighted by each block's
+quality, the default since r14; checkpoints saved before blocks carried a quality get it
+measured on training batches, ``ml.training.measure_quality``) and each block's own CE along
+the sampler's trajectory.
 Writes ``bench-out/bench_combine.json`` and prints one summary line per corpus.
 
     python scripts/bench_combine.py --corpus ../shared/data/tinyshakespeare/input.txt \\

@@ -31,7 +31,7 @@ from spheroid_p2p.ml.baselines import ARTransformer
 from spheroid_p2p.ml.block import BlockDenoiser
 from spheroid_p2p.ml.combine import MAX_QUALITY
 from spheroid_p2p.ml.config import ModelConfig, TrainConfig
-from spheroid_p2p.ml.training import BlockTrainer
+from spheroid_p2p.ml.training import QUALITY_WINDOW, BlockTrainer
 
 __all__ = [
     "CorruptCheckpointError",
@@ -221,6 +221,8 @@ def save_trainer(path: Path, trainer: BlockTrainer) -> None:
                     .contiguous()
                 )
     tensors["rng/noise"] = trainer.generator.get_state()
+    # the batches' CE behind block.quality, so that a resumed trainer's quality is the same
+    tensors["quality/recent_ce"] = torch.tensor(list(trainer.recent_ce), dtype=torch.float64)
     meta = _block_meta(trainer.block, TRAINER_FORMAT)
     meta["step_count"] = str(trainer.step_count)
     atomic_write(path, st_save(tensors, metadata=meta), keep_previous=True)
@@ -260,6 +262,11 @@ def load_trainer(path: Path, tcfg: TrainConfig, expect: ModelConfig | None = Non
         trainer.generator.set_state(tensors["rng/noise"])
     except (KeyError, ValueError, RuntimeError) as exc:
         raise CorruptCheckpointError(f"{path} misses its trainer state: {exc}") from exc
+    recent = tensors.get("quality/recent_ce")  # absent in checkpoints before r14
+    if recent is not None:
+        if recent.dim() != 1 or not bool(torch.isfinite(recent).all()):
+            raise CorruptCheckpointError(f"{path}: its recent CE is not a vector of numbers")
+        trainer.recent_ce.extend(recent.tolist()[-QUALITY_WINDOW:])
     names = dict(block.named_parameters())
     for name, param in names.items():
         if f"opt/{name}/exp_avg" in tensors:

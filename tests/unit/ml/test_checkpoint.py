@@ -80,6 +80,11 @@ def test_a_block_carries_its_trainers_quality(
     save_trainer(tmp_path / "t.safetensors", trainer)
     resumed = load_trainer(tmp_path / "t.safetensors", tiny_train)
     assert resumed.block.quality == trainer.block.quality
+    assert list(resumed.recent_ce) == list(trainer.recent_ce)  # the window goes on as it was
+    batch = torch.randint(0, 256, (4, 17), generator=torch.Generator().manual_seed(99))
+    trainer.step(batch)
+    resumed.step(batch)
+    assert resumed.block.quality == pytest.approx(trainer.block.quality)
     save_block(tmp_path / "none.safetensors", BlockDenoiser(tiny, 1))
     assert load_block(tmp_path / "none.safetensors").quality is None
     block = BlockDenoiser(tiny, 1)
