@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                 "ce_first": today.ce_first,
             },
             "known_prefix": {
-                "ce_sampler": known.ce_sampler,
+                "ce_sampler": known.ce_sampler,  # the output rule's (weighted, r14)
+                "ce_last_block": known.ce_last,
                 "per_seed": known.ce_per_seed,
                 "ce_first": known.ce_first,
             },

@@ -193,10 +193,13 @@ def evaluate_prefixed(
     seeds: Sequence[int] = (0, 1, 2),
     steps_per_block: int | None = None,
     batch: int = 32,
+    combine: int = COMBINE_WEIGHTED,
 ) -> SamplerReport:
     """CE_sampler under the known-prefix rule (``ml.prefixed``): every position's trajectory
     row starts from noise and sees the true bytes before it as known rows (noised to each
-    block's sigma with fixed noise), exactly what a per-byte traversal at that position gets."""
+    block's sigma with fixed noise), exactly what a per-byte traversal at that position gets.
+    ``ce_sampler`` scores the output rule ``combine`` (10 §10.9); ``ce_weighted``,
+    ``ce_combined`` and ``ce_last`` each rule's."""
     from spheroid_p2p.ml.prefixed import prefixed_hop
 
     cfg = blocks[0].cfg
@@ -206,14 +209,18 @@ def evaluate_prefixed(
         block.eval()
     points = block_points(NoisePartition(cfg), steps_per_block)
     per_seed, first_ce = [], []
+    rules = (COMBINE_WEIGHTED, COMBINE_MEAN, COMBINE_LAST)
+    by_rule: dict[int, list[float]] = {rule: [] for rule in rules}
     for seed in seeds:
         gen = torch.Generator().manual_seed(seed)
-        nll_total, first_total, count = 0.0, 0.0, 0
+        first_total, count = 0.0, 0
+        totals = dict.fromkeys(rules, 0.0)
         for chunk in _batches(windows, batch):
             x, y = chunk[:, :-1], chunk[:, 1:]
             z = initial_noise((*y.shape, cfg.d_z), points[0][0][0], gen)
             noise = torch.randn(*y.shape, cfg.d_z, generator=gen)
             logits = torch.empty(0)
+            mixes = {rule: Combination(rule) for rule in rules[:2]}
             for b in range(cfg.n_blocks):
                 pts, nxt = points[b]
                 if b == 0:
@@ -224,18 +231,33 @@ def evaluate_prefixed(
                         )
                     )
                 z, logits = prefixed_hop(blocks[b], x, z, pts, nxt, noise)
-            nll_total += float(
-                F.cross_entropy(logits.reshape(-1, cfg.vocab), y.reshape(-1), reduction="sum")
-            )
+                for mix in mixes.values():
+                    mix.add(logits, blocks[b].quality)
+            outputs = {rule: mix.logits(cfg.n_blocks) for rule, mix in mixes.items()}
+            outputs[COMBINE_LAST] = logits
+            for rule, out in outputs.items():
+                totals[rule] += float(
+                    F.cross_entropy(out.reshape(-1, cfg.vocab), y.reshape(-1), reduction="sum")
+                )
             count += y.numel()
-        per_seed.append(nll_total / count)
+        for rule in rules:
+            by_rule[rule].append(totals[rule] / count)
+        per_seed.append(totals[combine] / count)
         first_ce.append(first_total / count)
+
+    def mean(values: list[float]) -> float:
+        return sum(values) / len(values)
+
     return SamplerReport(
-        ce_sampler=sum(per_seed) / len(per_seed),
+        ce_sampler=mean(per_seed),
         ce_per_seed=per_seed,
         ce_mix=float("nan"),
-        ce_first=sum(first_ce) / len(first_ce),
+        ce_first=mean(first_ce),
         span=1,
+        ce_combined=mean(by_rule[COMBINE_MEAN]),
+        ce_weighted=mean(by_rule[COMBINE_WEIGHTED]),
+        ce_last=mean(by_rule[COMBINE_LAST]),
+        qualities=[quality_of(b.quality) for b in blocks],
     )
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from spheroid_p2p.ml.block import BlockDenoiser
+from spheroid_p2p.ml.combine import COMBINE_LAST
 from spheroid_p2p.ml.config import ModelConfig
 from spheroid_p2p.ml.evaluate import evaluate_prefixed
 from spheroid_p2p.ml.noise import NoisePartition
@@ -110,6 +111,11 @@ def test_ce_under_the_known_prefix_rule_is_finite(blocks: dict[int, BlockDenoise
     windows = torch.randint(0, 256, (3, CFG.context + 1))
     report = evaluate_prefixed(list(blocks.values()), windows, seeds=(0,))
     assert 0 < report.ce_sampler < 20 and 0 < report.ce_first < 20
+    # the output rule is scored (the weighted one by default), each rule reported apart
+    assert report.ce_sampler == report.ce_weighted
+    assert all(0 < ce < 20 for ce in (report.ce_combined, report.ce_last))
+    last = evaluate_prefixed(list(blocks.values()), windows, seeds=(0,), combine=COMBINE_LAST)
+    assert last.ce_sampler == report.ce_last
 
 
 def test_cached_rows_are_dropped_when_the_weights_change(blocks: dict[int, BlockDenoiser]) -> None:
