@@ -36,6 +36,9 @@ REQUEST_RATES: Final = {
     "chunk_get": (2048.0, 4096.0),
     # SHARD_DELTA headers: one per shard a peer sends us per round
     "delta": (16.0, 32.0),
+    # SHARD_UPDATE headers: one per shard an aggregator averaged, to each replica, per round;
+    # the burst is MAX_SHARDS, for an aggregator that took every shard over
+    "update": (16.0, 64.0),
 }
 
 K = TypeVar("K", bound=Hashable)

@@ -15,7 +15,7 @@ from spheroid_p2p.core.limits import PeerLimits
 from spheroid_p2p.errors import ErrorCode, code_name
 from spheroid_p2p.net.peers import PeerManager
 from spheroid_p2p.node.serving import traverse_error
-from spheroid_p2p.wire.deltas import DeltaAck, ShardDelta
+from spheroid_p2p.wire.deltas import DeltaAck, ShardDelta, ShardUpdate
 from spheroid_p2p.wire.gossip import (
     GossipDigest,
     GossipRecords,
@@ -48,6 +48,7 @@ RATE_KINDS: dict[type[Message], str] = {
     VersionGet: "version_get",
     ChunkGet: "chunk_get",
     ShardDelta: "delta",
+    ShardUpdate: "update",
 }
 #: How long the node stops reading from a peer that exceeded one of its buckets.
 THROTTLE_S = 0.25

@@ -9,7 +9,10 @@ import time
 import pytest
 
 from spheroid_p2p.core.limits import FairQueue, PeerLimits, TokenBucket
+from spheroid_p2p.node.intake import RATE_KINDS
 from spheroid_p2p.node.turns import ComputeTurns, Overloaded, StepGate
+from spheroid_p2p.params import MAX_SHARDS
+from spheroid_p2p.wire.deltas import ShardDelta, ShardUpdate
 
 
 def test_token_bucket_refills_at_its_rate_up_to_its_burst() -> None:
@@ -22,6 +25,19 @@ def test_token_bucket_refills_at_its_rate_up_to_its_burst() -> None:
     assert limits.allow("a", "x", 0.0) and not limits.allow("a", "x", 0.1)
     assert limits.allow("b", "x", 0.1)  # another peer has its own bucket
     assert limits.refused == {"x": 1}
+
+
+def test_shard_update_headers_spend_their_own_bucket() -> None:
+    """A flood of SHARD_UPDATE headers (each one logged and checked against the round) is
+    bounded per peer: a burst of MAX_SHARDS (an aggregator that took every shard over), then
+    16 a second."""
+    assert RATE_KINDS[ShardUpdate] == "update" and RATE_KINDS[ShardDelta] == "delta"
+    limits: PeerLimits[str] = PeerLimits()
+    assert all(limits.allow("a", "update", 0.0) for _ in range(MAX_SHARDS))
+    assert not limits.allow("a", "update", 0.0)
+    assert limits.allow("b", "update", 0.0)  # per peer
+    assert limits.allow("a", "update", 0.1) and not limits.allow("a", "update", 0.1)
+    assert limits.refused == {"update": 2}
 
 
 def test_fair_queue_rotates_over_peers() -> None:
