@@ -192,6 +192,12 @@ class NodeCollector(Collector):
         current = GaugeMetricFamily(
             "spheroid_round_version", "Block version this replica trains from", labels=["block"]
         )
+        refused = CounterMetricFamily(
+            "spheroid_round_versions_refused",
+            "Versions from other peers this replica refused (09 §9.8: not a live replica, "
+            "not finite, too far from the base)",
+            labels=["block"],
+        )
         for block, replica in sorted(blocks.replicas.items()):
             b = str(block)
             counts = replica.roundlog.counts
@@ -202,7 +208,8 @@ class NodeCollector(Collector):
             versions.add_metric([b], counts["versions"])
             base = replica.installer.base
             current.add_metric([b], base.version if base is not None else 0)
-        yield from (shards, replicas, versions, current)
+            refused.add_metric([b], replica.installer.rejected_versions)
+        yield from (shards, replicas, versions, current, refused)
 
     def _transfers(self, node: Node) -> Iterator[Metric]:
         transfers = node.transfers
@@ -244,6 +251,14 @@ class NodeCollector(Collector):
         eta = GaugeMetricFamily(
             "spheroid_training_eta_seconds", "Seconds to the end of the budget", labels=labels
         )
+        quality = GaugeMetricFamily(
+            "spheroid_training_quality_nats_per_byte",
+            "The block's quality: mean CE of its last 100 batches (the weighted rule's weight)",
+            labels=labels,
+        )
+        for block, job in sorted(node.blocks.jobs.items()):
+            if job.trainer.block.quality is not None:
+                quality.add_metric([str(block)], job.trainer.block.quality)
         for job in node.blocks.job_views():
             b = [str(job.block)]
             step.add_metric(b, job.step)
@@ -252,4 +267,4 @@ class NodeCollector(Collector):
             rate.add_metric(b, job.rate)
             if job.eta_s is not None:
                 eta.add_metric(b, job.eta_s)
-        yield from (step, total, loss, rate, eta)
+        yield from (step, total, loss, rate, eta, quality)
