@@ -187,9 +187,12 @@ async def _generate(addr: str, prompt: str, n: int, temperature: float) -> None:
     finally:
         await client.close()
     per = sum(report.traversal_ms) / max(1, len(report.traversal_ms))
+    weights = ""
+    if report.qualities:  # the weighted output rule (10 §10.9): what each block counted for
+        weights = "; block qualities " + " / ".join(f"{q:.3f}" for q in report.qualities)
     print(
         f"\n\n[{report.traversals} traversals through "
-        f"{' -> '.join(report.routes[-1])}, {per:.1f} ms each, {report.seconds:.1f} s]"
+        f"{' -> '.join(report.routes[-1])}, {per:.1f} ms each, {report.seconds:.1f} s{weights}]"
     )
 
 
