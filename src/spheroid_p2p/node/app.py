@@ -215,6 +215,9 @@ class Node:
                 self.key.peer_id,
             )
             self._announce()
+            if self.runtime is not None:  # generation sessions dropped as they go idle
+                known = self._guarded(self.runtime.known.expire_when_idle(), "session expiry")
+                self._long.append(group.create_task(known))
             if self.blocks is not None:
                 for block in self.config.train_blocks:
                     work = self._guarded(self.blocks.train(block), f"training of block {block}")

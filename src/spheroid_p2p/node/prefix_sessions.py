@@ -6,10 +6,16 @@ rows its window leaves valid (``PrefixCache.reuse``), computes the rest, and put
 back. A traversal that finds no session (first of a generation, evicted, another server after
 a failover) computes the whole window from the bytes it carries: the prefix is replayed by the
 request itself, and the answer says how many rows each hop reused.
+
+Sessions idle for ``PREFIX_SESSION_IDLE_S`` are dropped when they go idle
+(:meth:`KnownPrefixRunner.expire_when_idle`, a task of the node that sleeps until the table's
+next deadline), not only when a later traversal touches the table: a burst of generations
+never leaves its keys and values (up to ``MAX_PREFIX_SESSION_BYTES``) held on an idle server.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -42,6 +48,36 @@ class KnownPrefixRunner:
     def __init__(self, limits: SessionLimits | None = None) -> None:
         self.table: SessionTable[PrefixCache] = SessionTable(limits)
         self._lock = threading.Lock()  # traversal threads share the table
+        #: called from a traversal thread after it kept a session (wakes expire_when_idle)
+        self.on_kept: Callable[[], None] | None = None
+
+    def expire(self, now: float) -> int:
+        """Drop the sessions idle for the table's ``idle_s``; returns how many."""
+        with self._lock:
+            return self.table.expire(now)
+
+    def next_deadline(self) -> float | None:
+        """When the least recently used session goes idle (``time.monotonic``), or None."""
+        with self._lock:
+            return self.table.next_deadline()
+
+    async def expire_when_idle(self) -> None:
+        """Drop sessions as they go idle, until cancelled: sleep to the table's next deadline,
+        or, with no session, until a traversal keeps one."""
+        kept = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        self.on_kept = lambda: loop.call_soon_threadsafe(kept.set)
+        try:
+            while True:
+                deadline = self.next_deadline()
+                if deadline is None:
+                    await kept.wait()
+                    kept.clear()
+                    continue
+                await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+                self.expire(time.monotonic())
+        finally:
+            self.on_kept = None
 
     def _session(self, req: Traverse, cfg_d: int, context: int, now: float) -> PrefixCache:
         cached = None
@@ -103,4 +139,7 @@ class KnownPrefixRunner:
                 self.table.put(
                     (req.client, req.session), session, session.nbytes(), time.monotonic()
                 )
+            notify = self.on_kept
+            if notify is not None:
+                notify()
         return z, logits, reused

@@ -4,6 +4,8 @@ server replaced mid-generation (failover replays the window). Each answer says w
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 
 import torch
@@ -114,3 +116,28 @@ def test_evicted_sessions_and_a_replaced_server_recompute_the_same_bytes() -> No
     assert all(r0 == 0 for r0, _ in reused)  # nothing fits: every traversal recomputes
     assert tiny.table.evicted == 20
     assert reused[7][1] == 0 and reused[8][1] > 0  # the new server rebuilt from the window
+
+
+def test_idle_sessions_are_dropped_when_they_go_idle_not_at_the_next_traversal() -> None:
+    """The node's expiry task sleeps to the table's next deadline (or until a traversal keeps
+    a session) and drops what went idle, with no traversal touching the table."""
+    blocks = _blocks()
+    runner = KnownPrefixRunner(
+        SessionLimits(max_sessions=8, max_per_client=8, max_bytes=1 << 30, idle_s=0.3)
+    )
+
+    async def main() -> tuple[int, int]:
+        task = asyncio.create_task(runner.expire_when_idle())
+        await asyncio.sleep(0.05)  # waiting: no session yet
+        req = _req(prefix_window(b"Day 1.", CFG.context), 3, 77)
+        await asyncio.to_thread(runner.run, blocks, req, 0, 3, None)  # keeps session 77
+        kept = len(runner.table)
+        await asyncio.sleep(1.0)  # idle for 0.3 s, and nothing touches the table
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return kept, len(runner.table)
+
+    kept, left = asyncio.run(main())
+    assert kept == 1 and left == 0
+    assert runner.table.evicted == 1 and runner.on_kept is None
