@@ -18,7 +18,6 @@ behind are removed by :func:`remove_stale_temporaries` when a node starts.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from safetensors.torch import save as st_save
 
 from spheroid_p2p.ml.baselines import ARTransformer
 from spheroid_p2p.ml.block import BlockDenoiser
-from spheroid_p2p.ml.combine import MAX_QUALITY
+from spheroid_p2p.ml.combine import MAX_QUALITY, known_quality
 from spheroid_p2p.ml.config import ModelConfig, TrainConfig
 from spheroid_p2p.ml.training import QUALITY_WINDOW, BlockTrainer
 
@@ -97,8 +96,9 @@ def _block_meta(block: BlockDenoiser, fmt: str) -> dict[str, str]:
         "config_hash": block.cfg.config_hash(),
         "block_index": str(block.index),
     }
-    if block.quality is not None:
-        meta["quality"] = repr(float(block.quality))
+    quality = known_quality(block.quality)
+    if quality is not None:  # (a diverged trainer's CE is not kept: the block loads unknown)
+        meta["quality"] = repr(quality)
     return meta
 
 
@@ -107,10 +107,10 @@ def _quality(meta: dict[str, str], path: Path) -> float | None:
     if "quality" not in meta:
         return None
     try:
-        value = float(meta["quality"])
+        value = known_quality(float(meta["quality"]))
     except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or not 0.0 <= value <= MAX_QUALITY:
+        value = None
+    if value is None:
         raise ValueError(
             f"{path}: quality {meta['quality']!r} is not a CE in [0, {MAX_QUALITY:g}] nats; "
             "write the checkpoint again with save_block"

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from spheroid_p2p.params import MAX_QUALITY, WEIGHT_TEMPERATURE
+
 __all__ = [
     "COMBINE_LAST",
     "COMBINE_MEAN",
@@ -37,6 +39,7 @@ __all__ = [
     "accumulate",
     "combine_step",
     "combined_logits",
+    "known_quality",
     "new_share",
     "quality_of",
 ]
@@ -50,22 +53,26 @@ COMBINE_WEIGHTED = 2
 #: Each block clamps the running value to [-FLOOR, 0] before rounding it to binary16 (exact
 #: there), so it never leaves the range the wire accepts (10 §10.9, wire COMBINED_FLOOR).
 FLOOR = 60000.0
-#: tau of the weights exp(-q / tau), nats/byte (wire WEIGHT_TEMPERATURE): chosen on the three
-#: corpora of issue 19 (0.02-0.04 within 0.001 nats of each other on every one; README).
-WEIGHT_TEMPERATURE = 0.03
 #: The quality of a block that does not know its own: that of an untrained block, which
 #: predicts every byte alike (ln 256 nats); it weighs ~e^-110 against a trained one.
+#: (WEIGHT_TEMPERATURE, tau of the weights, and MAX_QUALITY are protocol constants: params.)
 QUALITY_UNKNOWN = math.log(256)
-#: The largest quality the wire accepts (wire MAX_QUALITY).
-MAX_QUALITY = 16.0
+
+
+def known_quality(value: object) -> float | None:
+    """``value`` as a quality the wire and the checkpoints take (a number in
+    [0, MAX_QUALITY]), or None when it is not one (None, NaN, a diverged trainer's CE)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not 0.0 <= value <= MAX_QUALITY:  # NaN fails the comparison
+        return None
+    return float(value)
 
 
 def quality_of(value: float | None) -> float:
-    """A block's quality as a hop reports it: its own when known (finite, within
-    [0, MAX_QUALITY]), else QUALITY_UNKNOWN."""
-    if value is None or not math.isfinite(value) or not 0.0 <= value <= MAX_QUALITY:
-        return QUALITY_UNKNOWN
-    return float(value)
+    """A block's quality as a hop reports it: its own when known, else QUALITY_UNKNOWN."""
+    known = known_quality(value)
+    return QUALITY_UNKNOWN if known is None else known
 
 
 def new_share(qualities: Sequence[float]) -> float:
@@ -137,6 +144,11 @@ class Combination:
         if self.acc is None:
             raise ValueError("no block's prediction combined yet")
         return combined_logits(self.acc, n_blocks, self.rule)
+
+    def output(self, last: torch.Tensor, n_blocks: int) -> torch.Tensor:
+        """The traversal's output logits after ``n_blocks`` blocks: ``last`` (the last
+        block's) under ``COMBINE_LAST``, else the combination's."""
+        return last if self.rule == COMBINE_LAST else self.logits(n_blocks)
 
     def lp_bytes(self) -> bytes:
         """The running value as ``lp`` carries it (binary16, little-endian)."""

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import torch
 
 from spheroid_p2p.ml.block import BlockDenoiser, SpanPlan
-from spheroid_p2p.ml.combine import COMBINE_LAST, COMBINE_WEIGHTED, Combination
+from spheroid_p2p.ml.combine import COMBINE_WEIGHTED, Combination
 from spheroid_p2p.ml.config import ModelConfig
 from spheroid_p2p.ml.noise import NoisePartition
 from spheroid_p2p.ml.sampler import StepHook, block_hop, block_points, initial_noise
@@ -71,12 +71,11 @@ def run_blocks(
         pts, nxt = points[b]
         result = block_hop(blocks[b], x, z, pts, nxt, plan, gate)
         z = result.z
-        combining = mix is not None and mix.rule != COMBINE_LAST
-        if mix is not None and combining:
+        if mix is not None:  # (adds nothing under COMBINE_LAST)
             rows = result.logits[:, -1:] if cfg.layout == "S" else result.logits
             mix.add(rows, blocks[b].quality)
         if nxt is None:
-            logits = mix.logits(b + 1) if mix is not None and combining else result.logits
+            logits = mix.output(result.logits, b + 1) if mix is not None else result.logits
     return z, logits
 
 

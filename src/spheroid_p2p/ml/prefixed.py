@@ -294,8 +294,7 @@ def generate_prefixed(
             cache = session.blocks.setdefault(b, BlockCache())
             z, logits = prefixed_hop(blocks[b], text, z, pts, nxt, session.noise[None], cache)
             mix.add(logits, blocks[b].quality)
-        if combine != COMBINE_LAST:
-            logits = mix.logits(cfg.n_blocks)
+        logits = mix.output(logits, cfg.n_blocks)
         session.text = text_bytes
         got = accept(draft, pick_rows(logits, temperature, seed + len(out)))
         out += got

@@ -25,7 +25,7 @@ import torch
 
 from spheroid_p2p.core.sessions import SessionLimits, SessionTable
 from spheroid_p2p.ml.block import BlockDenoiser
-from spheroid_p2p.ml.combine import COMBINE_LAST, Combination
+from spheroid_p2p.ml.combine import Combination
 from spheroid_p2p.ml.config import ModelConfig
 from spheroid_p2p.ml.noise import NoisePartition
 from spheroid_p2p.ml.prefixed import BlockCache, PrefixCache, prefix_noise, prefixed_hop, start_row
@@ -128,11 +128,11 @@ class KnownPrefixRunner:
             pts, nxt = points[b]
             cache = session.blocks.setdefault(b, BlockCache())
             z, out = prefixed_hop(blocks[b], text, z, pts, nxt, session.noise[None], cache, gate)
-            if mix is not None and mix.rule != COMBINE_LAST:
+            if mix is not None:  # (adds nothing under COMBINE_LAST)
                 mix.add(out, blocks[b].quality)
             logits = out if nxt is None else None
-        if logits is not None and mix is not None and mix.rule != COMBINE_LAST:
-            logits = mix.logits(last + 1)
+        if logits is not None and mix is not None:
+            logits = mix.output(logits, last + 1)
         session.text = window
         if req.session:
             with self._lock:

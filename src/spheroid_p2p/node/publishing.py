@@ -11,27 +11,18 @@ import time
 
 from spheroid_p2p.core.plan import next_plan, version_report
 from spheroid_p2p.core.rounds import RoundParams
+from spheroid_p2p.ml.combine import known_quality
 from spheroid_p2p.node.building import Built
 from spheroid_p2p.node.installer import Installer
 from spheroid_p2p.node.roundlog import RoundLog
 from spheroid_p2p.node.swarm import SwarmView
 from spheroid_p2p.node.transfer import Transfers
 from spheroid_p2p.node.updates import RoundState
-from spheroid_p2p.params import MAX_QUALITY
 from spheroid_p2p.wire.signing import KeyPair, PeerId
 
 __all__ = ["Publisher"]
 
 log = logging.getLogger(__name__)
-
-
-def published_quality(quality: object) -> float | None:
-    """The quality a version's manifest carries (08 §8.2, r14): this replica's trainer's
-    recent CE (``BlockDenoiser.quality``) when it is a number the wire takes, else none
-    (readers then take ln 256)."""
-    if not isinstance(quality, float) or not 0.0 <= quality <= MAX_QUALITY:
-        return None  # NaN fails the comparison
-    return quality
 
 
 class Publisher:
@@ -82,7 +73,8 @@ class Publisher:
             report=report,
             plan=next_ranks,
             shards=next_shards,
-            quality=published_quality(getattr(self.installer.module, "quality", None)),
+            # this replica's trainer's recent CE when the wire takes it (08 §8.2, r14)
+            quality=known_quality(getattr(self.installer.module, "quality", None)),
             durable=False,
             staged=built.staged,
         )

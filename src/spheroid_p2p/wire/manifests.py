@@ -20,7 +20,6 @@ from spheroid_p2p.errors import ErrorCode, LocalProtocolError, RemoteProtocolErr
 from spheroid_p2p.params import (
     CONTENT_HASH_BYTES,
     MAX_MANIFEST_BYTES,
-    MAX_QUALITY,
     MAX_SHARDS,
     MAX_VERSION_CHUNKS,
     MAX_VERSION_TENSORS,
@@ -35,6 +34,7 @@ from spheroid_p2p.wire.message import (
     as_tuple,
     bad,
     check_bytes,
+    check_quality,
     check_str,
     check_uint,
     get_field,
@@ -251,11 +251,8 @@ class Manifest:
         check_uint("shards", self.shards, MAX_SHARDS)
         if (self.shards == 0) != (not self.plan):
             raise bad("a plan has 1..MAX_SHARDS shards, and no plan none")
-        q = self.quality
-        if q is not None and (
-            isinstance(q, bool) or not isinstance(q, int | float) or not 0 <= q <= MAX_QUALITY
-        ):  # NaN fails the comparison
-            raise bad(f"a quality is a number in [0, {MAX_QUALITY:g}] nats/byte")
+        if self.quality is not None:
+            check_quality("quality", self.quality)
 
     @property
     def signer(self) -> PeerId:

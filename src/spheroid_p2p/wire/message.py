@@ -20,6 +20,7 @@ from enum import IntEnum
 from typing import Any, ClassVar, TypeVar
 
 from spheroid_p2p.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from spheroid_p2p.params import MAX_QUALITY
 
 __all__ = [
     "Body",
@@ -28,6 +29,7 @@ __all__ = [
     "as_tuple",
     "bad",
     "check_bytes",
+    "check_quality",
     "check_str",
     "check_str_tuple",
     "check_uint",
@@ -81,6 +83,16 @@ def bad(message: str, code: ErrorCode = ErrorCode.MALFORMED_MESSAGE) -> LocalPro
 def check_uint(name: str, value: object, maximum: int = _U64) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= maximum:
         raise bad(f"{name} must be an integer in 0..{maximum}, got {value!r}")
+
+
+def check_quality(name: str, value: object) -> None:
+    """A block's quality (r14: 08 §8.2 ``q``, 10 §10.9 ``lq``): a number in [0, MAX_QUALITY]."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 <= value <= MAX_QUALITY
+    ):
+        raise bad(f"{name} must be a number in [0, {MAX_QUALITY:g}] nats/byte, got {value!r}")
 
 
 def check_bytes(name: str, value: object, length: int | None = None) -> None:

@@ -22,7 +22,6 @@ from spheroid_p2p.errors import ErrorCode, LocalProtocolError
 from spheroid_p2p.params import (
     MAX_COMBINED_ROWS,
     MAX_CONTEXT_BYTES,
-    MAX_QUALITY,
     MAX_ROUTE_HOPS,
     MAX_TRAJECTORY_ROWS,
     MAX_WEIGHTED_BLOCKS,
@@ -36,6 +35,7 @@ from spheroid_p2p.wire.message import (
     MessageType,
     as_tuple,
     check_bytes,
+    check_quality,
     check_str,
     check_uint,
     get_field,
@@ -130,9 +130,8 @@ def _check_qualities(values: tuple[float, ...]) -> None:
     each in [0, MAX_QUALITY]."""
     if len(values) > MAX_WEIGHTED_BLOCKS:
         raise _bad(f"lq: at most {MAX_WEIGHTED_BLOCKS} blocks")
-    for v in values:  # NaN fails the comparison
-        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= MAX_QUALITY:
-            raise _bad(f"lq values are qualities: numbers in [0, {MAX_QUALITY:g}] nats/byte")
+    for v in values:
+        check_quality("an lq value", v)
 
 
 def check_route(route: tuple[Hop, ...], hop: int) -> None:

@@ -6,9 +6,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save as st_save
 
 from spheroid_p2p.ml.block import BlockDenoiser
-from spheroid_p2p.ml.checkpoint import load_block, load_trainer, save_block, save_trainer
+from spheroid_p2p.ml.checkpoint import (
+    _block_meta,
+    load_block,
+    load_trainer,
+    save_block,
+    save_trainer,
+)
 from spheroid_p2p.ml.config import ModelConfig, TrainConfig
 from spheroid_p2p.ml.training import QUALITY_WINDOW, BlockTrainer
 
@@ -88,7 +95,11 @@ def test_a_block_carries_its_trainers_quality(
     save_block(tmp_path / "none.safetensors", BlockDenoiser(tiny, 1))
     assert load_block(tmp_path / "none.safetensors").quality is None
     block = BlockDenoiser(tiny, 1)
-    block.quality = float("nan")
+    block.quality = float("nan")  # a diverged trainer's: not written, the block loads unknown
     save_block(tmp_path / "nan.safetensors", block)
+    assert load_block(tmp_path / "nan.safetensors").quality is None
+    meta = {**_block_meta(block, "spheroid-block/1"), "quality": "nan"}  # a file edited by hand
+    tensors = {k: v.contiguous() for k, v in block.state_dict().items()}
+    (tmp_path / "bad.safetensors").write_bytes(st_save(tensors, metadata=meta))
     with pytest.raises(ValueError, match="quality"):
-        load_block(tmp_path / "nan.safetensors")
+        load_block(tmp_path / "bad.safetensors")
