@@ -33,20 +33,25 @@ from spheroid_p2p.wire.traversal import (
 )
 
 
+def _to_block_1(combine: int, **fields: object) -> Traverse:
+    """A traversal to the hop of block 1 under ``combine`` (its __post_init__ checks it)."""
+    return Traverse(
+        traversal_id=1, client=bytes(32), reply_addr="127.0.0.1:1",
+        route=(Hop(bytes(32), "127.0.0.1:2", 0, 0), Hop(bytes(32), "127.0.0.1:3", 1, 1)),
+        hop=1, config_hash="", steps_per_block=1, prefix=b"a", span=0, seed=0,
+        temperature=0.0, deadline_ms=1, want_logits=False,
+        z=InlineTensor(1, (0,), 0, chunk_digest(b"")), combine=combine,
+        **fields,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
 def test_the_sum_is_clamped_so_an_honest_hop_never_forwards_what_the_next_refuses() -> None:
     assert FLOOR == COMBINED_FLOOR
     hostile = torch.full((1, 1, 256), -FLOOR, dtype=torch.float16)  # the lowest lp accepted
     logits = torch.randn(1, 1, 256) * 50
     out = accumulate(hostile, logits)
     assert out.dtype == torch.float16 and bool((out >= -FLOOR).all() and (out <= 0).all())
-    base = Traverse(
-        traversal_id=1, client=bytes(32), reply_addr="127.0.0.1:1",
-        route=(Hop(bytes(32), "127.0.0.1:2", 0, 0), Hop(bytes(32), "127.0.0.1:3", 1, 1)),
-        hop=1, config_hash="", steps_per_block=1, prefix=b"a", span=0, seed=0,
-        temperature=0.0, deadline_ms=1, want_logits=False,
-        z=InlineTensor(1, (0,), 0, chunk_digest(b"")), combine=COMBINE_MEAN,
-    )  # fmt: skip
-    forwarded = dataclasses.replace(base, combined=out.numpy().tobytes())
+    forwarded = _to_block_1(COMBINE_MEAN, combined=out.numpy().tobytes())
     assert len(forwarded.combined) == 512  # decodes: the check in __post_init__ passes
 
 
@@ -112,14 +117,7 @@ def test_qualities_outside_the_range_are_unknown_and_refused_on_the_wire() -> No
     for bad in (float("nan"), float("inf"), -0.1, MAX_QUALITY + 1):
         assert quality_of(bad) == QUALITY_UNKNOWN
     assert quality_of(None) == QUALITY_UNKNOWN and quality_of(1.5) == 1.5
-    base = Traverse(
-        traversal_id=1, client=bytes(32), reply_addr="127.0.0.1:1",
-        route=(Hop(bytes(32), "127.0.0.1:2", 0, 0), Hop(bytes(32), "127.0.0.1:3", 1, 1)),
-        hop=1, config_hash="", steps_per_block=1, prefix=b"a", span=0, seed=0,
-        temperature=0.0, deadline_ms=1, want_logits=False,
-        z=InlineTensor(1, (0,), 0, chunk_digest(b"")), combine=COMBINE_WEIGHTED,
-        combined=bytes(512), qualities=(2.0,),
-    )  # fmt: skip
+    base = _to_block_1(COMBINE_WEIGHTED, combined=bytes(512), qualities=(2.0,))
     for bad in ((float("nan"),), (-1.0,), (17.0,), (True,), (2.0,) * 65):
         with pytest.raises(ProtocolError):
             dataclasses.replace(base, qualities=bad)
